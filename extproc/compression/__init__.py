@@ -1,0 +1,1 @@
+"""Prompt compression (LLMLingua-2), plugged into the gateway's body-rewrite seam."""

@@ -1,0 +1,167 @@
+"""The shape of aigrid.yaml. Every field has a default a newcomer can run with; every bound is checked."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from extproc.compression.settings import CompressionSettings
+
+# Site names end up in Redis keys, Envoy cluster names and a routing header: keep them to a safe alphabet.
+SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+HostPort = Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]
+
+
+class _Strict(BaseModel):
+    # A typo in a key must fail loudly rather than silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteRole(str, Enum):
+    edge = "edge"
+    remote = "remote"
+
+
+class SiteConfig(_Strict):
+    name: str
+    role: SiteRole = SiteRole.remote
+    # Upstream endpoints of the site's inference servers (host:port); Envoy balances over them.
+    endpoints: list[HostPort] = Field(min_length=1)
+    # Configured round-trip time from this gateway, ms; a measured RTT (load agents) overrides it.
+    rtt_ms: float = Field(default=1.0, ge=0, le=10_000)
+    # Envoy cluster name; defaults to "site_<name>".
+    cluster: str | None = None
+    # Path Envoy's active health check requests (vLLM and SGLang both serve /health).
+    health_path: str = "/health"
+    # Upper bound of concurrently running requests the site can take before it queues, used to turn
+    # queue depth into pressure when the engine does not report its own capacity.
+    queue_capacity: int = Field(default=64, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not SITE_NAME.match(v):
+            raise ValueError("must be lowercase letters, digits, '-' or '_' (at most 63), e.g. 'edge'")
+        return v
+
+    @property
+    def cluster_name(self) -> str:
+        return self.cluster or f"site_{self.name}"
+
+
+class PolicySettings(_Strict):
+    # Site for requests when nothing better is known (no fresh load data, ext_proc down).
+    default_site: str | None = None
+    # A report older than this is unknown load.
+    stale_after_s: float = Field(default=3.0, gt=0, le=600)
+    # A site at or above this pressure has no headroom: realtime and sticky traffic leave it.
+    headroom_pressure: float = Field(default=0.85, gt=0, le=1.5)
+    # Spill of standard/batch traffic from the home (lowest-RTT) site starts when its pressure rises above
+    # spill_on, and stops only when it falls below spill_off (hysteresis: no flapping at the threshold).
+    spill_on: float = Field(default=0.55, ge=0, le=1.5)
+    spill_off: float = Field(default=0.45, ge=0, le=1.5)
+    # Pressure at which the spill fraction reaches max_spill.
+    spill_full: float = Field(default=0.95, gt=0, le=2)
+    max_spill: float = Field(default=0.9, ge=0, le=1)
+    # Batch traffic spills this many times more readily than standard (capped at max_spill).
+    batch_spill_boost: float = Field(default=1.5, ge=1, le=10)
+    # Conversation affinity (KV-cache reuse): remembered this long, at most this many conversations.
+    affinity_ttl_s: float = Field(default=600, ge=0)
+    affinity_max_entries: int = Field(default=100_000, ge=0)
+    # Queue depth (waiting requests) per site that counts as full pressure, when the engine gives none.
+    queue_ref: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _bands(self) -> "PolicySettings":
+        if self.spill_off > self.spill_on:
+            raise ValueError("spill_off must be <= spill_on (hysteresis band)")
+        if self.spill_full <= self.spill_on:
+            raise ValueError("spill_full must be > spill_on")
+        return self
+
+
+class RedisSettings(_Strict):
+    # redis://, rediss:// (TLS), with user:password for AUTH/ACL.
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field(default="aigrid", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Full read of every report, for recovery after a lost pub/sub message or a reconnect.
+    resync_interval_s: float = Field(default=2.0, gt=0, le=300)
+    connect_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    reconnect_max_backoff_s: float = Field(default=5.0, gt=0, le=300)
+
+
+class GatewaySettings(_Strict):
+    # ext_proc gRPC listen address.
+    listen: HostPort = "127.0.0.1:50051"
+    # Prometheus metrics (HTTP); empty string disables.
+    metrics_listen: str = "127.0.0.1:9464"
+    # Largest request body the gateway looks at; matched to Envoy's buffer limit and gRPC's max message.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    # Seconds to let in-flight streams finish on SIGTERM.
+    drain_grace_s: float = Field(default=10.0, ge=0, le=600)
+    # Header a client may use to keep a conversation together; otherwise a prefix hash is used.
+    conversation_header: str = "x-aigrid-conversation"
+
+
+class EnvoySettings(_Strict):
+    listen_address: str = "0.0.0.0"
+    listen_port: int = Field(default=10000, ge=1, le=65535)
+    admin_address: str = "127.0.0.1"
+    admin_port: int = Field(default=9901, ge=1, le=65535)
+    # ext_proc per-message deadline; sized for compression (the compressor's own deadline is shorter,
+    # so Envoy's 504 is never the path a slow compression takes).
+    message_timeout_ms: int = Field(default=2000, ge=50, le=60_000)
+    # Circuit breaker of the ext_proc cluster: above Envoy's default 1,024 concurrent streams, because
+    # each long LLM request holds one stream.
+    extproc_max_streams: int = Field(default=100_000, ge=1024)
+    upstream_max_requests: int = Field(default=100_000, ge=1024)
+    # Upstream request timeout; LLM responses stream for minutes.
+    route_timeout_s: float = Field(default=600, ge=0)
+    health_check_interval_ms: int = Field(default=1000, ge=100)
+    # Where Envoy reaches the ext_proc server, when not gateway.listen (e.g. a container name:port).
+    extproc_address: HostPort | None = None
+    # JSON access log on stdout (method, path, status, site, cluster, duration).
+    access_log: bool = False
+
+
+class GatewayConfig(_Strict):
+    sites: list[SiteConfig] = Field(min_length=1)
+    policy: PolicySettings = PolicySettings()
+    redis: RedisSettings = RedisSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    envoy: EnvoySettings = EnvoySettings()
+    compression: CompressionSettings = CompressionSettings()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "GatewayConfig":
+        names = [s.name for s in self.sites]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"site names must be unique; repeated: {', '.join(dup)}")
+        clusters = [s.cluster_name for s in self.sites]
+        if len(set(clusters)) != len(clusters):
+            raise ValueError("site cluster names must be unique")
+        if self.policy.default_site is not None and self.policy.default_site not in names:
+            raise ValueError(
+                f"policy.default_site {self.policy.default_site!r} is not a configured site ({', '.join(names)})"
+            )
+        return self
+
+    @property
+    def default_site(self) -> str:
+        """The configured default, else the first edge site, else the first site."""
+        if self.policy.default_site:
+            return self.policy.default_site
+        for s in self.sites:
+            if s.role is SiteRole.edge:
+                return s.name
+        return self.sites[0].name
+
+    def site(self, name: str) -> SiteConfig:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(name)

@@ -1,0 +1,37 @@
+"""What the policy knows about a request: plain data built once per request by the request parser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class SlaClass(str, Enum):
+    """From the `x-aigrid-priority` header; anything else (or nothing) is standard."""
+
+    realtime = "realtime"
+    standard = "standard"
+    batch = "batch"
+
+    @classmethod
+    def parse(cls, value: str | None) -> "SlaClass":
+        if value:
+            v = value.strip().lower()
+            for c in cls:
+                if c.value == v:
+                    return c
+        return cls.standard
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    prompt_tokens: int = 0
+    model: str | None = None
+    stream: bool = False
+    sla: SlaClass = SlaClass.standard
+    # Stable across the turns of one conversation (client header, OpenAI `user`, or a prefix hash).
+    conversation_key: str | None = None
+    # Site this conversation used last, looked up by the caller from its affinity table.
+    previous_site: str | None = None
+    # Whether the body was understood; an unparsed request routes on load alone.
+    parsed: bool = True

@@ -1,0 +1,77 @@
+"""One request's view of each site: config + load snapshot + drain state → SiteView. Pure.
+
+Pressure is the single load figure the policy compares, 0 = idle, 1 = at capacity (it can exceed 1 when
+requests queue). It prefers the engine's own signals, which predict latency far better than GPU
+utilisation (which reads ~100% whenever anything at all runs):
+  pressure = max(kv_cache_usage, requests_waiting / queue_ref)
+With no engine view it falls back to GPU utilisation; with neither, the load is unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from extproc.config.schema import GatewayConfig, SiteRole
+from extproc.loadmap.model import LoadSnapshot, SiteLoad
+
+
+@dataclass(frozen=True, slots=True)
+class SiteView:
+    name: str
+    role: SiteRole
+    rtt_ms: float
+    drained: bool
+    # None: no fresh report (unknown).
+    healthy: bool | None
+    pressure: float | None
+    age_s: float | None
+
+    @property
+    def known(self) -> bool:
+        return self.pressure is not None and self.healthy is not None
+
+
+def site_pressure(load: SiteLoad, queue_ref: int) -> float | None:
+    parts: list[float] = []
+    if load.kv_cache_usage is not None:
+        parts.append(load.kv_cache_usage)
+    if load.requests_waiting is not None:
+        parts.append(load.requests_waiting / float(queue_ref))
+    if parts:
+        return max(parts)
+    if load.gpu_utilization is not None:
+        return load.gpu_utilization
+    return None
+
+
+def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> list[SiteView]:
+    stale_after = config.policy.stale_after_s
+    views: list[SiteView] = []
+    for site in config.sites:
+        load = snapshot.sites.get(site.name)
+        rtt = snapshot.measured_rtt_ms.get(site.name, site.rtt_ms)
+        if load is None or load.age_s(now) > stale_after:
+            views.append(
+                SiteView(
+                    name=site.name,
+                    role=site.role,
+                    rtt_ms=rtt,
+                    drained=site.name in snapshot.drained,
+                    healthy=None,
+                    pressure=None,
+                    age_s=None if load is None else load.age_s(now),
+                )
+            )
+            continue
+        views.append(
+            SiteView(
+                name=site.name,
+                role=site.role,
+                rtt_ms=rtt,
+                drained=site.name in snapshot.drained,
+                healthy=load.healthy,
+                pressure=site_pressure(load, config.policy.queue_ref) if load.healthy else None,
+                age_s=load.age_s(now),
+            )
+        )
+    return views

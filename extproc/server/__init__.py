@@ -1,0 +1,1 @@
+"""The ext_proc gRPC server (`aigrid serve`)."""

@@ -1,0 +1,145 @@
+"""The gateway's request logic, free of gRPC: inspect → features → route → (rewrite). State lives here
+(spill hysteresis, conversation affinity); every decision is delegated to the pure modules."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from extproc.config.schema import GatewayConfig
+from extproc.loadmap.model import LoadSnapshot
+from extproc.request.openai import Inspection, body_features, inspect_headers, parse_json_body
+from extproc.rewrite import BodyRewriter, Rewrite, RewriteRequest, Skip
+from extproc.routing.affinity import AffinityTable
+from extproc.routing.features import RequestFeatures, SlaClass
+from extproc.routing.pipeline import Decision, RoutingContext, decide
+from extproc.routing.spill import update_spill_states
+from extproc.routing.views import SiteView, build_views
+from extproc.server.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+SITE_HEADER = "x-aigrid-site"
+DECISION_HEADER = "x-aigrid-decision"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What to tell Envoy: the site, and a new body when the rewriter produced one."""
+
+    site: str
+    decision: Decision
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        snapshot_source: Callable[[], LoadSnapshot],
+        *,
+        rewriter: BodyRewriter | None = None,
+        metrics: GatewayMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._snapshot = snapshot_source
+        self.rewriter = rewriter
+        self.metrics = metrics or GatewayMetrics()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.spilling: dict[str, bool] = {}
+        self.affinity = AffinityTable(config.policy.affinity_max_entries, config.policy.affinity_ttl_s)
+        self._default = config.default_site
+
+    # -- load map events ----------------------------------------------------------------------------------
+    def on_snapshot(self, snap: LoadSnapshot) -> None:
+        """Called by the map reader on every change: advance the spill hysteresis, refresh gauges."""
+        views = build_views(self.config, snap, self._clock())
+        self.spilling = update_spill_states(views, self.spilling, self.config.policy)
+        m = self.metrics
+        m.redis_connected.set(1 if snap.connected else 0)
+        for v in views:
+            m.site_pressure.labels(v.name).set(-1 if v.pressure is None else v.pressure)
+            m.site_drained.labels(v.name).set(1 if v.drained else 0)
+            m.site_spilling.labels(v.name).set(1 if self.spilling.get(v.name) else 0)
+
+    # -- routing ------------------------------------------------------------------------------------------
+    def route(self, features: RequestFeatures) -> tuple[Decision, list[SiteView]]:
+        now = self._clock()
+        snap = self._snapshot()
+        views = build_views(self.config, snap, now)
+        if features.conversation_key is not None:
+            prev = self.affinity.get(features.conversation_key, now)
+            if prev is not None:
+                features = RequestFeatures(
+                    features.prompt_tokens, features.model, features.stream, features.sla,
+                    features.conversation_key, prev, features.parsed,
+                )
+        ctx = RoutingContext(features, views, self.spilling, self.config.policy, self._default, self._rng.random())
+        d = decide(ctx)
+        self.affinity.put(features.conversation_key, d.site, now)
+        self.metrics.decisions.labels(d.site, d.step, features.sla.value).inc()
+        return d, views
+
+    def inspect(self, headers: Mapping[str, str]) -> Inspection:
+        return inspect_headers(headers, self.config.gateway.max_body_bytes)
+
+    def route_unparsed(self, sla: SlaClass, reason: str) -> Outcome:
+        """A request whose body we do not look at: routed on load alone, body untouched."""
+        self.metrics.passthrough.labels(reason).inc()
+        d, _ = self.route(RequestFeatures(sla=sla, parsed=False))
+        return Outcome(d.site, d)
+
+    async def route_body(self, insp: Inspection, body: bytes, headers: Mapping[str, str]) -> Outcome:
+        parsed = parse_json_body(body)
+        if parsed is None:
+            return self.route_unparsed(insp.sla, "invalid_json")
+        features = body_features(
+            insp.path, parsed, insp.sla, headers.get(self.config.gateway.conversation_header)
+        )
+        self.metrics.prompt_tokens_before.inc(features.prompt_tokens)
+        d, views = self.route(features)
+        out = Outcome(d.site, d)
+        if self.rewriter is not None:
+            await self._rewrite(out, insp.path, body, parsed, features, views)
+        return out
+
+    async def _rewrite(
+        self,
+        out: Outcome,
+        path: str,
+        body: bytes,
+        parsed: dict,
+        features: RequestFeatures,
+        views: list[SiteView],
+    ) -> None:
+        assert self.rewriter is not None
+        view = next((v for v in views if v.name == out.site), None)
+        req = RewriteRequest(
+            path=path, body=body, parsed=parsed, features=features, decision=out.decision,
+            site=view, site_load=self._snapshot().sites.get(out.site),
+        )
+        deadline = self.config.compression.deadline_ms / 1000.0
+        t0 = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(self.rewriter.rewrite(req), timeout=deadline)
+        except asyncio.TimeoutError:
+            result = Skip("deadline")
+        except Exception:
+            log.exception("rewriter failed; body left unchanged")
+            result = Skip("error")
+        self.metrics.rewrite_seconds.observe(time.perf_counter() - t0)
+        if isinstance(result, Rewrite):
+            out.body = result.body
+            out.headers.update(result.headers)
+            self.metrics.rewrites.inc()
+        else:
+            out.headers.update(result.headers)
+            self.metrics.rewrite_skips.labels(result.reason).inc()

@@ -1,0 +1,102 @@
+"""`aigrid serve`: wire config, Redis map reader, gateway, rewriter and gRPC together, and run until
+SIGTERM/SIGINT, then drain: health goes NOT_SERVING, in-flight streams get `drain_grace_s` to finish."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from extproc.config.schema import GatewayConfig
+from extproc.loadmap.reader import LoadMapReader
+from extproc.rewrite import BodyRewriter
+from extproc.server.gateway import Gateway
+from extproc.server.metrics import GatewayMetrics
+from extproc.server.processor import ExternalProcessor
+
+log = logging.getLogger(__name__)
+
+# gRPC message headroom over the body limit: the ProcessingRequest wraps the body with headers/metadata.
+_MESSAGE_OVERHEAD = 1024 * 1024
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+def build_rewriter(config: GatewayConfig) -> BodyRewriter | None:
+    """The compressor when enabled; imported lazily so a routing-only gateway loads no model stack."""
+    if not config.compression.enabled:
+        return None
+    from extproc.compression.rewriter import build_compression_rewriter  # noqa: PLC0415
+
+    return build_compression_rewriter(config)
+
+
+async def serve(config: GatewayConfig, *, ready: asyncio.Event | None = None) -> None:
+    metrics = GatewayMetrics()
+    holder: dict[str, Gateway] = {}
+
+    def on_change(snap) -> None:  # type: ignore[no-untyped-def]
+        gw = holder.get("gw")
+        if gw is not None:
+            gw.on_snapshot(snap)
+        metrics.reports_accepted.set(reader.reports_accepted)
+        metrics.reports_rejected.set(reader.reports_rejected)
+
+    reader = LoadMapReader(config.redis, on_change=on_change)
+    rewriter = build_rewriter(config)
+    gw = Gateway(config, lambda: reader.snapshot, rewriter=rewriter, metrics=metrics)
+    holder["gw"] = gw
+
+    max_msg = config.gateway.max_body_bytes + _MESSAGE_OVERHEAD
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_msg),
+            ("grpc.max_send_message_length", max_msg),
+            # Envoy keeps one HTTP/2 connection with many streams; let it ping through idle periods.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ]
+    )
+    ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(config.gateway.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.gateway.listen}")
+
+    if config.gateway.metrics_listen:
+        host, _, mport = config.gateway.metrics_listen.rpartition(":")
+        start_http_server(int(mport), addr=host or "0.0.0.0", registry=metrics.registry)
+
+    reader.start()
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "aigrid serve: ext_proc on %s, metrics on %s, %d sites, default %s",
+        config.gateway.listen, config.gateway.metrics_listen or "(off)", len(config.sites), config.default_site,
+    )
+    print(f"aigrid serve: ext_proc listening on {config.gateway.listen}", flush=True)
+    if ready is not None:
+        ready.set()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    try:
+        await stop.wait()
+    finally:
+        log.info("draining: health NOT_SERVING, %.1fs grace for in-flight streams", config.gateway.drain_grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.gateway.drain_grace_s)
+        await reader.stop()
+        if rewriter is not None:
+            await rewriter.close()

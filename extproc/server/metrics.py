@@ -1,0 +1,39 @@
+"""Gateway metrics (Prometheus). Label sets are small and bounded: sites come from config, steps and
+reasons from fixed vocabularies."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "aigrid_decisions", "Routing decisions", ["site", "step", "sla"], registry=r
+        )
+        self.passthrough = Counter(
+            "aigrid_passthrough", "Requests whose body was not inspected, by reason", ["reason"], registry=r
+        )
+        self.errors = Counter(
+            "aigrid_processor_errors", "Exceptions inside the processor (answered continue-unchanged)", ["phase"], registry=r
+        )
+        self.rewrites = Counter("aigrid_rewrites", "Bodies rewritten by the rewriter", registry=r)
+        self.rewrite_skips = Counter(
+            "aigrid_rewrite_skips", "Bodies left as they were by the rewriter, by reason", ["reason"], registry=r
+        )
+        self.prompt_tokens_before = Counter(
+            "aigrid_prompt_tokens_before", "Estimated prompt tokens of inspected requests", registry=r
+        )
+        self.rewrite_seconds = Histogram(
+            "aigrid_rewrite_seconds", "Time spent in the rewriter per request",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
+        )
+        self.streams = Gauge("aigrid_active_streams", "ext_proc streams in progress", registry=r)
+        self.redis_connected = Gauge("aigrid_loadmap_connected", "1 while the load map reader is connected to Redis", registry=r)
+        self.site_pressure = Gauge("aigrid_site_pressure", "Site pressure as the policy sees it (-1 unknown)", ["site"], registry=r)
+        self.site_drained = Gauge("aigrid_site_drained", "1 when the site is drained", ["site"], registry=r)
+        self.site_spilling = Gauge("aigrid_site_spilling", "1 while the site is spilling traffic (hysteresis state)", ["site"], registry=r)
+        self.reports_accepted = Gauge("aigrid_loadmap_reports_accepted", "Load reports accepted since start", registry=r)
+        self.reports_rejected = Gauge("aigrid_loadmap_reports_rejected", "Load reports rejected since start", registry=r)

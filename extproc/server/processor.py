@@ -1,0 +1,119 @@
+"""Envoy ext_proc adapter: gRPC stream in, Gateway calls, ProcessingResponses out.
+
+Protocol notes (see field notes):
+- a "continue, no change" answer must still set its phase's oneof (`SetInParent`), or Envoy calls it
+  spurious and answers 500;
+- a routing header only re-routes with `clear_route_cache: true` on a response carrying a header mutation;
+- a replaced body needs `content-length` set in the same response.
+Any exception answers "continue unchanged" for the phase at hand and is counted: a processor bug costs a
+request its routing, never the request itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+from extproc.request.openai import Inspection
+from extproc.server.gateway import DECISION_HEADER, SITE_HEADER, Gateway, Outcome
+
+log = logging.getLogger(__name__)
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_SKIP_BODY = processing_mode_pb2.ProcessingMode(request_body_mode=processing_mode_pb2.ProcessingMode.NONE)
+
+
+def _header_map(headers: ep.HttpHeaders) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for h in headers.headers.headers:
+        # Envoy sends raw_value (bytes); value is the older string field.
+        out[h.key] = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+    return out
+
+
+def _set(mut: ep.HeaderMutation, key: str, value: str) -> None:
+    mut.set_headers.append(
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=key, raw_value=value.encode("utf-8", "replace")),
+            append_action=_OVERWRITE,
+        )
+    )
+
+
+def _apply_outcome(common: ep.CommonResponse, out: Outcome) -> None:
+    _set(common.header_mutation, SITE_HEADER, out.site)
+    _set(common.header_mutation, DECISION_HEADER, out.decision.reason[:200])
+    for k, v in out.headers.items():
+        _set(common.header_mutation, k, v)
+    if out.body is not None:
+        common.body_mutation.body = out.body
+        _set(common.header_mutation, "content-length", str(len(out.body)))
+    common.clear_route_cache = True
+
+
+class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    async def Process(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        metrics = self.gw.metrics
+        metrics.streams.inc()
+        insp: Inspection | None = None
+        headers: dict[str, str] = {}
+        try:
+            async for req in request_iterator:
+                which = req.WhichOneof("request")
+                resp = ep.ProcessingResponse()
+                try:
+                    if which == "request_headers":
+                        headers = _header_map(req.request_headers)
+                        insp = self.gw.inspect(headers)
+                        common = resp.request_headers.response
+                        resp.request_headers.SetInParent()
+                        if not insp.inspect:
+                            _apply_outcome(common, self.gw.route_unparsed(insp.sla, insp.reason))
+                            if not req.request_headers.end_of_stream:
+                                # Don't have Envoy buffer and send a body we will not look at.
+                                resp.mode_override.CopyFrom(_SKIP_BODY)
+                        elif req.request_headers.end_of_stream:
+                            _apply_outcome(common, self.gw.route_unparsed(insp.sla, "no_body"))
+                        # else: continue; the routing answer goes with the body.
+                    elif which == "request_body":
+                        resp.request_body.SetInParent()
+                        body = req.request_body
+                        if insp is not None and insp.inspect:
+                            common = resp.request_body.response
+                            if body.end_of_stream:
+                                out = await self.gw.route_body(insp, body.body, headers)
+                            else:
+                                # Only part of the body (should not happen in BUFFERED mode): never
+                                # rewrite a fragment; route on load alone.
+                                out = self.gw.route_unparsed(insp.sla, "partial_body")
+                            _apply_outcome(common, out)
+                            insp = None  # answered once; later chunks (if any) just continue
+                    else:
+                        _continue(resp, which)
+                except Exception:
+                    metrics.errors.labels(which or "unknown").inc()
+                    log.exception("processor error in %s; continuing unchanged", which)
+                    resp = ep.ProcessingResponse()
+                    _continue(resp, which)
+                yield resp
+        finally:
+            metrics.streams.dec()
+
+
+def _continue(resp: ep.ProcessingResponse, which: str | None) -> None:
+    """A phase's "continue, no change" answer."""
+    if which in (
+        "request_headers", "response_headers", "request_body", "response_body",
+        "request_trailers", "response_trailers",
+    ):
+        getattr(resp, which).SetInParent()
