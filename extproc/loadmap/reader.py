@@ -176,6 +176,17 @@ class LoadMapReader:
             except Exception:
                 pass
 
+    async def read_once(self) -> LoadSnapshot:
+        """One full read without subscribing (for `aigrid status`); raises on Redis errors."""
+        client = make_async_client(self._settings)
+        try:
+            await self.resync(client)
+            self._connected = True
+            self._publish_snapshot()
+            return self.snapshot
+        finally:
+            await client.aclose()
+
     async def _read_drained(self, client) -> None:  # type: ignore[no-untyped-def]
         members = await client.smembers(self._keys.drained)
         self._drained = frozenset(

@@ -1,0 +1,1 @@
+"""Operator controls: drain/undrain a site (through Redis, seen by every gateway) and the status table."""

@@ -1,0 +1,1 @@
+"""Running a local stack: Redis, Envoy, the ext_proc server, and upstream sites, as child processes."""
