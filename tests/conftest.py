@@ -26,6 +26,8 @@ def stack_factory(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
 
     yield factory
     for st in made:
+        for s in st.inprocess:
+            s.stop()
         st.group.stop_all()
 
 

@@ -6,7 +6,9 @@ Nothing here is a fake of Envoy, Redis or gRPC: they are the real programs, star
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -113,6 +115,7 @@ class Stack:
     site_procs: dict[str, ManagedProcess] = field(default_factory=dict)
     gateways: list[Gateway] = field(default_factory=list)
     redis_proc: ManagedProcess | None = None
+    inprocess: list["InProcessServe"] = field(default_factory=list)
     prefix: str = "aigrid"
     _seq: int = 0
     _agent: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -144,7 +147,8 @@ class Stack:
             "envoy": {"listen_address": "127.0.0.1", "listen_port": envoy, "admin_port": admin, "health_check_interval_ms": 500},
         }
 
-    def add_gateway(self, extra: dict | None = None, **policy: object) -> Gateway:
+    def add_gateway(self, extra: dict | None = None, rewriter: object | None = None, **policy: object) -> Gateway:
+        """A gateway: `aigrid serve` as a process, or in this process (a thread) when a rewriter is given."""
         ports = (free_port(), free_port(), free_port(), free_port())
         cfg = self.config_dict(ports, **policy)
         for k, v in (extra or {}).items():
@@ -156,7 +160,10 @@ class Stack:
         envoy_path.write_text(render_envoy_yaml(load_config(str(cfg_path))))
         gw = Gateway(name, ports[0], ports[1], ports[2], ports[3], cfg_path)
         self.gateways.append(gw)
-        self.start_serve(gw)
+        if rewriter is None:
+            self.start_serve(gw)
+        else:
+            self.inprocess.append(InProcessServe(load_config(str(cfg_path)), rewriter).start())
         gw.envoy = start_envoy(self.group, envoy_path, gw.admin_port, name=f"envoy-{name}")
         return gw
 
@@ -216,6 +223,49 @@ def wait_pressure(gw: Gateway, site: str, pred: Callable[[float], bool], timeout
         return v is not None and pred(v)
 
     wait_until(ok, timeout, f"{gw.name} to see {site} pressure")
+
+
+class InProcessServe:
+    """`serve()` on its own event loop in a thread, for tests that plug a rewriter into the seam."""
+
+    def __init__(self, config, rewriter) -> None:  # type: ignore[no-untyped-def]
+        self.config = config
+        self.rewriter = rewriter
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from extproc.server.main import serve
+
+        asyncio.set_event_loop(self.loop)
+        self.stop_event = asyncio.Event()
+        ready = asyncio.Event()
+
+        async def main() -> None:
+            task = asyncio.ensure_future(serve(self.config, ready=ready, stop=self.stop_event, rewriter=self.rewriter))
+            await ready.wait()
+            self.ready.set()
+            await task
+
+        try:
+            self.loop.run_until_complete(main())
+        except BaseException as exc:  # surfaced by start()
+            self.error = exc
+            self.ready.set()
+
+    def start(self) -> "InProcessServe":
+        self.thread.start()
+        self.ready.wait(30)
+        if self.error:
+            raise self.error
+        return self
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+            self.thread.join(20)
 
 
 def make_stack(root: Path, sites: tuple[str, ...] = ("edge", "remote")) -> Stack:

@@ -191,13 +191,16 @@ def _ext_proc_filter(cfg: GatewayConfig) -> dict[str, Any]:
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
             "failure_mode_allow": True,
-            # Lets the processor tell Envoy not to buffer bodies it will not look at (GET, other paths).
+            # Lets the processor ask for the buffered body only of requests it inspects (see below).
             "allow_mode_override": True,
             "message_timeout": _duration(cfg.envoy.message_timeout_ms / 1000),
             "stat_prefix": EXTPROC_STAT_PREFIX,
             "processing_mode": {
                 "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
+                # NONE by default; the processor switches inspected requests to BUFFERED in its headers
+                # answer. Buffering every body up front would turn a large body that arrives before that
+                # answer into a 413, even for requests we never look at.
+                "request_body_mode": "NONE",
                 "request_trailer_mode": "SKIP",
                 # The response path never touches the processor: no latency added to token streams.
                 "response_header_mode": "SKIP",

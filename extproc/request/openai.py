@@ -27,6 +27,9 @@ class Inspection:
     reason: str
     path: str = ""
     sla: SlaClass = SlaClass.standard
+    # False for chunked bodies: their size is unknown until they end, so they are buffered partially
+    # (never a 413 from us) and routed, but not rewritten.
+    has_length: bool = True
 
 
 def inspect_headers(headers: Mapping[str, str], max_body_bytes: int) -> Inspection:
@@ -52,7 +55,7 @@ def inspect_headers(headers: Mapping[str, str], max_body_bytes: int) -> Inspecti
             return Inspection(False, "content_length", path, sla)
         if n > max_body_bytes:
             return Inspection(False, "too_large", path, sla)
-    return Inspection(True, "inspect", path, sla)
+    return Inspection(True, "inspect", path, sla, has_length=clen is not None)
 
 
 def parse_json_body(body: bytes) -> dict[str, Any] | None:

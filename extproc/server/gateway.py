@@ -97,7 +97,9 @@ class Gateway:
         d, _ = self.route(RequestFeatures(sla=sla, parsed=False))
         return Outcome(d.site, d)
 
-    async def route_body(self, insp: Inspection, body: bytes, headers: Mapping[str, str]) -> Outcome:
+    async def route_body(
+        self, insp: Inspection, body: bytes, headers: Mapping[str, str], *, rewrite: bool = True
+    ) -> Outcome:
         parsed = parse_json_body(body)
         if parsed is None:
             return self.route_unparsed(insp.sla, "invalid_json")
@@ -107,7 +109,7 @@ class Gateway:
         self.metrics.prompt_tokens_before.inc(features.prompt_tokens)
         d, views = self.route(features)
         out = Outcome(d.site, d)
-        if self.rewriter is not None:
+        if self.rewriter is not None and rewrite:
             await self._rewrite(out, insp.path, body, parsed, features, views)
         return out
 

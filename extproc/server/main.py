@@ -35,7 +35,14 @@ def build_rewriter(config: GatewayConfig) -> BodyRewriter | None:
     return build_compression_rewriter(config)
 
 
-async def serve(config: GatewayConfig, *, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    config: GatewayConfig,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    rewriter: BodyRewriter | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set). `rewriter` overrides the configured one (embedding)."""
     metrics = GatewayMetrics()
     holder: dict[str, Gateway] = {}
 
@@ -47,7 +54,8 @@ async def serve(config: GatewayConfig, *, ready: asyncio.Event | None = None) ->
         metrics.reports_rejected.set(reader.reports_rejected)
 
     reader = LoadMapReader(config.redis, on_change=on_change)
-    rewriter = build_rewriter(config)
+    if rewriter is None:
+        rewriter = build_rewriter(config)
     gw = Gateway(config, lambda: reader.snapshot, rewriter=rewriter, metrics=metrics)
     holder["gw"] = gw
 
@@ -68,9 +76,10 @@ async def serve(config: GatewayConfig, *, ready: asyncio.Event | None = None) ->
     if port == 0:
         raise OSError(f"cannot listen on {config.gateway.listen}")
 
+    httpd = None
     if config.gateway.metrics_listen:
         host, _, mport = config.gateway.metrics_listen.rpartition(":")
-        start_http_server(int(mport), addr=host or "0.0.0.0", registry=metrics.registry)
+        httpd, _thread = start_http_server(int(mport), addr=host or "0.0.0.0", registry=metrics.registry)
 
     reader.start()
     await server.start()
@@ -84,7 +93,7 @@ async def serve(config: GatewayConfig, *, ready: asyncio.Event | None = None) ->
     if ready is not None:
         ready.set()
 
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -98,5 +107,8 @@ async def serve(config: GatewayConfig, *, ready: asyncio.Event | None = None) ->
         await health_servicer.enter_graceful_shutdown()
         await server.stop(config.gateway.drain_grace_s)
         await reader.stop()
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
         if rewriter is not None:
             await rewriter.close()

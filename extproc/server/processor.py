@@ -25,7 +25,13 @@ from extproc.server.gateway import DECISION_HEADER, SITE_HEADER, Gateway, Outcom
 log = logging.getLogger(__name__)
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_SKIP_BODY = processing_mode_pb2.ProcessingMode(request_body_mode=processing_mode_pb2.ProcessingMode.NONE)
+# The filter's default body mode is NONE; inspected requests ask for the whole body, buffered.
+_BUFFER_BODY = processing_mode_pb2.ProcessingMode(request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED)
+# Chunked bodies (no content-length): buffered up to the limit, and beyond it Envoy streams the rest
+# instead of answering 413; we then see only a fragment and pass it on untouched.
+_BUFFER_PARTIAL = processing_mode_pb2.ProcessingMode(
+    request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED_PARTIAL
+)
 
 
 def _header_map(headers: ep.HttpHeaders) -> dict[str, str]:
@@ -79,19 +85,18 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                         resp.request_headers.SetInParent()
                         if not insp.inspect:
                             _apply_outcome(common, self.gw.route_unparsed(insp.sla, insp.reason))
-                            if not req.request_headers.end_of_stream:
-                                # Don't have Envoy buffer and send a body we will not look at.
-                                resp.mode_override.CopyFrom(_SKIP_BODY)
                         elif req.request_headers.end_of_stream:
                             _apply_outcome(common, self.gw.route_unparsed(insp.sla, "no_body"))
-                        # else: continue; the routing answer goes with the body.
+                        else:
+                            # Continue for now; the routing answer goes with the buffered body.
+                            resp.mode_override.CopyFrom(_BUFFER_BODY if insp.has_length else _BUFFER_PARTIAL)
                     elif which == "request_body":
                         resp.request_body.SetInParent()
                         body = req.request_body
                         if insp is not None and insp.inspect:
                             common = resp.request_body.response
                             if body.end_of_stream:
-                                out = await self.gw.route_body(insp, body.body, headers)
+                                out = await self.gw.route_body(insp, body.body, headers, rewrite=insp.has_length)
                             else:
                                 # Only part of the body (should not happen in BUFFERED mode): never
                                 # rewrite a fragment; route on load alone.

@@ -66,7 +66,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     args = ap.parse_args()
     print(f"standin {args.name} on http://{args.host}:{args.port}", flush=True)
-    web.run_app(make_app(args.name), host=args.host, port=args.port, print=None, access_log=None)
+    # Record bodies exactly as they arrived: no transparent gzip decoding.
+    web.run_app(
+        make_app(args.name), host=args.host, port=args.port, print=None, access_log=None,
+        auto_decompress=False,
+    )
 
 
 if __name__ == "__main__":

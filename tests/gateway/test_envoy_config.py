@@ -51,7 +51,8 @@ def test_config_properties():
     assert "x-aigrid-site" in removed
     ext = hcm["http_filters"][0]["typed_config"]
     assert ext["failure_mode_allow"] is True
-    assert ext["processing_mode"]["request_body_mode"] == "BUFFERED"
+    assert ext["processing_mode"]["request_body_mode"] == "NONE"  # BUFFERED per request, by mode_override
+    assert ext["allow_mode_override"] is True
     assert hcm["http_filters"][-1]["name"] == "envoy.filters.http.router"
     clusters = {cl["name"]: cl for cl in c["static_resources"]["clusters"]}
     assert clusters["aigrid_extproc"]["circuit_breakers"]["thresholds"][0]["max_requests"] > 1024
