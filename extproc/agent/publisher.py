@@ -1,0 +1,124 @@
+"""Report bytes → Redis: SET the node's key with a TTL (PX), then PUBLISH the same bytes for push updates.
+
+The publisher holds a single slot: offering a new report replaces one not yet sent. With Redis down the
+agent therefore keeps only its latest report (memory stays flat however long the outage lasts) and sends
+it as soon as a reconnect succeeds. Reconnects back off exponentially with jitter, so many agents do not
+hammer a recovering Redis in lockstep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from extproc.config.schema import RedisSettings
+from extproc.loadreport.keys import RedisKeys
+from extproc.redisconn import make_async_client, redacted_url
+
+log = logging.getLogger(__name__)
+
+_MIN_BACKOFF_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    key: str
+    data: bytes
+    ttl_ms: int
+
+
+class Publisher:
+    def __init__(
+        self,
+        settings: RedisSettings,
+        *,
+        client_factory: Callable[[RedisSettings], object] = make_async_client,
+    ) -> None:
+        self._settings = settings
+        self._keys = RedisKeys(settings.key_prefix)
+        self._factory = client_factory
+        self._pending: Outgoing | None = None
+        self._wake = asyncio.Event()
+        self._client = None
+        self._connected = False
+        self._backoff = _MIN_BACKOFF_S
+        # Counters (the agent logs them; tests read them).
+        self.sent = 0
+        self.failures = 0
+        self.replaced = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def pending(self) -> Outgoing | None:
+        return self._pending
+
+    def offer(self, key: str, data: bytes, ttl_ms: int) -> None:
+        """Queue a report for sending, replacing any report still waiting."""
+        if self._pending is not None:
+            self.replaced += 1
+        self._pending = Outgoing(key, data, ttl_ms)
+        self._wake.set()
+
+    async def send(self, item: Outgoing) -> None:
+        """One SET PX + PUBLISH round trip; raises on any Redis error."""
+        if self._client is None:
+            self._client = self._factory(self._settings)
+        # Not a MULTI: PUBLISH has no key, and a Redis Cluster cannot put it in a slot's transaction.
+        # Pipeline order still puts the key in place before the push, so a reader that resyncs on the push
+        # finds it.
+        pipe = self._client.pipeline(transaction=False)  # type: ignore[attr-defined]
+        pipe.set(item.key, item.data, px=item.ttl_ms)
+        pipe.publish(self._keys.reports_channel, item.data)
+        await pipe.execute()
+
+    async def run(self) -> None:
+        """Send whatever is pending, forever (until cancelled). Never raises on Redis errors."""
+        try:
+            while True:
+                await self._wake.wait()
+                item = self._pending
+                if item is None:
+                    self._wake.clear()
+                    continue
+                try:
+                    await self.send(item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # any Redis/network error: keep the latest report, back off
+                    self.failures += 1
+                    if self._connected:
+                        log.warning(
+                            "redis publish failed (%s: %s); keeping only the latest report, reconnecting",
+                            type(exc).__name__, exc,
+                        )
+                    else:
+                        log.debug("redis publish failed: %s", exc)
+                    self._connected = False
+                    await self._drop_client()
+                    await asyncio.sleep(random.uniform(self._backoff / 2, self._backoff))
+                    self._backoff = min(self._settings.reconnect_max_backoff_s, self._backoff * 2)
+                    continue
+                if self._pending is item:
+                    self._pending = None
+                    self._wake.clear()
+                self.sent += 1
+                self._backoff = _MIN_BACKOFF_S
+                if not self._connected:
+                    self._connected = True
+                    log.info("publishing to redis %s", redacted_url(self._settings.url))
+        finally:
+            await self._drop_client()
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()  # type: ignore[attr-defined]
+            except Exception:
+                pass
