@@ -8,6 +8,7 @@ Rules (docs/architecture.md repeats them):
 - KV-cache usage is the *worst* healthy node's: a full engine queues its requests whatever the others do.
 - Running / waiting requests and capacity hints are summed.
 - A site with no node reporting an engine view has requests_* and kv_cache_usage None (unknown).
+- Stale sources are listed from every node, unhealthy ones included.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def aggregate_site(site: str, nodes: Iterable[NodeLoad]) -> SiteLoad | None:
         if n.requests_waiting is not None:
             waiting = (waiting or 0) + n.requests_waiting
         max_running += n.max_running
+    for n in nodes:
+        # Every node's, the unhealthy included: their stale sources are what explains them.
         stale.extend(n.stale_sources)
     return SiteLoad(
         site=site,
