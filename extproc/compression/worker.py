@@ -69,6 +69,11 @@ class Ewma:
         self.value = x if self.value is None else self.alpha * x + (1 - self.alpha) * self.value
         return self.value
 
+    def step(self, before: float | None, x: float) -> None:
+        """Set the value to one EWMA step from `before`: lets a round refine its own sample after every
+        batch (so the speed is known before the round's first answer) without compounding."""
+        self.value = x if before is None else self.alpha * x + (1 - self.alpha) * before
+
 
 class BatchingCompressor:
     """FineCompressor backed by one worker thread that owns `model`.
@@ -301,12 +306,19 @@ class BatchingCompressor:
             if job.remaining == 0:
                 self._finish(job)
         model_tokens = 0
+        all_model = sum(len(x) for x in inputs)
+        all_llm = sum(p.tokens_before for j in live if j.rate < 1.0 for p in j.prepared if p is not None)
+        model_before, llm_before = self._model_tps.value, self._llm_tps.value
         for batch in core.plan_batches([len(x) for x in inputs], self.max_batch_tokens, self.max_batch_size):
             batch = [i for i in batch if not items[i][0].abandoned]
             if not batch:
                 continue
             outs = self.model.forward([inputs[i] for i in batch])
             model_tokens += sum(len(inputs[i]) for i in batch)
+            # Speed so far this round (preparation included), before anyone of this batch is answered.
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            self._model_tps.step(model_before, model_tokens / elapsed)
+            self._llm_tps.step(llm_before, all_llm * (model_tokens / all_model) / elapsed)
             for i, probs in zip(batch, outs):
                 job, ti, ci = items[i]
                 job.probs[(ti, ci)] = probs
@@ -316,11 +328,6 @@ class BatchingCompressor:
         for job in live:  # abandoned mid-round
             if not job.future.done():
                 self._resolve(job, Skipped("deadline"))
-        elapsed = time.perf_counter() - t0
-        if model_tokens and elapsed > 0:
-            self._model_tps.update(model_tokens / elapsed)
-            llm = sum(p.tokens_before for j in live for p in j.prepared if p is not None)
-            self._llm_tps.update(llm / elapsed)
 
     def _finish(self, job: _Job) -> None:
         try:
