@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from extproc.config.schema import GatewayConfig
 from extproc.loadmap.model import LoadSnapshot
-from extproc.request.openai import Inspection, body_features, inspect_headers, parse_json_body
+from extproc.request.openai import PRIORITY_HEADER, Inspection, body_features, inspect_headers, parse_json_body
 from extproc.rewrite import BodyRewriter, Rewrite, RewriteRequest, Skip
 from extproc.routing.affinity import AffinityTable
 from extproc.routing.features import RequestFeatures, SlaClass
@@ -24,6 +24,8 @@ from extproc.server.metrics import GatewayMetrics
 log = logging.getLogger(__name__)
 
 SITE_HEADER = "x-aigrid-site"
+# How long a request may reuse the site views built for an earlier one (bounds the error on report age).
+VIEW_TTL_S = 0.05
 DECISION_HEADER = "x-aigrid-decision"
 
 
@@ -57,6 +59,17 @@ class Gateway:
         self.spilling: dict[str, bool] = {}
         self.affinity = AffinityTable(config.policy.affinity_max_entries, config.policy.affinity_ttl_s)
         self._default = config.default_site
+        # Headers the request path reads (everything else is never decoded).
+        self.wanted_headers = frozenset(
+            {":method", ":path", "content-type", "content-encoding", "content-length", PRIORITY_HEADER,
+             config.gateway.conversation_header.lower()}
+        )
+        # Views depend on the snapshot and, through report age, on time: rebuilt when the snapshot object
+        # changes or after VIEW_TTL_S, not per request.
+        self._views: list[SiteView] = []
+        self._views_of: LoadSnapshot | None = None
+        self._views_at = -1e18
+        self._decision_counters: dict[tuple[str, str, str], object] = {}
 
     # -- load map events ----------------------------------------------------------------------------------
     def on_snapshot(self, snap: LoadSnapshot) -> None:
@@ -71,10 +84,23 @@ class Gateway:
             m.site_spilling.labels(v.name).set(1 if self.spilling.get(v.name) else 0)
 
     # -- routing ------------------------------------------------------------------------------------------
+    def views(self, now: float) -> list[SiteView]:
+        snap = self._snapshot()
+        if snap is not self._views_of or now - self._views_at > VIEW_TTL_S:
+            self._views = build_views(self.config, snap, now)
+            self._views_of, self._views_at = snap, now
+        return self._views
+
+    def _count_decision(self, site: str, step: str, sla: str) -> None:
+        key = (site, step, sla)
+        child = self._decision_counters.get(key)
+        if child is None:
+            child = self._decision_counters[key] = self.metrics.decisions.labels(site, step, sla)
+        child.inc()  # type: ignore[attr-defined]
+
     def route(self, features: RequestFeatures) -> tuple[Decision, list[SiteView]]:
         now = self._clock()
-        snap = self._snapshot()
-        views = build_views(self.config, snap, now)
+        views = self.views(now)
         if features.conversation_key is not None:
             prev = self.affinity.get(features.conversation_key, now)
             if prev is not None:
@@ -85,7 +111,7 @@ class Gateway:
         ctx = RoutingContext(features, views, self.spilling, self.config.policy, self._default, self._rng.random())
         d = decide(ctx)
         self.affinity.put(features.conversation_key, d.site, now)
-        self.metrics.decisions.labels(d.site, d.step, features.sla.value).inc()
+        self._count_decision(d.site, d.step, features.sla.value)
         return d, views
 
     def inspect(self, headers: Mapping[str, str]) -> Inspection:
