@@ -43,12 +43,13 @@ _EN_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _STOP = frozenset(
     "a an the and or of to in on at for by with from as is are was were be been being it its this that "
     "these those what which who whom whose when where why how did do does done has have had not no yes "
-    "into about than then there their they them he she his her we our you your i me my".split()
+    "into about than then there their they them he she his her we our you your i me my question answer q".split()
 )
 
 
 # ---- pure parts ---------------------------------------------------------------------------------------------
 def bm25_scores(query: Sequence[str], docs: Sequence[Sequence[str]], k1: float = 1.5, b: float = 0.75) -> list[float]:
+    """Okapi BM25 of each document for the query; a term repeated in the query weighs that many times."""
     n = len(docs)
     if n == 0:
         return []
@@ -56,18 +57,18 @@ def bm25_scores(query: Sequence[str], docs: Sequence[Sequence[str]], k1: float =
     df: Counter[str] = Counter()
     for d in docs:
         df.update(set(d))
-    q = [t for t in dict.fromkeys(query)]
+    q = Counter(query)
     out: list[float] = []
     for d in docs:
         tf = Counter(d)
         dl = len(d) or 1
         s = 0.0
-        for t in q:
+        for t, w in q.items():
             f = tf.get(t, 0)
             if not f:
                 continue
             idf = math.log((n - df[t] + 0.5) / (df[t] + 0.5) + 1.0)
-            s += idf * f * (k1 + 1) / (f + k1 * (1 - b + b * dl / avgdl))
+            s += w * idf * f * (k1 + 1) / (f + k1 * (1 - b + b * dl / avgdl))
         out.append(s)
     return out
 
@@ -105,8 +106,13 @@ def english_terms(text: str) -> list[str]:
 _local = threading.local()
 
 
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{2,}")
+
+
 def japanese_terms(text: str) -> list[str]:
-    """Morphemes (surface forms, lower-cased), minus particles, auxiliaries, symbols and punctuation."""
+    """Morphemes (surface forms, lower-cased), minus particles, auxiliaries, symbols and punctuation,
+    plus character bigrams of kana/kanji runs: the analyser may cut the question and the document
+    differently ("何番線" → 何/番/線 but "7番線" → 7/番線), and bigrams still match across such cuts."""
     tagger = getattr(_local, "tagger", None)
     if tagger is None:
         import fugashi  # unidic-lite provides the dictionary, offline
@@ -121,11 +127,54 @@ def japanese_terms(text: str) -> list[str]:
         s = w.surface.strip().lower()
         if s:
             out.append(s)
+    for m in _CJK_RUN.finditer(text):
+        run = m.group()
+        out.extend("#" + run[i : i + 2] for i in range(len(run) - 1))
     return out
 
 
-def terms(text: str, lang: str) -> list[str]:
-    return japanese_terms(text) if lang == "ja" else english_terms(text)
+# Identifiers and numbers as whole terms (INC-4821, v1.2.3, 25527): the analyser cuts them into pieces
+# that every sibling document shares ("SHP", "-"); whole, they single out the one document that matters.
+_IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*[0-9][A-Za-z0-9._/-]*|[0-9]+")
+IDENT_QUERY_WEIGHT = 3
+
+
+def proper_noun_spans(text: str) -> list[tuple[int, int]]:
+    """Char spans of Japanese proper nouns (people, places, organisations: unidic 固有名詞), with a
+    directly following suffix (さん, 氏, 港). The regex atoms of segment.py cannot see names in kanji;
+    these are added to the atoms of Japanese pieces so the fine step never cuts a name in half."""
+    tagger = getattr(_local, "tagger", None)
+    if tagger is None:
+        import fugashi  # noqa: PLC0415
+
+        tagger = fugashi.Tagger()
+        _local.tagger = tagger
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    prev_proper = False
+    for w in tagger(text):
+        surface = w.surface
+        start = text.find(surface, pos)
+        if start < 0:
+            break  # the analyser normalised something: stop rather than guess offsets
+        end = start + len(surface)
+        pos = end
+        f = w.feature
+        proper = getattr(f, "pos2", "") == "固有名詞"
+        suffix = getattr(f, "pos1", "") == "接尾辞"
+        if proper or (suffix and prev_proper):
+            if spans and prev_proper and spans[-1][1] == start:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((start, end))
+        prev_proper = proper or (suffix and prev_proper)
+    return spans
+
+
+def terms(text: str, lang: str, *, query: bool = False) -> list[str]:
+    base = japanese_terms(text) if lang == "ja" else english_terms(text)
+    idents = ["=" + m.group().lower().rstrip(".") for m in _IDENT.finditer(text)]
+    return base + idents * (IDENT_QUERY_WEIGHT if query else 1)
 
 
 # ---- ranker -------------------------------------------------------------------------------------------------
@@ -208,7 +257,7 @@ class CoarseRanker:
         lang = script_of(question + " " + " ".join(d[:200] for d in docs[:3]))
         method = self._method(lang)
         texts = [d[:MAX_RANK_CHARS] for d in docs]
-        lexical = bm25_scores(terms(question, lang), [terms(t, lang) for t in texts])
+        lexical = bm25_scores(terms(question, lang, query=True), [terms(t, lang) for t in texts])
         if not method.startswith(("embedding", "hybrid")):
             return Ranking(lexical, method, lang)
         emb = self._model.encode([question, *texts], normalize_embeddings=True, convert_to_numpy=True)

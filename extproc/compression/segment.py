@@ -408,6 +408,48 @@ def _sep(gap: str) -> str:
     return " " if any(c.isspace() for c in gap) else ""
 
 
+def _align_units(toks: Sequence[str], want: Sequence[str], keep: list[bool]) -> bool:
+    """Mark the units of `want` in `toks` (greedy, in order); False if `want` is not a subsequence."""
+    marks: list[int] = []
+    i = 0
+    for w in want:
+        while i < len(toks) and toks[i] != w:
+            i += 1
+        if i == len(toks):
+            return False
+        marks.append(i)
+        i += 1
+    for i in marks:
+        keep[i] = True
+    return True
+
+
+def _align_chars(toks: Sequence[str], kept: str, keep: list[bool]) -> bool:
+    """Fallback when the compressor fused or split units (it dropped the "-" of "INC-3823" and wrote
+    "INC3823"): align the kept text's characters, not its units, and keep every unit whose characters
+    were mostly matched. False if the kept characters are not a subsequence of the original's."""
+    chars = [c for c in kept if not c.isspace()]
+    matched = [0] * len(toks)
+    ti = ci = 0
+    for c in chars:
+        while ti < len(toks):
+            tok = toks[ti]
+            while ci < len(tok) and tok[ci] != c:
+                ci += 1
+            if ci < len(tok):
+                matched[ti] += 1
+                ci += 1
+                break
+            ti += 1
+            ci = 0
+        else:
+            return False
+    for i, m in enumerate(matched):
+        if m * 2 >= len(toks[i]) and m:
+            keep[i] = True
+    return True
+
+
 def restore(
     original: str,
     kept: str | None,
@@ -431,16 +473,8 @@ def restore(
     if kept is None:
         for i in range(min(len(spans), keep_units or 0)):
             keep[i] = True
-    else:
-        want = units(kept)
-        i = 0
-        for w in want:
-            while i < len(toks) and toks[i] != w:
-                i += 1
-            if i == len(toks):
-                return None
-            keep[i] = True
-            i += 1
+    elif not _align_units(toks, units(kept), keep) and not _align_chars(toks, kept, keep):
+        return None
     if atoms:
         j = 0
         for a, b in sorted(atoms):

@@ -1,0 +1,454 @@
+"""The compression rewriter: the gateway's BodyRewriter for prompt compression.
+
+segment (pure) → rate (pure) → coarse (ranker, off the loop) → fine (FineCompressor, off the loop) →
+restore + rebuild (pure) → orjson. Any failure, timeout or doubt leaves the body as it was, with the reason
+in the `x-aigrid-compression` header and the `aigrid_compression_requests{outcome}` metric.
+
+`CompressionPipeline.compress` runs the steps at a given rate (the eval command calls it directly);
+`CompressionRewriter.rewrite` adds the load policy, deadline, encoding, metrics and headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from extproc.compression.coarse import CoarseRanker, coarse_budget, select_documents
+from extproc.compression.fine import FineCompressor, FineResult, Skipped
+from extproc.compression.rate import RateInputs, RatePolicy, decide_rate
+from extproc.compression.segment import (
+    Piece,
+    SegmentOptions,
+    Segmentation,
+    rebuild,
+    restore,
+    script_of,
+    segment,
+    units,
+)
+from extproc.compression.settings import CompressionSettings
+from extproc.request.openai import estimate_tokens
+from extproc.rewrite import Rewrite, RewriteRequest, Skip
+
+log = logging.getLogger(__name__)
+
+HEADER = "x-aigrid-compression"
+PATHS = ("/v1/chat/completions", "/v1/completions")
+# Bodies above this are segmented and rebuilt in a thread: regex work over a megabyte would otherwise
+# hold the gRPC loop for tens of milliseconds.
+THREAD_BODY_BYTES = 64 * 1024
+# A dropped whole-message document (a tool output, an earlier user message) keeps this many leading
+# units: removing the message would break tool_call pairing or role alternation.
+STUB_UNITS = 24
+# Speed assumed for a coarse-only pass (BM25/MiniLM over the documents), for the break-even rule.
+COARSE_TOKENS_PER_S = 50_000.0
+# Below this the fine step is not worth a model call.
+MIN_FINE_RATE_GAIN = 0.02
+# The rewriter's own deadline is this share of compression.deadline_ms, so it answers (with a reason)
+# before the gateway's wait_for cancels it.
+OWN_DEADLINE_SHARE = 0.85
+
+
+# ---- pipeline -----------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Outcome:
+    """What one compression pass did. `body` is None when nothing changed."""
+
+    body: dict[str, Any] | None
+    reason: str
+    tokens_before: int
+    tokens_after: int
+    doc_tokens_before: int = 0
+    docs_before: int = 0
+    kept_docs: list[int] = field(default_factory=list)
+    rate: float = 1.0
+    fine_rate: float | None = None
+    fine: str = "none"
+    ranker: str = ""
+    coarse_s: float = 0.0
+    fine_s: float = 0.0
+    # Compressible tokens before and after (what the rate applies to).
+    comp_before: int = 0
+    comp_after: int = 0
+    # Each document's text after compression ("" when dropped, the stub for a whole-message document).
+    doc_texts_after: list[str] = field(default_factory=list)
+
+
+def _atom_units(piece: Piece) -> int:
+    return sum(len(units(piece.text[a:b])) for a, b in piece.atoms)
+
+
+def model_rate(rate: float, n_units: int, atom_units: int) -> float:
+    """The rate to ask of the model so that, with every atom kept on top of what it keeps, about `rate`
+    of the units survive."""
+    if n_units <= atom_units or n_units == 0:
+        return rate
+    r = (rate * n_units - atom_units) / (n_units - atom_units)
+    return min(1.0, max(0.05, r))
+
+
+_TAGS_ONLY = re.compile(r"\s*(?:</?[A-Za-z][^<>]*>\s*)+")
+
+
+def _droppable(seg: Segmentation, di: int) -> bool:
+    """A document may be dropped whole only if nothing in it (but its header and its markup tags, e.g.
+    </document>) is protected: protected text reaches the model byte-identical, always."""
+    d = seg.documents[di]
+    slot = seg.slots[d.slot]
+    for k, pi in enumerate(d.pieces):
+        p = slot.pieces[pi]
+        if p.compress or not p.text.strip() or (not d.whole_message and _TAGS_ONLY.fullmatch(p.text)):
+            continue
+        if k == 0 and not d.whole_message:
+            continue  # the marker line "Document [3]:" goes with its document
+        return False
+    return True
+
+
+def _drop(seg: Segmentation, di: int, out: dict[tuple[int, int], str]) -> None:
+    d = seg.documents[di]
+    slot = seg.slots[d.slot]
+    stubbed = False
+    for pi in d.pieces:
+        p = slot.pieces[pi]
+        if d.whole_message and not stubbed and p.compress:
+            out[(d.slot, pi)] = restore(p.text, None, keep_units=STUB_UNITS) or p.text
+            stubbed = True
+        elif not d.whole_message or p.compress:
+            out[(d.slot, pi)] = ""
+
+
+def _with_japanese_names(pieces: list[Piece]) -> list[Piece]:
+    """Japanese pieces get their proper nouns as atoms (kept whole). Best effort: without fugashi, or on
+    any analyser error, the pieces stay as they were."""
+    try:
+        from extproc.compression.coarse import proper_noun_spans  # noqa: PLC0415
+
+        out = []
+        for p in pieces:
+            if script_of(p.text) == "ja":
+                p = Piece(p.text, p.compress, p.doc, tuple(sorted((*p.atoms, *proper_noun_spans(p.text)))))
+            out.append(p)
+        return out
+    except Exception:
+        log.warning("japanese name detection failed; compressing without it", exc_info=True)
+        return pieces
+
+
+class CompressionPipeline:
+    def __init__(
+        self,
+        settings: CompressionSettings,
+        fine: FineCompressor | None = None,
+        ranker: CoarseRanker | None = None,
+    ) -> None:
+        self.settings = settings
+        self.fine = fine
+        self.ranker = ranker
+        self.seg_opts = SegmentOptions(min_segment_tokens=settings.min_segment_tokens)
+
+    def segment(self, path: str, body: Mapping[str, Any]) -> Segmentation:
+        return segment(path, body, self.seg_opts)
+
+    async def compress(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        rate: float,
+        deadline_s: float,
+        seg: Segmentation | None = None,
+    ) -> Outcome:
+        t_end = time.monotonic() + deadline_s
+        if seg is None:
+            seg = self.segment(path, body)
+        out = Outcome(None, "unchanged", seg.total_tokens, seg.total_tokens, rate=rate)
+        out.comp_before = out.comp_after = seg.compressible_tokens
+        out.docs_before = len(seg.documents)
+        out.doc_tokens_before = sum(d.tokens for d in seg.documents)
+        out.kept_docs = list(range(len(seg.documents)))
+        if seg.compressible_tokens == 0:
+            out.reason = "nothing_to_compress"
+            return out
+        repl: dict[tuple[int, int], str] = {}
+        dropped: set[int] = set()
+
+        # -- coarse: drop the documents least relevant to the question
+        if self.ranker is not None and self.settings.coarse and seg.rag:
+            t0 = time.monotonic()
+            try:
+                ranking = await self.ranker.rank(
+                    seg.question, [d.text for d in seg.documents], max(0.0, t_end - time.monotonic())
+                )
+            except asyncio.TimeoutError:
+                ranking = None
+                out.ranker = "timeout"
+            out.coarse_s = time.monotonic() - t0
+            if ranking is not None:
+                out.ranker = ranking.method
+                tokens = [d.tokens for d in seg.documents]
+                budget = coarse_budget(
+                    out.doc_tokens_before, rate, self.fine is not None, self.settings.coarse_slack
+                )
+                keep = set(select_documents(ranking.scores, tokens, budget, self.settings.coarse_min_docs))
+                for di in range(len(seg.documents)):
+                    if di not in keep and _droppable(seg, di):
+                        dropped.add(di)
+                        _drop(seg, di, repl)
+                out.kept_docs = [i for i in range(len(seg.documents)) if i not in dropped]
+
+        # -- fine: the model on what is left
+        targets = [(si, pi) for si, pi in seg.compressible() if (si, pi) not in repl]
+        if self.fine is not None and targets:
+            left = sum(estimate_tokens(seg.slots[si].pieces[pi].text) for si, pi in targets)
+            want = rate * seg.compressible_tokens
+            fine_rate = min(1.0, want / left) if left else 1.0
+            if fine_rate < 1.0 - MIN_FINE_RATE_GAIN:
+                pieces = [seg.slots[si].pieces[pi] for si, pi in targets]
+                if any(script_of(p.text) == "ja" for p in pieces):
+                    pieces = await asyncio.to_thread(_with_japanese_names, pieces)
+                n_units = sum(len(units(p.text)) for p in pieces)
+                mr = model_rate(fine_rate, n_units, sum(_atom_units(p) for p in pieces))
+                out.fine_rate = mr
+                t0 = time.monotonic()
+                remaining = t_end - time.monotonic()
+                res: FineResult | Skipped
+                if remaining <= 0:
+                    res = Skipped("deadline")
+                else:
+                    try:
+                        res = await self.fine.compress([p.text for p in pieces], mr, remaining)
+                    except asyncio.TimeoutError:
+                        res = Skipped("deadline")
+                out.fine_s = time.monotonic() - t0
+                if isinstance(res, Skipped):
+                    out.fine = res.reason
+                else:
+                    out.fine = "ok"
+                    bad = 0
+                    for (si, pi), p, kept in zip(targets, pieces, res.texts):
+                        new = restore(p.text, kept, p.atoms)
+                        if new is None:
+                            bad += 1  # not a subsequence of the original: keep the original
+                        elif new != p.text:
+                            repl[(si, pi)] = new
+                    if bad:
+                        out.fine = f"ok(kept_original={bad})"
+            else:
+                out.fine = "not_needed"
+
+        out.doc_texts_after = [
+            "".join(repl.get((d.slot, pi), seg.slots[d.slot].pieces[pi].text) for pi in d.pieces)
+            for d in seg.documents
+        ]
+        if not repl:
+            out.reason = "fine_" + out.fine if out.fine not in ("none", "ok", "not_needed") else "no_change"
+            return out
+        new_body = rebuild(body, seg, repl)
+        out.body = new_body
+        out.reason = "compressed"
+        removed = 0
+        comp_removed = 0
+        for (si, pi), text in repl.items():
+            p = seg.slots[si].pieces[pi]
+            d = estimate_tokens(p.text) - estimate_tokens(text)
+            removed += d
+            if p.compress:
+                comp_removed += d
+        out.tokens_after = max(0, seg.total_tokens - removed)
+        out.comp_after = max(0, seg.compressible_tokens - comp_removed)
+        return out
+
+
+# ---- metrics ------------------------------------------------------------------------------------------------
+class CompressionMetrics:
+    """Prometheus metrics of the compressor, registered on the registry it is given (the gateway's)."""
+
+    def __init__(self, registry: Any = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram  # noqa: PLC0415
+
+        r = registry if registry is not None else CollectorRegistry()
+        self.registry = r
+        self.requests = Counter(
+            "aigrid_compression_requests",
+            "Requests seen by the compressor, by outcome (compressed or the skip reason)",
+            ["outcome"], registry=r,
+        )
+        self.tokens_before = Counter(
+            "aigrid_compression_tokens_before", "Estimated prompt tokens of compressed requests, before", registry=r
+        )
+        self.tokens_after = Counter(
+            "aigrid_compression_tokens_after", "Estimated prompt tokens of compressed requests, after", registry=r
+        )
+        self.ratio = Histogram(
+            "aigrid_compression_ratio", "Prompt tokens after / before, per compressed request",
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r,
+        )
+        self.seconds = Histogram(
+            "aigrid_compression_seconds", "Time spent per request, by stage (total, coarse, fine)", ["stage"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r,
+        )
+        self.docs_dropped = Counter(
+            "aigrid_compression_documents_dropped", "Documents dropped by the coarse step", registry=r
+        )
+
+
+# Skip reasons are a fixed vocabulary (bounded metric labels).
+SKIP_REASONS = frozenset({
+    "path", "nothing_to_compress", "short", "unknown_load", "idle", "deadline", "break_even", "no_gain",
+    "no_change", "encode", "error", "fine_saturated", "fine_deadline", "fine_language", "fine_empty",
+})
+
+
+def _label(reason: str) -> str:
+    return reason if reason in SKIP_REASONS else "other"
+
+
+# ---- rewriter -----------------------------------------------------------------------------------------------
+class CompressionRewriter:
+    def __init__(
+        self,
+        settings: CompressionSettings,
+        *,
+        fine: FineCompressor | None = None,
+        ranker: CoarseRanker | None = None,
+        registry: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = CompressionPipeline(settings, fine, ranker)
+        self.metrics = CompressionMetrics(registry)
+        s = settings
+        self.policy = RatePolicy(
+            start_pressure=s.start_pressure,
+            full_pressure=s.full_pressure,
+            floors=s.floors.model_dump(),
+            default_floor=s.floors.standard,
+            model_floors=dict(s.model_floors),
+            fixed_rate=s.fixed_rate,
+            min_compressible_tokens=s.min_prompt_tokens,
+            break_even=s.break_even,
+            margin=s.break_even_margin,
+            compressor_tokens_per_s=s.compressor_tokens_per_s if fine is not None else COARSE_TOKENS_PER_S,
+        )
+
+    def _skip(self, reason: str, t0: float, tokens: int | None = None, extra: str = "") -> Skip:
+        ms = (time.perf_counter() - t0) * 1000
+        self.metrics.requests.labels(_label(reason)).inc()
+        self.metrics.seconds.labels("total").observe(ms / 1000)
+        h = f"skip={reason}" + (f" tokens={tokens}" if tokens is not None else "") + f" ms={ms:.0f}" + extra
+        return Skip(reason, {HEADER: h})
+
+    async def rewrite(self, req: RewriteRequest) -> Rewrite | Skip:
+        t0 = time.perf_counter()
+        try:
+            return await self._rewrite(req, t0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("compression failed; body left unchanged")
+            return self._skip("error", t0)
+
+    async def _rewrite(self, req: RewriteRequest, t0: float) -> Rewrite | Skip:
+        s = self.settings
+        if req.path not in PATHS:
+            return self._skip("path", t0)
+        big = len(req.body) > THREAD_BODY_BYTES
+        if big:
+            seg = await asyncio.to_thread(self.pipeline.segment, req.path, req.parsed)
+        else:
+            seg = self.pipeline.segment(req.path, req.parsed)
+        if seg.compressible_tokens == 0:
+            return self._skip("nothing_to_compress", t0, seg.total_tokens)
+        deadline_s = s.deadline_ms / 1000.0 * OWN_DEADLINE_SHARE
+        site = req.decision.site
+        pressure = req.site.pressure if req.site is not None else None
+        waiting = req.site_load.requests_waiting if req.site_load is not None else None
+        fine = self.pipeline.fine
+        measured = fine.tokens_per_second() if fine is not None else None
+        decision = decide_rate(
+            self.policy,
+            RateInputs(
+                compressible_tokens=seg.compressible_tokens,
+                sla=req.features.sla.value,
+                model=req.features.model,
+                pressure=pressure,
+                requests_waiting=waiting,
+                prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(site, s.prefill_tokens_per_s),
+                compressor_tokens_per_s=measured,
+                deadline_s=deadline_s,
+            ),
+        )
+        p = "?" if pressure is None else f"{pressure:.2f}"
+        if not decision.compress:
+            extra = f" pressure={p}"
+            if decision.reason in ("break_even", "deadline"):
+                extra += f" saved_s={decision.saved_s:.3f} cost_s={decision.cost_s:.3f}"
+            return self._skip(decision.reason, t0, seg.total_tokens, extra)
+        remaining = deadline_s - (time.perf_counter() - t0)
+        out = await self.pipeline.compress(req.path, req.parsed, decision.rate, remaining, seg)
+        if out.body is None:
+            return self._skip(out.reason, t0, seg.total_tokens, f" pressure={p}")
+        try:
+            if big:
+                body = await asyncio.to_thread(orjson.dumps, out.body)
+            else:
+                body = orjson.dumps(out.body)
+        except (TypeError, orjson.JSONEncodeError):
+            # Unpaired surrogates and the like: leave such a body exactly as the client sent it.
+            return self._skip("encode", t0, seg.total_tokens)
+        if len(body) >= len(req.body):
+            return self._skip("no_gain", t0, seg.total_tokens)
+        ms = (time.perf_counter() - t0) * 1000
+        ratio = out.tokens_after / out.tokens_before if out.tokens_before else 1.0
+        m = self.metrics
+        m.requests.labels("compressed").inc()
+        m.tokens_before.inc(out.tokens_before)
+        m.tokens_after.inc(out.tokens_after)
+        m.ratio.observe(ratio)
+        m.seconds.labels("total").observe(ms / 1000)
+        if out.coarse_s:
+            m.seconds.labels("coarse").observe(out.coarse_s)
+        if out.fine_s:
+            m.seconds.labels("fine").observe(out.fine_s)
+        m.docs_dropped.inc(out.docs_before - len(out.kept_docs))
+        h = f"tokens={out.tokens_before}->{out.tokens_after} ratio={ratio:.2f} ms={ms:.0f} rate={decision.rate:.2f} pressure={p}"
+        if out.docs_before:
+            h += f" docs={out.docs_before}->{len(out.kept_docs)}"
+        if out.ranker:
+            h += f" ranker={out.ranker}"
+        h += f" fine={out.fine}"
+        return Rewrite(body, {HEADER: h})
+
+    async def close(self) -> None:
+        if self.pipeline.ranker is not None:
+            await self.pipeline.ranker.close()
+        if self.pipeline.fine is not None:
+            await self.pipeline.fine.close()
+
+
+# ---- construction from config --------------------------------------------------------------------------------
+def build_fine_compressor(settings: CompressionSettings) -> FineCompressor | None:
+    """The model side's batching worker for `settings.model_path`, or None (coarse step only).
+    Blocking while the model loads (seconds): called once at startup."""
+    if not settings.model_path:
+        return None
+    from extproc.compression.worker import BatchingCompressor  # noqa: PLC0415
+
+    return BatchingCompressor.from_path(settings.model_path)
+
+
+def build_compression_rewriter(config: Any, registry: Any = None) -> CompressionRewriter:
+    """From `config.compression` alone (GatewayConfig, or CompressionSettings directly). Pass the gateway's
+    Prometheus registry to expose the compressor's metrics on /metrics."""
+    settings: CompressionSettings = getattr(config, "compression", config)
+    ranker = CoarseRanker(settings.ranker, settings.embedding_model_path) if settings.coarse else None
+    if ranker is not None:
+        ranker.start_loading()
+    fine = build_fine_compressor(settings)
+    return CompressionRewriter(settings, fine=fine, ranker=ranker, registry=registry)
