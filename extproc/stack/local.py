@@ -1,0 +1,171 @@
+"""A whole local grid on one machine: Redis, GPU sites (simulated, or instant stand-ins), their load
+agents, the ext_proc server and Envoy. Used by `aigrid up` and `aigrid demo`.
+
+Ports: Envoy's listener and admin ports are the ones the operator asked for (a taken port is a clear error,
+not a silent move); everything internal gets a free port.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from extproc.config import load_config
+from extproc.config.schema import GatewayConfig
+from extproc.envoyconf.render import render_envoy_yaml
+from extproc.stack.procs import (
+    ProcessGroup,
+    StackError,
+    free_port,
+    http_ok,
+    port_is_free,
+    port_open,
+    python_argv,
+    start_envoy,
+    start_redis,
+)
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One local GPU site. gpu/model/replicas/link delay matter only for simulated sites."""
+
+    name: str
+    role: str = "remote"
+    gpu: str = "H100"
+    model: str = "llama-3.1-8b"
+    gpus_per_replica: int = 1
+    replicas: int = 1
+    link_delay_ms: float = 0.0
+    rtt_ms: float = 1.0
+
+
+DEFAULT_SITES: tuple[SiteSpec, ...] = (
+    # An edge site next to the 5G core: one smaller GPU, no link delay.
+    SiteSpec("edge", "edge", gpu="L40S", replicas=1, link_delay_ms=0.0, rtt_ms=1.0),
+    # A remote site over the long-haul optical link: more GPUs, a few ms away.
+    SiteSpec("remote", "remote", gpu="H100", replicas=2, link_delay_ms=4.0, rtt_ms=8.0),
+)
+
+
+def simulator_available() -> bool:
+    return importlib.util.find_spec("extproc.sim.cli") is not None
+
+
+def agent_available() -> bool:
+    return importlib.util.find_spec("extproc.agent.cli") is not None
+
+
+@dataclass
+class LocalStack:
+    workdir: Path
+    sites: tuple[SiteSpec, ...] = DEFAULT_SITES
+    envoy_port: int = 10000
+    admin_port: int = 9901
+    # "sim": GPU simulator sites with agents; "standin": instant responders, no load reports.
+    upstream: str = "sim"
+    policy: dict = field(default_factory=dict)
+    compression: dict = field(default_factory=dict)
+    agent_interval_ms: int = 250
+    group: ProcessGroup = field(init=False)
+    site_ports: dict[str, int] = field(default_factory=dict)
+    redis_port: int = 0
+    extproc_port: int = 0
+    metrics_port: int = 0
+    config_path: Path | None = None
+    config: GatewayConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.group = ProcessGroup(self.workdir / "logs")
+
+    # -- config -------------------------------------------------------------------------------------------
+    def _check_ports(self) -> None:
+        for what, port in (("Envoy listener", self.envoy_port), ("Envoy admin", self.admin_port)):
+            if not port_is_free(port, "127.0.0.1") or not port_is_free(port, "0.0.0.0"):
+                raise StackError(f"{what} port {port} is already taken: stop whatever holds it or pick another port")
+        if self.upstream == "sim" and not simulator_available():
+            raise StackError("the GPU simulator (extproc.sim) is not installed in this build; use --upstream standin")
+
+    def write_config(self) -> Path:
+        self.redis_port = free_port()
+        self.extproc_port = free_port()
+        self.metrics_port = free_port()
+        self.site_ports = {s.name: free_port() for s in self.sites}
+        cfg = {
+            "sites": [
+                {"name": s.name, "role": s.role, "endpoints": [f"127.0.0.1:{self.site_ports[s.name]}"], "rtt_ms": s.rtt_ms}
+                for s in self.sites
+            ],
+            "policy": {"default_site": self.sites[0].name, **self.policy},
+            "redis": {"url": f"redis://127.0.0.1:{self.redis_port}/0"},
+            "gateway": {"listen": f"127.0.0.1:{self.extproc_port}", "metrics_listen": f"127.0.0.1:{self.metrics_port}"},
+            "envoy": {"listen_address": "127.0.0.1", "listen_port": self.envoy_port, "admin_port": self.admin_port},
+        }
+        if self.compression:
+            cfg["compression"] = self.compression
+        self.config_path = self.workdir / "aigrid.yaml"
+        self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.config = load_config(str(self.config_path))
+        (self.workdir / "envoy.yaml").write_text(render_envoy_yaml(self.config))
+        return self.config_path
+
+    # -- processes ----------------------------------------------------------------------------------------
+    def _start_site(self, s: SiteSpec) -> None:
+        port = self.site_ports[s.name]
+        if self.upstream == "sim":
+            argv = python_argv(
+                "-m", "extproc.cli", "--log-level", "WARNING", "sim", "--name", s.name, "--gpu", s.gpu, "--model", s.model,
+                "--gpus-per-replica", str(s.gpus_per_replica), "--replicas", str(s.replicas),
+                "--host", "127.0.0.1", "--port", str(port), "--link-delay-ms", str(s.link_delay_ms),
+            )
+        else:
+            argv = python_argv("-m", "extproc.stack.standin", "--name", s.name, "--port", str(port))
+        p = self.group.start(f"site-{s.name}", argv)
+        p.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 60, f"site {s.name} /health")
+
+    def _start_agent(self, s: SiteSpec) -> None:
+        port = self.site_ports[s.name]
+        argv = python_argv(
+            "-m", "extproc.cli", "--log-level", "WARNING", "agent", "--site", s.name, "--node", f"{s.name}-node1",
+            "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0",
+            "--vllm-url", f"http://127.0.0.1:{port}/metrics",
+            "--no-nvml", "--interval-ms", str(self.agent_interval_ms),
+        )
+        p = self.group.start(f"agent-{s.name}", argv)
+        p.wait_ready(lambda: True, 1, "start")
+
+    def start(self) -> None:
+        self._check_ports()
+        self.write_config()
+        start_redis(self.group, self.redis_port)
+        for s in self.sites:
+            self._start_site(s)
+        if self.upstream == "sim" and agent_available():
+            for s in self.sites:
+                self._start_agent(s)
+        assert self.config_path is not None
+        serve = self.group.start("serve", python_argv("-m", "extproc.cli", "serve", "--config", str(self.config_path)))
+        serve.wait_ready(lambda: port_open(self.extproc_port) and port_open(self.metrics_port), 120, "ext_proc listening")
+        start_envoy(self.group, self.workdir / "envoy.yaml", self.admin_port)
+
+    def stop(self) -> None:
+        self.group.stop_all()
+
+    def __enter__(self) -> "LocalStack":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.envoy_port}"
