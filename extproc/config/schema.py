@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -53,6 +53,8 @@ class SiteConfig(_Strict):
 
 
 class PolicySettings(_Strict):
+    # "aigrid": the full policy. "least_loaded" and "default_only" are baselines (demo comparisons).
+    strategy: Literal["aigrid", "least_loaded", "default_only"] = "aigrid"
     # Site for requests when nothing better is known (no fresh load data, ext_proc down).
     default_site: str | None = None
     # A report older than this is unknown load.

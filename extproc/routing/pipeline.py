@@ -132,11 +132,33 @@ def spill_split(ctx: RoutingContext, sites: list[SiteView]) -> Decision | None:
     return Decision(home.name, f"{sla}: {why} {home.name} (p={_p(home.pressure)})", "home", home.pressure, frac)
 
 
+def least_loaded(ctx: RoutingContext, sites: list[SiteView]) -> Decision | None:
+    """Baseline strategy: what today's load-aware routers do — the lowest pressure, whatever the class."""
+    best = min(sites, key=lambda s: (s.pressure if s.pressure is not None else 9e9, _rtt_order(s)))
+    return Decision(best.name, f"least loaded {best.name} (p={_p(best.pressure)})", "least_loaded", best.pressure)
+
+
+def default_only(ctx: RoutingContext, sites: list[SiteView]) -> Decision | None:
+    """Baseline strategy: one site (the default) takes everything it can."""
+    for s in sites:
+        if s.name == ctx.default_site:
+            return Decision(s.name, f"default only {s.name}", "default_only", s.pressure)
+    return _fallback(ctx, sites, "default site filtered out")
+
+
 PICKERS: tuple[tuple[str, Picker], ...] = (
     ("affinity", affinity),
     ("realtime", realtime_lowest_rtt),
     ("spill", spill_split),
 )
+
+# policy.strategy → pickers. "aigrid" is the product; the other two are the baselines the demo compares
+# it with, kept in the same pipeline so the comparison differs in the picking alone.
+STRATEGIES: dict[str, tuple[tuple[str, Picker], ...]] = {
+    "aigrid": PICKERS,
+    "least_loaded": (("least_loaded", least_loaded),),
+    "default_only": (("default_only", default_only),),
+}
 
 
 # ---- the pipeline ----------------------------------------------------------------------------------------
@@ -164,8 +186,8 @@ def decide(ctx: RoutingContext) -> Decision:
             # is never chosen while a better one exists.
             return _fallback(ctx, candidates, _EMPTY_REASON[name])
         candidates = narrowed
-    for _, pick in PICKERS:
+    for _, pick in STRATEGIES[ctx.policy.strategy]:
         d = pick(ctx, candidates)
         if d is not None:
             return d
-    raise AssertionError("spill_split always decides")  # pragma: no cover
+    raise AssertionError("the last picker of every strategy always decides")  # pragma: no cover

@@ -181,3 +181,17 @@ def test_any_snapshot_gets_a_valid_decision(pressures, drained, u, sla):
     assert d.site in names and d.reason
     if any(not v.drained for v in views):
         assert not next(v for v in views if v.name == d.site).drained
+
+
+def test_baseline_strategies():
+    ll = PolicySettings(strategy="least_loaded")
+    views = [view("edge", 0.3), view("remote", 0.2)]
+    for sla in SlaClass:
+        d = decide(ctx(views, sla=sla, prev="edge", policy=ll))
+        assert (d.site, d.step) == ("remote", "least_loaded")
+    one = PolicySettings(strategy="default_only")
+    views = [view("edge", 1.5), view("remote", 0.0)]
+    assert decide(ctx(views, policy=one)).site == "edge"
+    # Filters still apply to baselines: a drained default is not used.
+    views = [view("edge", 0.1, drained=True), view("remote", 0.0)]
+    assert decide(ctx(views, policy=one)).site == "remote"
