@@ -49,6 +49,7 @@ _SITE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("natural_output_max", int, "longest natural (EOS) answer in tokens"),
     ("seed", int, "seed for natural lengths and jitter"),
     ("slip_threshold_ms", float, "beyond this lateness the clock re-anchors (reported as slip)"),
+    ("stream_interval", int, "stream tokens in groups of N (vLLM --stream-interval; default 1)"),
 )
 
 

@@ -165,10 +165,11 @@ class EngineCore:
         idx = 0
         while idx < len(running) and budget > 0:
             r = running[idx]
-            n = r.num_tokens - r.num_computed
+            c0 = r.num_computed
+            n = r.prompt_len + r.num_generated - c0
             if n > budget:
                 n = budget  # chunked prefill: the rest of the prompt goes in later steps
-            need = ceil_div(r.num_computed + n, bs) - r.num_blocks
+            need = (c0 + n + bs - 1) // bs - r.num_blocks
             self_preempted = False
             while need > self.free_blocks:
                 victim = running.pop()
@@ -242,7 +243,7 @@ class EngineCore:
             if r.status != RUNNING:
                 continue  # aborted while the step ran; blocks are freed at the next schedule
             r.num_computed += n
-            if r.num_computed < r.num_tokens:
+            if r.num_computed < r.prompt_len + r.num_generated:
                 continue  # a prefill chunk that did not reach the end of the prompt
             r.num_generated += 1
             last = r.last_token_time

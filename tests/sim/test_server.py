@@ -294,3 +294,21 @@ async def test_info_and_timing_endpoints(site: SimSite) -> None:
     assert timing["steps"] >= 1 and "lateness_p99_s" in timing
     timing2 = json.loads((await get_text(site.url + "/sim/timing"))[1])
     assert timing2["steps"] == 0
+
+
+async def test_stream_interval_groups_tokens_without_changing_content(make_site) -> None:
+    plain = await make_site(name="a")
+    grouped = await make_site(name="b", stream_interval=4)
+
+    async def run(site: SimSite) -> tuple[str, int]:
+        s = await client(site).completions.create(model=MODEL, prompt="x", max_tokens=23, seed=3, stream=True,
+                                                  stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        text, usage = "", 0
+        async for ch in s:
+            if ch.choices:
+                text += ch.choices[0].text
+            if ch.usage:
+                usage = ch.usage.completion_tokens
+        return text, usage
+
+    assert await run(plain) == await run(grouped)
