@@ -45,6 +45,7 @@ class Publisher:
         self._client = None
         self._connected = False
         self._backoff = _MIN_BACKOFF_S
+        self._stopping = False
         # Counters (the agent logs them; tests read them).
         self.sent = 0
         self.failures = 0
@@ -65,6 +66,16 @@ class Publisher:
         self._pending = Outgoing(key, data, ttl_ms)
         self._wake.set()
 
+    def stop(self) -> None:
+        """Make `run()` return at its next step. Needed besides task cancellation: redis-py can swallow a
+        CancelledError delivered while a command is in flight, and the loop would then wait forever."""
+        self._stopping = True
+        self._wake.set()
+
+    def _should_stop(self) -> bool:
+        task = asyncio.current_task()
+        return self._stopping or (task is not None and task.cancelling() > 0)
+
     async def send(self, item: Outgoing) -> None:
         """One SET PX + PUBLISH round trip; raises on any Redis error."""
         if self._client is None:
@@ -80,8 +91,10 @@ class Publisher:
     async def run(self) -> None:
         """Send whatever is pending, forever (until cancelled). Never raises on Redis errors."""
         try:
-            while True:
+            while not self._should_stop():
                 await self._wake.wait()
+                if self._should_stop():
+                    break
                 item = self._pending
                 if item is None:
                     self._wake.clear()

@@ -155,9 +155,13 @@ class Agent:
                 except asyncio.TimeoutError:
                     pass
         finally:
+            self.publisher.stop()
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Bounded: a task that swallowed its cancellation (see Publisher.stop) must not hang shutdown.
+            _, pending = await asyncio.wait(tasks, timeout=5)
+            if pending:
+                log.warning("tasks still running at shutdown: %s", ", ".join(t.get_name() for t in pending))
             await self.close()
 
     def describe(self) -> str:

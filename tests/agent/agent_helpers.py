@@ -132,7 +132,7 @@ def data(name: str) -> str:
     return (DATA / name).read_text(encoding="utf-8")
 
 
-async def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+async def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
     """Poll until cond() holds; the deadline only bounds a broken test, it is not a timing assertion."""
     deadline = time.monotonic() + timeout_s
     while not cond():

@@ -47,7 +47,10 @@ async def reading(s: RedisSettings) -> AsyncIterator[LoadMapReader]:
     try:
         yield reader
     finally:
-        await reader.stop()
+        # Bounded: redis-py can swallow a cancellation delivered mid-command (see Publisher.stop), and
+        # the reader's loop would then not end.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(reader.stop(), 5)
 
 
 def make_agent(redis: RedisProc, srv: MetricsServer, **kw: object) -> Agent:
