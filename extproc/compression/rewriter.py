@@ -24,6 +24,7 @@ from extproc.compression.coarse import CoarseRanker, coarse_budget, select_docum
 from extproc.compression.fine import FineCompressor, FineResult, Skipped
 from extproc.compression.rate import RateInputs, RatePolicy, decide_rate
 from extproc.compression.segment import (
+    PROTECT_OPEN,
     Piece,
     SegmentOptions,
     Segmentation,
@@ -102,12 +103,12 @@ def _droppable(seg: Segmentation, di: int) -> bool:
     </document>) is protected: protected text reaches the model byte-identical, always."""
     d = seg.documents[di]
     slot = seg.slots[d.slot]
-    for k, pi in enumerate(d.pieces):
+    for pi in d.pieces:
         p = slot.pieces[pi]
-        if p.compress or not p.text.strip() or (not d.whole_message and _TAGS_ONLY.fullmatch(p.text)):
+        if PROTECT_OPEN in p.text:
+            return False
+        if p.compress or p.header or not p.text.strip() or (not d.whole_message and _TAGS_ONLY.fullmatch(p.text)):
             continue
-        if k == 0 and not d.whole_message:
-            continue  # the marker line "Document [3]:" goes with its document
         return False
     return True
 
@@ -134,7 +135,7 @@ def _with_japanese_names(pieces: list[Piece]) -> list[Piece]:
         out = []
         for p in pieces:
             if script_of(p.text) == "ja":
-                p = Piece(p.text, p.compress, p.doc, tuple(sorted((*p.atoms, *proper_noun_spans(p.text)))))
+                p = Piece(p.text, p.compress, p.doc, tuple(sorted((*p.atoms, *proper_noun_spans(p.text)))), p.header)
             out.append(p)
         return out
     except Exception:

@@ -76,24 +76,27 @@ PROTECT_CLOSE = "</aigrid-protect>"
 _BLOCKS = re.compile(
     r"<aigrid-protect>.*?(?:</aigrid-protect>|\Z)"
     r"|^[ \t]*(?P<fence>```|~~~)[^\n]*\n.*?(?:^[ \t]*(?P=fence)[ \t]*$|\Z)"
-    r"|^[ \t]*\|.*\|[ \t]*$"  # markdown table rows
-    r"|^[ \t]*#{1,6}[ \t].*$"  # markdown headings
+    r"|^[ \t]*\|[^\n]*\|[ \t]*$"  # markdown table rows
+    r"|^[ \t]*#{1,6}[ \t][^\n]*$"  # markdown headings
     r"|<\|[^|\n]{1,40}\|>"  # special tokens: <|endoftext|>, <|im_start|>
     r"|\[(?:CLS|SEP|PAD|MASK|UNK|INST|/INST)\]|</?s>|<unk>|<pad>|<mask>"
     r"|</?[A-Za-z][\w:.-]{0,40}(?:\s[^<>\n]{0,200})?/?>",  # markup tags: models and LLMLingua mangle '<'
     re.DOTALL | re.MULTILINE,
 )
 # Atoms: stay in the model's input, always kept.
+# ASCII word boundaries: "\b" sees none between a kanji and a Latin letter ("脆弱性CVE-2026-1190を").
+_A0 = r"(?<![A-Za-z0-9_])"
+_A1 = r"(?![A-Za-z0-9_])"
 _ATOMS = re.compile(
     r"(?:https?|ftp)://[^\s<>\"')\]]+|www\.[^\s<>\"')\]]+"
     r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
     # numbers: dates, versions, money, ranges, percentages, with a CJK counter after them (2024年, 3件)
     r"|[-+$€£¥]?\d[\d,._:/-]*(?:[%％]|[年月日時分秒円個件人台回週歳号階本枚名])?"
     # identifiers: letters with digits or inner punctuation (INC-4821, user_id, v1.2, gpt-4o, os.path)
-    r"|\b[A-Za-z_][\w]*(?:[-_./:#][\w]+)+\b"
-    r"|\b[A-Za-z]*\d[\w]*\b|\b\w*_\w*\b"
-    r"|\b[a-z]+[A-Z][\w]*\b"  # camelCase
-    r"|\b[A-Z]{2,}[A-Z0-9]*s?\b"  # acronyms
+    rf"|{_A0}[A-Za-z_][A-Za-z0-9_]*(?:[-_./:#][A-Za-z0-9_]+)+{_A1}"
+    rf"|{_A0}[A-Za-z]*\d[A-Za-z0-9_]*{_A1}|{_A0}[A-Za-z0-9]*_[A-Za-z0-9_]*{_A1}"
+    rf"|{_A0}[a-z]+[A-Z][A-Za-z0-9_]*{_A1}"  # camelCase
+    rf"|{_A0}[A-Z]{{2,}}[A-Z0-9]*s?{_A1}"  # acronyms
     # a capitalised word that does not start a sentence: most likely a name
     r"|(?<=[^\s.!?:;\"'\n]\s)[A-Z][a-z]+(?:[ ][A-Z][a-z]+)*",
 )
@@ -141,6 +144,8 @@ class Piece:
     doc: int | None = None
     # Char ranges in `text` that must be kept (numbers, URLs, identifiers, names).
     atoms: tuple[tuple[int, int], ...] = ()
+    # A document's marker ("Document [3]: "): dropped with its document, never merged with other text.
+    header: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +244,7 @@ def _merge(pieces: list[Piece]) -> list[Piece]:
     for p in pieces:
         if not p.text:
             continue
-        if out and not p.compress and not out[-1].compress and out[-1].doc == p.doc:
+        if out and not p.compress and not out[-1].compress and out[-1].doc == p.doc and not (p.header or out[-1].header):
             out[-1] = Piece(out[-1].text + p.text, False, p.doc)
         else:
             out.append(p)
@@ -287,7 +292,18 @@ class _Builder:
             self.keep(path, text)
             return text if last_user else ""
         si = len(self.slots)
-        markers = list(_DOC_MARKER.finditer(text))
+        first_doc = len(self.docs)
+        # Region boundaries never fall inside a protected block: a marker inside a code fence is not a
+        # document, and a cut inside a block moves to the block's start.
+        blocks = [m.span() for m in _BLOCKS.finditer(text)]
+
+        def inside(pos: int) -> int | None:
+            for a, b in blocks:
+                if a < pos < b:
+                    return a
+            return None
+
+        markers = [m for m in _DOC_MARKER.finditer(text) if inside(m.start()) is None]
         pieces: list[Piece] = []
         question = ""
         end = len(text)
@@ -300,6 +316,9 @@ class _Builder:
                 # instruction, kept when short.
                 cut = text.rstrip().rfind("\n\n")
                 end = cut + 2 if cut >= 0 else _split_last_sentence(text)
+            moved = inside(end)
+            if moved is not None:
+                end = moved
             question = text[end:]
         if markers:
             # Preamble before the first document: instructions, kept.
@@ -311,21 +330,18 @@ class _Builder:
                 if a >= end:
                     break
                 di = len(self.docs)
-                header = Piece(text[a : min(m.end(), b)], False, di)
-                body = _region_pieces(text[min(m.end(), b) : b], di, opts)
-                first = len(pieces)
-                pieces.append(header)
-                pieces.extend(body)
+                pieces.append(Piece(text[a : min(m.end(), b)], False, di, header=True))
+                pieces.extend(_region_pieces(text[min(m.end(), b) : b], di, opts))
                 body_text = text[min(m.end(), b) : b]
-                self.docs.append(
-                    Document(si, tuple(range(first, len(pieces))), False, body_text, estimate_tokens(body_text))
-                )
+                self.docs.append(Document(si, (), False, body_text, estimate_tokens(body_text)))
         else:
             head = 0
             if not whole_doc:
                 para = text.find("\n\n")
                 if 0 <= para < end and estimate_tokens(text[:para]) < opts.min_segment_tokens:
                     head = para + 2
+                    if inside(head) is not None:
+                        head = 0
             if head:
                 pieces.append(Piece(text[:head], False))
             di: int | None = None
@@ -335,14 +351,18 @@ class _Builder:
             pieces.extend(_region_pieces(text[head:end], di, opts))
             if whole_doc and any(p.compress for p in pieces[first:]):
                 body_text = text[head:end]
-                self.docs.append(
-                    Document(si, tuple(range(first, len(pieces))), True, body_text, estimate_tokens(body_text))
-                )
+                self.docs.append(Document(si, (), True, body_text, estimate_tokens(body_text)))
             elif whole_doc:
                 pieces[first:] = [Piece(p.text, p.compress, None, p.atoms) for p in pieces[first:]]
         if end < len(text):
             pieces.append(Piece(text[end:], False))
-        self.slots.append(Slot(path, tuple(_merge(pieces))))
+        merged = _merge(pieces)
+        # Piece indices of each document of this slot, taken after merging (which renumbers pieces).
+        for di in range(first_doc, len(self.docs)):
+            d = self.docs[di]
+            idx = tuple(k for k, p in enumerate(merged) if p.doc == di)
+            self.docs[di] = Document(d.slot, idx, d.whole_message, d.text, d.tokens)
+        self.slots.append(Slot(path, tuple(merged)))
         return question
 
 

@@ -1,0 +1,163 @@
+"""rate.py: every branch of the load curve and the break-even rule, on plain numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extproc.compression.rate import (
+    MAX_RHO,
+    RateInputs,
+    RatePolicy,
+    compression_cost_s,
+    decide_rate,
+    floor_for,
+    gpu_seconds_saved,
+    load_rate,
+    queue_length,
+)
+
+P = RatePolicy(min_compressible_tokens=1000, compressor_tokens_per_s=1000.0)
+
+
+def inputs(**kw) -> RateInputs:
+    base = dict(
+        compressible_tokens=4000, sla="standard", model=None, pressure=0.9, requests_waiting=None,
+        prefill_tokens_per_s=1000.0, compressor_tokens_per_s=None, deadline_s=10.0,
+    )
+    base.update(kw)
+    return RateInputs(**base)
+
+
+# ---- load curve ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("p", "want"),
+    [(0.0, 1.0), (0.3, 1.0), (0.6, 0.75), (0.9, 0.5), (1.2, 0.5), (-1.0, 1.0)],
+)
+def test_load_rate_curve(p: float, want: float) -> None:
+    assert load_rate(p, 0.3, 0.9, 0.5) == pytest.approx(want)
+
+
+def test_load_rate_degenerate_band_is_a_step() -> None:
+    assert load_rate(0.5, 0.5, 0.5, 0.4) == 1.0
+    assert load_rate(0.51, 0.5, 0.5, 0.4) == 0.4
+
+
+@given(st.floats(0, 2), st.floats(0, 2), st.floats(0.05, 1))
+def test_load_rate_is_monotone_and_bounded(p: float, dp: float, floor: float) -> None:
+    a, b = load_rate(p, 0.3, 0.9, floor), load_rate(p + dp, 0.3, 0.9, floor)
+    assert floor - 1e-9 <= b <= a <= 1.0
+
+
+def test_floors_per_class_and_model() -> None:
+    pol = RatePolicy(model_floors={"llama-8b": 0.9, "tiny": 0.1})
+    assert floor_for(pol, "realtime", None) == 0.8
+    assert floor_for(pol, "standard", None) == 0.5
+    assert floor_for(pol, "batch", None) == 0.33
+    assert floor_for(pol, "unknown-class", None) == pol.default_floor
+    # The more conservative of class and model wins.
+    assert floor_for(pol, "batch", "llama-8b") == 0.9
+    assert floor_for(pol, "realtime", "tiny") == 0.8
+    assert floor_for(pol, "batch", "not-listed") == 0.33
+
+
+# ---- queue and costs -------------------------------------------------------------------------------------------
+def test_queue_length() -> None:
+    assert queue_length(0.5, 7) == 7.0
+    assert queue_length(0.5, -3) == 0.0
+    assert queue_length(None, None) == 0.0
+    assert queue_length(0.0, None) == 0.0
+    assert queue_length(0.5, None) == pytest.approx(0.25 / 0.5)
+    # Capped: the M/M/1 formula diverges at 1.
+    assert queue_length(5.0, None) == pytest.approx(MAX_RHO**2 / (1 - MAX_RHO))
+
+
+def test_saved_and_cost() -> None:
+    assert gpu_seconds_saved(1000, 0.5, 1000.0, 0.0) == pytest.approx(0.5)
+    assert gpu_seconds_saved(1000, 0.5, 1000.0, 3.0) == pytest.approx(2.0)
+    assert gpu_seconds_saved(1000, 0.5, 0.0, 3.0) == 0.0
+    assert compression_cost_s(1000, 500.0) == 2.0
+    assert math.isinf(compression_cost_s(1000, 0.0))
+
+
+# ---- decision: one test per branch -----------------------------------------------------------------------------
+def test_short_prompt_is_skipped() -> None:
+    d = decide_rate(P, inputs(compressible_tokens=999))
+    assert (d.rate, d.reason, d.compress) == (1.0, "short", False)
+
+
+def test_unknown_load_is_skipped() -> None:
+    assert decide_rate(P, inputs(pressure=None)).reason == "unknown_load"
+
+
+def test_idle_site_is_skipped() -> None:
+    assert decide_rate(P, inputs(pressure=0.2)).reason == "idle"
+
+
+def test_deadline_is_checked_before_break_even() -> None:
+    d = decide_rate(P, inputs(compressible_tokens=20_000, deadline_s=1.0))
+    assert d.reason == "deadline" and d.cost_s == pytest.approx(20.0) and not d.compress
+
+
+def test_break_even_not_met() -> None:
+    # 4000 tokens at 0.5 saves 2000 tokens = 0.2 s of a 10k tok/s GPU (no queue); costs 4 s of CPU.
+    d = decide_rate(P, inputs(prefill_tokens_per_s=10_000.0, pressure=0.9, requests_waiting=0))
+    assert d.reason == "break_even" and d.saved_s < d.cost_s
+
+
+def test_break_even_met_through_the_queue() -> None:
+    d = decide_rate(P, inputs(prefill_tokens_per_s=10_000.0, pressure=0.9, requests_waiting=100))
+    assert d.reason == "compress" and d.compress and d.rate == 0.5 and d.saved_s > d.cost_s
+
+
+def test_measured_compressor_speed_overrides_the_prior() -> None:
+    slow = decide_rate(P, inputs(prefill_tokens_per_s=10_000.0, requests_waiting=0))
+    fast = decide_rate(P, inputs(prefill_tokens_per_s=10_000.0, requests_waiting=0, compressor_tokens_per_s=1e6))
+    assert slow.reason == "break_even" and fast.reason == "compress"
+
+
+def test_margin() -> None:
+    # saved = 2000/1000 * (1 + 0) = 2 s; cost = 4000/4000 = 1 s.
+    x = inputs(requests_waiting=0, compressor_tokens_per_s=4000.0)
+    assert decide_rate(RatePolicy(min_compressible_tokens=0, margin=1.0), x).reason == "compress"
+    assert decide_rate(RatePolicy(min_compressible_tokens=0, margin=3.0), x).reason == "break_even"
+
+
+def test_break_even_can_be_disabled() -> None:
+    pol = RatePolicy(min_compressible_tokens=0, break_even=False)
+    d = decide_rate(pol, inputs(prefill_tokens_per_s=1e9, requests_waiting=0))
+    assert d.reason == "compress"
+
+
+def test_fixed_rate_ignores_load_but_not_break_even_or_deadline() -> None:
+    pol = RatePolicy(min_compressible_tokens=0, fixed_rate=0.4, break_even=False)
+    assert decide_rate(pol, inputs(pressure=None)).rate == 0.4
+    assert decide_rate(pol, inputs(pressure=0.0)).rate == 0.4
+    assert decide_rate(pol, inputs(deadline_s=0.001)).reason == "deadline"
+    pol_be = RatePolicy(min_compressible_tokens=0, fixed_rate=0.4)
+    assert decide_rate(pol_be, inputs(pressure=None, prefill_tokens_per_s=1e9)).reason == "break_even"
+
+
+def test_realtime_keeps_more_than_batch_at_the_same_load() -> None:
+    pol = RatePolicy(min_compressible_tokens=0, break_even=False)
+    rt = decide_rate(pol, inputs(sla="realtime", pressure=2.0))
+    bt = decide_rate(pol, inputs(sla="batch", pressure=2.0))
+    assert rt.rate == 0.8 and bt.rate == 0.33
+
+
+@given(
+    tokens=st.integers(0, 10**6), p=st.one_of(st.none(), st.floats(0, 3)), w=st.one_of(st.none(), st.integers(0, 500)),
+    prefill=st.floats(1, 1e6), tps=st.one_of(st.none(), st.floats(1, 1e7)), dl=st.floats(0.001, 60),
+    sla=st.sampled_from(["realtime", "standard", "batch", "x"]),
+)
+def test_decision_is_always_well_formed(tokens, p, w, prefill, tps, dl, sla) -> None:
+    d = decide_rate(RatePolicy(), RateInputs(tokens, sla, None, p, w, prefill, tps, dl))
+    assert 0 < d.rate <= 1
+    assert d.compress == (d.reason == "compress")
+    if d.compress:
+        assert d.rate >= floor_for(RatePolicy(), sla, None) and d.saved_s > d.cost_s and d.cost_s <= dl
+    else:
+        assert d.rate == 1.0
