@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from extproc.config.schema import RedisSettings
 from extproc.loadreport.keys import RedisKeys
-from extproc.redisconn import make_async_client, redacted_url
+from extproc.redisconn import is_cluster, make_async_client, redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,12 @@ class Publisher:
         """One SET PX + PUBLISH round trip; raises on any Redis error."""
         if self._client is None:
             self._client = self._factory(self._settings)
-        # Not a MULTI: PUBLISH has no key, and a Redis Cluster cannot put it in a slot's transaction.
-        # Pipeline order still puts the key in place before the push, so a reader that resyncs on the push
-        # finds it.
+        # SET before PUBLISH, so a reader reacting to the push finds the key in place. Not a MULTI: PUBLISH
+        # has no key, so a Redis Cluster cannot put it in a slot's transaction or even its pipelines.
+        if is_cluster(self._client):
+            await self._client.set(item.key, item.data, px=item.ttl_ms)  # type: ignore[attr-defined]
+            await self._client.publish(self._keys.reports_channel, item.data)  # type: ignore[attr-defined]
+            return
         pipe = self._client.pipeline(transaction=False)  # type: ignore[attr-defined]
         pipe.set(item.key, item.data, px=item.ttl_ms)
         pipe.publish(self._keys.reports_channel, item.data)

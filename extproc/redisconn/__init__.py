@@ -14,7 +14,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from extproc.config.schema import RedisSettings
@@ -90,9 +90,26 @@ def _sentinel_client(settings: RedisSettings) -> aioredis.Redis:
     )
 
 
+class _ClusterPubSub(ClusterPubSub):
+    async def execute_command(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # redis-py's cluster pub/sub picks its node from the slot map, which is empty until the cluster
+        # client's first command; a subscriber that starts with SUBSCRIBE must load it first (idempotent).
+        await self.cluster.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
+class _RedisCluster(RedisCluster):
+    def pubsub(self, node=None, host=None, port=None, **kwargs):  # type: ignore[no-untyped-def]
+        return _ClusterPubSub(self, node=node, host=host, port=port, **kwargs)
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, RedisCluster)
+
+
 def _cluster_client(settings: RedisSettings) -> RedisCluster:
     scheme, user, password, hosts, _, q = _split_multi(settings.url)
-    return RedisCluster(
+    return _RedisCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in hosts],
         username=user,
         password=password,
