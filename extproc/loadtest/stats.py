@@ -185,6 +185,16 @@ def summarize(
         kv = [float(s["kv_usage"]) for s in ss if s.get("kv_usage") is not None]
         gpu[site] = {"fb_used_mib_mean": mean(fb), "fb_used_mib_max": max(fb) if fb else None,
                      "kv_usage_mean": mean(kv), "kv_usage_max": max(kv) if kv else None, "samples": len(ss)}
+    # The sites' own generation rate while samples ran: unlike tokens/window it does not depend on how
+    # long the slowest last request took to finish (the tail that dominates a short run's window).
+    site_gen_rate = 0.0
+    have_rate = False
+    for site in gpu:
+        pts = [(float(s["t"]), float(s["generation_tokens_total"])) for s in site_samples
+               if s["site"] == site and s.get("generation_tokens_total") is not None]
+        if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
+            site_gen_rate += (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+            have_rate = True
     # Tokens processed = prompt tokens that reached the GPUs. The sites' own counters say it best; the
     # `usage` the sites returned says the same for completed requests; both are reported.
     site_prompt = [d.get("prompt_tokens_total") for d in site_counter_diff.values()]
@@ -204,6 +214,7 @@ def summarize(
         "ttft_s": lat(ok, "ttft_s"),
         "e2e_s": lat(ok, "e2e_s"),
         "itl_s": _pcts([float(r["itl_mean_s"]) for r in ok if r.get("itl_mean_s") is not None]),
+        "site_generation_tokens_per_s": site_gen_rate if have_rate else None,
         "per_sla": per_sla,
         "per_site_requests": {s: v.get("upstream_rq_total", 0) for s, v in envoy_sites.items()},
         "gpu": gpu,
@@ -240,6 +251,7 @@ COMPARE_METRICS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("tokens/s (prompt+completion)", ("tokens_per_s",), True),
     ("completion tokens/s", ("completion_tokens_per_s",), True),
     ("requests/s", ("requests_per_s",), True),
+    ("site generation tokens/s", ("site_generation_tokens_per_s",), True),
     ("p50 TTFT", ("ttft_s", "p50"), False),
     ("p95 TTFT", ("ttft_s", "p95"), False),
     ("p95 TTFT realtime", ("per_sla", "realtime", "ttft_s", "p95"), False),
