@@ -33,7 +33,8 @@ def _status(args: argparse.Namespace) -> int:
     config = _config(args, "status")
     if config is None:
         return 2
-    console = Console()
+    # Piped output (logs, CI) gets a width the table fits in, instead of the 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     if args.watch:
         try:
             from extproc.operator.watch import watch_status  # noqa: PLC0415

@@ -133,6 +133,7 @@ class LocalStack:
             "-m", "extproc.cli", "--log-level", "WARNING", "agent", "--site", s.name, "--node", f"{s.name}-node1",
             "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0",
             "--vllm-url", f"http://127.0.0.1:{port}/metrics",
+            "--dcgm-url", f"http://127.0.0.1:{port}/metrics/dcgm",
             "--no-nvml", "--interval-ms", str(self.agent_interval_ms),
         )
         p = self.group.start(f"agent-{s.name}", argv)
