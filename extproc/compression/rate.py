@@ -60,6 +60,9 @@ class RateInputs:
     # Measured compressor speed (None before the first measurement).
     compressor_tokens_per_s: float | None
     deadline_s: float
+    # Tokens the compressor must read, when not all compressible ones (a coarse-only pass reads a capped
+    # prefix of each document).
+    cost_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +131,7 @@ def decide_rate(policy: RatePolicy, x: RateInputs) -> RateDecision:
     if rate >= 1.0:
         return RateDecision(1.0, "idle")
     tps = x.compressor_tokens_per_s or policy.compressor_tokens_per_s
-    cost = compression_cost_s(x.compressible_tokens, tps)
+    cost = compression_cost_s(x.compressible_tokens if x.cost_tokens is None else x.cost_tokens, tps)
     saved = gpu_seconds_saved(
         x.compressible_tokens, rate, x.prefill_tokens_per_s, queue_length(x.pressure, x.requests_waiting)
     )

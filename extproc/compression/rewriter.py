@@ -15,12 +15,12 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
-from extproc.compression.coarse import CoarseRanker, coarse_budget, select_documents
+from extproc.compression.coarse import MAX_RANK_CHARS, CoarseRanker, coarse_budget, select_documents
 from extproc.compression.fine import FineCompressor, FineResult, Skipped
 from extproc.compression.rate import RateInputs, RatePolicy, decide_rate
 from extproc.compression.segment import (
@@ -33,6 +33,7 @@ from extproc.compression.segment import (
     script_of,
     segment,
     units,
+    with_atoms,
 )
 from extproc.compression.settings import CompressionSettings
 from extproc.request.openai import estimate_tokens
@@ -126,21 +127,22 @@ def _drop(seg: Segmentation, di: int, out: dict[tuple[int, int], str]) -> None:
             out[(d.slot, pi)] = ""
 
 
-def _with_japanese_names(pieces: list[Piece]) -> list[Piece]:
-    """Japanese pieces get their proper nouns as atoms (kept whole). Best effort: without fugashi, or on
-    any analyser error, the pieces stay as they were."""
-    try:
-        from extproc.compression.coarse import proper_noun_spans  # noqa: PLC0415
+def _prepare(pieces: list[Piece]) -> list[Piece]:
+    """The pieces bound for the model, with their atoms; Japanese pieces also get their proper nouns as
+    atoms (kept whole). Name detection is best effort: without fugashi, or on any analyser error, a piece
+    keeps its regex atoms only."""
+    out = []
+    for p in pieces:
+        p = with_atoms(p)
+        if script_of(p.text) == "ja":
+            try:
+                from extproc.compression.coarse import proper_noun_spans  # noqa: PLC0415
 
-        out = []
-        for p in pieces:
-            if script_of(p.text) == "ja":
                 p = Piece(p.text, p.compress, p.doc, tuple(sorted((*p.atoms, *proper_noun_spans(p.text)))), p.header)
-            out.append(p)
-        return out
-    except Exception:
-        log.warning("japanese name detection failed; compressing without it", exc_info=True)
-        return pieces
+            except Exception:
+                log.warning("japanese name detection failed; compressing without it", exc_info=True)
+        out.append(p)
+    return out
 
 
 class CompressionPipeline:
@@ -165,6 +167,7 @@ class CompressionPipeline:
         rate: float,
         deadline_s: float,
         seg: Segmentation | None = None,
+        use_fine: bool = True,
     ) -> Outcome:
         t_end = time.monotonic() + deadline_s
         if seg is None:
@@ -181,6 +184,7 @@ class CompressionPipeline:
         dropped: set[int] = set()
 
         # -- coarse: drop the documents least relevant to the question
+        fine = self.fine if use_fine else None
         if self.ranker is not None and self.settings.coarse and seg.rag:
             t0 = time.monotonic()
             try:
@@ -195,7 +199,7 @@ class CompressionPipeline:
                 out.ranker = ranking.method
                 tokens = [d.tokens for d in seg.documents]
                 budget = coarse_budget(
-                    out.doc_tokens_before, rate, self.fine is not None, self.settings.coarse_slack
+                    out.doc_tokens_before, rate, fine is not None, self.settings.coarse_slack
                 )
                 keep = set(select_documents(ranking.scores, tokens, budget, self.settings.coarse_min_docs))
                 for di in range(len(seg.documents)):
@@ -206,14 +210,16 @@ class CompressionPipeline:
 
         # -- fine: the model on what is left
         targets = [(si, pi) for si, pi in seg.compressible() if (si, pi) not in repl]
-        if self.fine is not None and targets:
+        if fine is not None and targets:
             left = sum(estimate_tokens(seg.slots[si].pieces[pi].text) for si, pi in targets)
             want = rate * seg.compressible_tokens
             fine_rate = min(1.0, want / left) if left else 1.0
             if fine_rate < 1.0 - MIN_FINE_RATE_GAIN:
                 pieces = [seg.slots[si].pieces[pi] for si, pi in targets]
-                if any(script_of(p.text) == "ja" for p in pieces):
-                    pieces = await asyncio.to_thread(_with_japanese_names, pieces)
+                if left * 4 > THREAD_BODY_BYTES or any(script_of(p.text) == "ja" for p in pieces):
+                    pieces = await asyncio.to_thread(_prepare, pieces)
+                else:
+                    pieces = _prepare(pieces)
                 n_units = sum(len(units(p.text)) for p in pieces)
                 mr = model_rate(fine_rate, n_units, sum(_atom_units(p) for p in pieces))
                 out.fine_rate = mr
@@ -224,7 +230,7 @@ class CompressionPipeline:
                     res = Skipped("deadline")
                 else:
                     try:
-                        res = await self.fine.compress([p.text for p in pieces], mr, remaining)
+                        res = await fine.compress([p.text for p in pieces], mr, remaining)
                     except asyncio.TimeoutError:
                         res = Skipped("deadline")
                 out.fine_s = time.monotonic() - t0
@@ -249,7 +255,8 @@ class CompressionPipeline:
             for d in seg.documents
         ]
         if not repl:
-            out.reason = "fine_" + out.fine if out.fine not in ("none", "ok", "not_needed") else "no_change"
+            fine_failed = out.fine not in ("none", "not_needed") and not out.fine.startswith("ok")
+            out.reason = "fine_" + out.fine if fine_failed else "no_change"
             return out
         new_body = rebuild(body, seg, repl)
         out.body = new_body
@@ -335,7 +342,7 @@ class CompressionRewriter:
             min_compressible_tokens=s.min_prompt_tokens,
             break_even=s.break_even,
             margin=s.break_even_margin,
-            compressor_tokens_per_s=s.compressor_tokens_per_s if fine is not None else COARSE_TOKENS_PER_S,
+            compressor_tokens_per_s=s.compressor_tokens_per_s,
         )
 
     def _skip(self, reason: str, t0: float, tokens: int | None = None, extra: str = "") -> Skip:
@@ -371,20 +378,29 @@ class CompressionRewriter:
         pressure = req.site.pressure if req.site is not None else None
         waiting = req.site_load.requests_waiting if req.site_load is not None else None
         fine = self.pipeline.fine
-        measured = fine.tokens_per_second() if fine is not None else None
-        decision = decide_rate(
-            self.policy,
-            RateInputs(
-                compressible_tokens=seg.compressible_tokens,
-                sla=req.features.sla.value,
-                model=req.features.model,
-                pressure=pressure,
-                requests_waiting=waiting,
-                prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(site, s.prefill_tokens_per_s),
-                compressor_tokens_per_s=measured,
-                deadline_s=deadline_s,
-            ),
+        inputs = RateInputs(
+            compressible_tokens=seg.compressible_tokens,
+            sla=req.features.sla.value,
+            model=req.features.model,
+            pressure=pressure,
+            requests_waiting=waiting,
+            prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(site, s.prefill_tokens_per_s),
+            compressor_tokens_per_s=fine.tokens_per_second() if fine is not None else COARSE_TOKENS_PER_S,
+            deadline_s=deadline_s,
         )
+        coarse_ok = self.pipeline.ranker is not None and s.coarse and seg.rag
+        # A coarse-only pass reads a capped prefix of each document, whatever their size.
+        coarse_inputs = replace(
+            inputs,
+            compressor_tokens_per_s=COARSE_TOKENS_PER_S,
+            cost_tokens=sum(min(d.tokens, MAX_RANK_CHARS // 4) for d in seg.documents),
+        )
+        use_fine = fine is not None
+        decision = decide_rate(self.policy, inputs if use_fine else coarse_inputs)
+        if use_fine and decision.reason == "deadline" and coarse_ok:
+            # The model cannot finish in time (a huge prompt): the coarse step alone still can.
+            decision = decide_rate(self.policy, coarse_inputs)
+            use_fine = False
         p = "?" if pressure is None else f"{pressure:.2f}"
         if not decision.compress:
             extra = f" pressure={p}"
@@ -392,7 +408,7 @@ class CompressionRewriter:
                 extra += f" saved_s={decision.saved_s:.3f} cost_s={decision.cost_s:.3f}"
             return self._skip(decision.reason, t0, seg.total_tokens, extra)
         remaining = deadline_s - (time.perf_counter() - t0)
-        out = await self.pipeline.compress(req.path, req.parsed, decision.rate, remaining, seg)
+        out = await self.pipeline.compress(req.path, req.parsed, decision.rate, remaining, seg, use_fine)
         if out.body is None:
             return self._skip(out.reason, t0, seg.total_tokens, f" pressure={p}")
         try:

@@ -11,6 +11,7 @@ from extproc.compression.segment import (
     PROTECT_CLOSE,
     PROTECT_OPEN,
     SegmentOptions,
+    atoms_of,
     is_subsequence,
     rebuild,
     restore,
@@ -94,7 +95,7 @@ def test_blocks_are_cut_out_and_atoms_found() -> None:
     for block in ["```python\nprint('keep me')\n```", f"{PROTECT_OPEN}do not touch this sentence at all{PROTECT_CLOSE}",
                   "<|endoftext|>", "[CLS]", "<b>", "</b>", "| a | b |", "## Heading here", "Question: what?"]:
         assert block in kept, block
-    atoms = [p.text[a:b] for s in seg.slots for p in s.pieces if p.compress for a, b in p.atoms]
+    atoms = [p.text[a:b] for s in seg.slots for p in s.pieces if p.compress for a, b in atoms_of(p.text)]
     assert {"https://example.com/a?b=1", "INC-4821", "2024-05-02", "Osaka", "Kinoshita Robotics"} <= set(atoms)
 
 
