@@ -186,10 +186,14 @@ class FinePipeline:
         return core.decide(prepared.chunks, prepared.unit_tokens, probs, prepared.weights, rate)
 
     def finish(self, prepared: Prepared, chunk_probs: Sequence[np.ndarray], rate: float) -> tuple[str, int]:
-        """(compressed text, its cl100k tokens). rate >= 1 or nothing to drop: the text unchanged."""
-        if rate >= 1.0 or not prepared.units:
+        """(compressed text, its cl100k tokens). The text comes back unchanged when rate >= 1, when the
+        model saw no token of it, or when the rule would keep nothing (llmlingua returns "" for a one-word
+        prompt; an empty prompt is never a safe rewrite)."""
+        if rate >= 1.0 or not prepared.units or not prepared.inputs:
             return prepared.text, prepared.tokens_before
         keep = self.keep_flags(prepared, chunk_probs, rate)
+        if not any(keep):
+            return prepared.text, prepared.tokens_before
         out = core.join_kept(prepared.text, prepared.units, keep)
         return out, self.count(out)
 
