@@ -203,8 +203,11 @@ class CoarseRanker:
         self._load_failed = False
         self._loading: threading.Thread | None = None
         self._lock = threading.Lock()
-        # One thread: ranking never takes more than one core from the model worker.
+        # One thread each for lexical scoring and for the embedding model: ranking never takes more than
+        # a core from the model worker, and a slow embedding never holds up BM25 for other requests.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aigrid-coarse")
+        self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aigrid-embed")
+        self._embed_busy = False
 
     # -- embedding model -----------------------------------------------------------------------------------
     def _wants_embedding(self) -> bool:
@@ -221,7 +224,8 @@ class CoarseRanker:
             from sentence_transformers import SentenceTransformer  # noqa: PLC0415
 
             model = SentenceTransformer(path, device="cpu")
-            model.max_seq_length = min(256, model.max_seq_length or 256)
+            # all-MiniLM-L6-v2 was trained on 128-token inputs; relevance shows early; half the cost of 256.
+            model.max_seq_length = min(128, model.max_seq_length or 128)
             self._model = model
         except Exception:
             log.exception("embedding model failed to load; the coarse step ranks with BM25 only")
@@ -253,28 +257,59 @@ class CoarseRanker:
             return "embedding"
         return "hybrid"
 
-    def rank_sync(self, question: str, docs: Sequence[str]) -> Ranking:
+    def _lexical(self, question: str, docs: Sequence[str]) -> tuple[str, list[float]]:
         lang = script_of(question + " " + " ".join(d[:200] for d in docs[:3]))
-        method = self._method(lang)
         texts = [d[:MAX_RANK_CHARS] for d in docs]
-        lexical = bm25_scores(terms(question, lang, query=True), [terms(t, lang) for t in texts])
+        return lang, bm25_scores(terms(question, lang, query=True), [terms(t, lang) for t in texts])
+
+    def _dense(self, question: str, docs: Sequence[str]) -> list[float]:
+        try:
+            emb = self._model.encode(
+                [question, *(d[:MAX_RANK_CHARS] for d in docs)],
+                normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
+            )
+            return [float(x) for x in emb[1:] @ emb[0]]
+        finally:
+            self._embed_busy = False
+
+    def rank_sync(self, question: str, docs: Sequence[str]) -> Ranking:
+        """Blocking ranking (tests, tools)."""
+        lang, lexical = self._lexical(question, docs)
+        method = self._method(lang)
         if not method.startswith(("embedding", "hybrid")):
             return Ranking(lexical, method, lang)
-        emb = self._model.encode([question, *texts], normalize_embeddings=True, convert_to_numpy=True)
-        dense = [float(x) for x in emb[1:] @ emb[0]]
-        if method == "embedding":
-            return Ranking(dense, method, lang)
-        return Ranking(blend(dense, lexical), method, lang)
+        self._embed_busy = True
+        dense = self._dense(question, docs)
+        return Ranking(dense if method == "embedding" else blend(dense, lexical), method, lang)
 
     async def rank(self, question: str, docs: Sequence[str], timeout_s: float | None = None) -> Ranking:
+        """BM25 first (cheap); then the embedding model when the method wants it, it is free and there is
+        time. A busy or late embedding gives the BM25 ranking ("bm25(busy)", "bm25(timeout)"): the coarse
+        step is never a queue either."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, self.rank_sync, question, list(docs))
-        if timeout_s is None:
-            return await fut
-        return await asyncio.wait_for(fut, timeout_s)
+        t_end = None if timeout_s is None else loop.time() + timeout_s
+        docs = list(docs)
+        fut = loop.run_in_executor(self._pool, self._lexical, question, docs)
+        lang, lexical = await (fut if timeout_s is None else asyncio.wait_for(fut, timeout_s))
+        method = self._method(lang)
+        if not method.startswith(("embedding", "hybrid")):
+            return Ranking(lexical, method, lang)
+        if self._embed_busy:
+            return Ranking(lexical, "bm25(busy)", lang)
+        self._embed_busy = True
+        efut = loop.run_in_executor(self._embed_pool, self._dense, question, docs)
+        try:
+            if t_end is None:
+                dense = await efut
+            else:
+                dense = await asyncio.wait_for(asyncio.shield(efut), max(0.0, t_end - loop.time()))
+        except asyncio.TimeoutError:
+            return Ranking(lexical, "bm25(timeout)", lang)
+        return Ranking(dense if method == "embedding" else blend(dense, lexical), method, lang)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._embed_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def coarse_budget(doc_tokens: int, rate: float, has_fine: bool, slack: float) -> int:

@@ -124,3 +124,34 @@ async def test_minilm_ranker_for_real() -> None:
         await r2.close()
     finally:
         await r.close()
+
+
+class _SlowModel:
+    """Stands in for the sentence-transformers model: slow, returns unit vectors."""
+
+    def encode(self, texts, **kw):
+        import time
+
+        import numpy as np
+
+        time.sleep(0.3)
+        v = np.zeros((len(texts), 4))
+        v[:, 0] = 1.0
+        return v
+
+
+async def test_a_slow_or_busy_embedding_falls_back_to_bm25() -> None:
+    import asyncio
+
+    r = CoarseRanker("auto")
+    r._model = _SlowModel()
+    try:
+        late = await r.rank("Who opened ticket INC-4821?", DOCS_EN, timeout_s=0.05)
+        assert late.method == "bm25(timeout)" and max(range(4), key=late.scores.__getitem__) == 3
+        busy = await r.rank("Who opened ticket INC-4821?", DOCS_EN, timeout_s=1.0)
+        assert busy.method == "bm25(busy)"  # the first embedding is still running
+        await asyncio.sleep(0.4)
+        ok = await r.rank("Who opened ticket INC-4821?", DOCS_EN, timeout_s=5.0)
+        assert ok.method == "hybrid"
+    finally:
+        await r.close()
