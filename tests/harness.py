@@ -143,7 +143,8 @@ class Stack:
             ],
             "policy": {"default_site": "edge", "stale_after_s": 3.0, **policy},
             "redis": {"url": f"redis://127.0.0.1:{self.redis_port}/0", "key_prefix": self.prefix, "resync_interval_s": 1.0},
-            "gateway": {"listen": f"127.0.0.1:{extproc}", "metrics_listen": f"127.0.0.1:{metrics}", "drain_grace_s": 2},
+            # RTT probe off: on one busy host its jitter is noise, and these tests pin RTTs by config.
+            "gateway": {"listen": f"127.0.0.1:{extproc}", "metrics_listen": f"127.0.0.1:{metrics}", "drain_grace_s": 2, "rtt_probe_interval_s": 0},
             "envoy": {"listen_address": "127.0.0.1", "listen_port": envoy, "admin_port": admin, "health_check_interval_ms": 500},
         }
 

@@ -36,6 +36,8 @@ class SiteConfig(_Strict):
     cluster: str | None = None
     # Path Envoy's active health check requests (vLLM and SGLang both serve /health).
     health_path: str = "/health"
+    # URL the gateway's RTT probe times; default http://<first endpoint><health_path>.
+    probe_url: str | None = None
     # Upper bound of concurrently running requests the site can take before it queues, used to turn
     # queue depth into pressure when the engine does not report its own capacity.
     queue_capacity: int = Field(default=64, ge=1)
@@ -59,6 +61,9 @@ class PolicySettings(_Strict):
     default_site: str | None = None
     # A report older than this is unknown load.
     stale_after_s: float = Field(default=3.0, gt=0, le=600)
+    # RTTs within this many ms of the closest site count as equally close (then role, then name, decide):
+    # measured RTTs jitter, and the home site must not flip on noise.
+    rtt_tolerance_ms: float = Field(default=5.0, ge=0, le=1000)
     # A site at or above this pressure has no headroom: realtime and sticky traffic leave it.
     headroom_pressure: float = Field(default=0.85, gt=0, le=1.5)
     # Spill of standard/batch traffic from the home (lowest-RTT) site starts when its pressure rises above
@@ -104,6 +109,8 @@ class GatewaySettings(_Strict):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     # Seconds to let in-flight streams finish on SIGTERM.
     drain_grace_s: float = Field(default=10.0, ge=0, le=600)
+    # Seconds between RTT probes of each site's health endpoint (0 disables; configured rtt_ms then rules).
+    rtt_probe_interval_s: float = Field(default=2.0, ge=0, le=3600)
     # Header a client may use to keep a conversation together; otherwise a prefix hash is used.
     conversation_header: str = "x-aigrid-conversation"
 

@@ -20,7 +20,7 @@ from extproc.loadmap.model import LoadSnapshot, NodeLoad
 from extproc.loadmap.nodes import age_from_ttl, apply_report, drop_expired, is_newer, node_from_report
 from extproc.loadreport.codec import ReportRejected, decode_report
 from extproc.loadreport.keys import RedisKeys
-from extproc.redisconn import make_async_client
+from extproc.redisconn import make_async_client, redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class LoadMapReader:
         self._measured_rtt: dict[str, float] = {}
         self._connected = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._last_reject_log: dict[str, float] = {}
         self.snapshot = LoadSnapshot()
         # Counters, exposed as gateway metrics.
@@ -55,13 +56,15 @@ class LoadMapReader:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="loadmap-reader")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 3.0) -> None:
+        """Stop the reader. Bounded: redis-py can swallow a cancellation that lands mid-command, so the
+        loop also checks a flag, and stop() gives up waiting after `timeout_s` rather than hang a drain."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+            if not done:
+                log.warning("load map reader did not stop within %.1fs; abandoning it", timeout_s)
             self._task = None
 
     @property
@@ -116,7 +119,7 @@ class LoadMapReader:
     # -- Redis side -------------------------------------------------------------------------------------
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             client = make_async_client(self._settings)
             try:
                 await self._session(client)
@@ -149,11 +152,11 @@ class LoadMapReader:
             await pubsub.subscribe(self._keys.reports_channel, self._keys.control_channel)
             await self.resync(client)
             if not self._connected:
-                log.info("redis connected: %s", _redacted(self._settings.url))
+                log.info("redis connected: %s", redacted_url(self._settings.url))
             self._connected = True
             self._publish_snapshot()
             next_resync = self._clock() + self._settings.resync_interval_s
-            while True:
+            while not self._stopping:
                 timeout = max(0.0, next_resync - self._clock())
                 msg = await pubsub.get_message(timeout=min(timeout, 1.0))
                 if msg is not None and msg.get("type") == "message":
@@ -227,13 +230,3 @@ class LoadMapReader:
         self._nodes = {k: v for k, v in self._nodes.items() if k in present}
         await self._read_drained(client)
         self.resyncs += 1
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user + ':***' if user else '***'}@{host}"

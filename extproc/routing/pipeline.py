@@ -68,9 +68,18 @@ def _has_headroom(s: SiteView, p: PolicySettings) -> bool:
     return s.pressure is not None and s.pressure < p.headroom_pressure
 
 
-def _rtt_order(s: SiteView) -> tuple[float, int, str]:
-    # Lowest RTT first; ties go to the edge role, then by name, so the order is total and stable.
-    return (s.rtt_ms, 0 if s.role is SiteRole.edge else 1, s.name)
+def _by_rtt(sites: list[SiteView], p: PolicySettings) -> list[SiteView]:
+    """Closest first. Sites within rtt_tolerance_ms of the closest tie, and ties go to the edge role, then
+    by name: the order is total and stable, and measurement jitter cannot flip it."""
+    if not sites:
+        return []
+    best = min(s.rtt_ms for s in sites)
+
+    def key(s: SiteView) -> tuple[float, int, str]:
+        rtt = 0.0 if s.rtt_ms <= best + p.rtt_tolerance_ms else s.rtt_ms
+        return (rtt, 0 if s.role is SiteRole.edge else 1, s.name)
+
+    return sorted(sites, key=key)
 
 
 def _p(x: float | None) -> str:
@@ -90,15 +99,16 @@ def affinity(ctx: RoutingContext, sites: list[SiteView]) -> Decision | None:
 def realtime_lowest_rtt(ctx: RoutingContext, sites: list[SiteView]) -> Decision | None:
     if ctx.features.sla is not SlaClass.realtime:
         return None
-    for s in sorted(sites, key=_rtt_order):
+    ordered = _by_rtt(sites, ctx.policy)
+    for s in ordered:
         if _has_headroom(s, ctx.policy):
             return Decision(s.name, f"realtime: lowest RTT with headroom {s.name} ({s.rtt_ms:.1f} ms, p={_p(s.pressure)})", "realtime", s.pressure)
-    best = min(sites, key=lambda s: (s.pressure if s.pressure is not None else 9e9, _rtt_order(s)))
+    best = min(ordered, key=lambda s: s.pressure if s.pressure is not None else 9e9)
     return Decision(best.name, f"realtime: no headroom anywhere, least loaded {best.name} (p={_p(best.pressure)})", "realtime", best.pressure)
 
 
 def spill_split(ctx: RoutingContext, sites: list[SiteView]) -> Decision | None:
-    ordered = sorted(sites, key=_rtt_order)
+    ordered = _by_rtt(sites, ctx.policy)
     home = ordered[0]
     frac = spill_fraction(home.pressure, ctx.spilling.get(home.name, False), ctx.features.sla, ctx.policy)
     # Spill only to sites that have headroom and are less loaded than home.
@@ -134,7 +144,7 @@ def spill_split(ctx: RoutingContext, sites: list[SiteView]) -> Decision | None:
 
 def least_loaded(ctx: RoutingContext, sites: list[SiteView]) -> Decision | None:
     """Baseline strategy: what today's load-aware routers do — the lowest pressure, whatever the class."""
-    best = min(sites, key=lambda s: (s.pressure if s.pressure is not None else 9e9, _rtt_order(s)))
+    best = min(_by_rtt(sites, ctx.policy), key=lambda s: s.pressure if s.pressure is not None else 9e9)
     return Decision(best.name, f"least loaded {best.name} (p={_p(best.pressure)})", "least_loaded", best.pressure)
 
 
@@ -166,7 +176,7 @@ def _fallback(ctx: RoutingContext, left: list[SiteView], why: str) -> Decision:
     names = {s.name for s in left}
     if ctx.default_site in names or not left:
         return Decision(ctx.default_site, f"{why}: default site {ctx.default_site}", "fallback")
-    best = sorted(left, key=_rtt_order)[0]
+    best = _by_rtt(left, ctx.policy)[0]
     return Decision(best.name, f"{why}: default {ctx.default_site} excluded, lowest-RTT {best.name}", "fallback")
 
 

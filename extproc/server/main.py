@@ -82,6 +82,13 @@ async def serve(
         httpd, _thread = start_http_server(int(mport), addr=host or "0.0.0.0", registry=metrics.registry)
 
     reader.start()
+    probe = None
+    if config.gateway.rtt_probe_interval_s > 0:
+        from extproc.loadmap.rtt import RttProbe  # noqa: PLC0415
+
+        urls = {s.name: s.probe_url for s in config.sites if s.probe_url}
+        probe = RttProbe(config, reader.set_measured_rtt, urls=urls or None, interval_s=config.gateway.rtt_probe_interval_s)
+        probe.start()
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -106,6 +113,8 @@ async def serve(
         log.info("draining: health NOT_SERVING, %.1fs grace for in-flight streams", config.gateway.drain_grace_s)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(config.gateway.drain_grace_s)
+        if probe is not None:
+            await probe.stop()
         await reader.stop()
         if httpd is not None:
             httpd.shutdown()

@@ -730,6 +730,9 @@ class SimSite:
         return web.Response(body=orjson.dumps(data), content_type="application/json")
 
     async def handle_health(self, request: web.Request) -> web.Response:
+        # The link delays every packet, health checks and RTT probes included (there and back).
+        await self._link_sleep()
+        await self._link_sleep()
         return web.Response(status=200)
 
     async def handle_metrics(self, request: web.Request) -> web.Response:

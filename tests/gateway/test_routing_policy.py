@@ -162,7 +162,7 @@ def test_never_drained_or_unhealthy_when_another_is_healthy():
 
 
 def test_default_site_drained_falls_back_to_lowest_rtt_other():
-    views = [view("edge", None, drained=True), view("r1", None, rtt=9), view("r2", None, rtt=5)]
+    views = [view("edge", None, drained=True), view("r1", None, rtt=20), view("r2", None, rtt=5)]
     d = decide(ctx(views, default="edge"))
     assert d.site == "r2" and "excluded" in d.reason
 
@@ -195,3 +195,14 @@ def test_baseline_strategies():
     # Filters still apply to baselines: a drained default is not used.
     views = [view("edge", 0.1, drained=True), view("remote", 0.0)]
     assert decide(ctx(views, policy=one)).site == "remote"
+
+
+def test_rtt_jitter_within_tolerance_does_not_flip_home():
+    # Measured RTTs on one host: remote a hair faster than edge. Edge stays home (role breaks the tie).
+    views = [view("edge", 0.1, rtt=0.9), view("remote", 0.1, rtt=0.6)]
+    for sla in SlaClass:
+        assert decide(ctx(views, sla=sla)).site == "edge"
+    # Beyond the tolerance, the closer site is home whatever its role.
+    views = [view("edge", 0.1, rtt=9.0), view("remote", 0.1, rtt=1.0)]
+    assert decide(ctx(views)).site == "remote"
+    assert decide(ctx(views, sla=SlaClass.realtime)).site == "remote"
