@@ -145,6 +145,10 @@ def _prepare(pieces: list[Piece]) -> list[Piece]:
     return out
 
 
+def _restore_all(pieces: list[Piece], kept: tuple[str, ...]) -> list[str | None]:
+    return [restore(p.text, k, p.atoms) for p, k in zip(pieces, kept)]
+
+
 class CompressionPipeline:
     def __init__(
         self,
@@ -238,9 +242,10 @@ class CompressionPipeline:
                     out.fine = res.reason
                 else:
                     out.fine = "ok"
+                    big = left * 4 > THREAD_BODY_BYTES
+                    restored = await asyncio.to_thread(_restore_all, pieces, res.texts) if big else _restore_all(pieces, res.texts)
                     bad = 0
-                    for (si, pi), p, kept in zip(targets, pieces, res.texts):
-                        new = restore(p.text, kept, p.atoms)
+                    for (si, pi), p, new in zip(targets, pieces, restored):
                         if new is None:
                             bad += 1  # not a subsequence of the original: keep the original
                         elif new != p.text:
