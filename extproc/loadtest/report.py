@@ -64,7 +64,7 @@ def summary_rows(results: Mapping[str, LoadResult]) -> list[tuple[str, list[str]
         ("window", [_f(r.window_s, " s") for r in rs]),
         ("tokens/s (prompt+completion)", [_f(r.summary["tokens_per_s"]) for r in rs]),
         ("completion tokens/s", [_f(r.summary["completion_tokens_per_s"]) for r in rs]),
-        ("site generation tokens/s (sampled)", [_f(r.summary.get("site_generation_tokens_per_s")) for r in rs]),
+        ("site generation tokens/s (while sending)", [_f(r.summary.get("site_generation_tokens_per_s")) for r in rs]),
         ("p50 TTFT", [_ms(_dig(r.summary, "ttft_s", "p50")) for r in rs]),
         ("p95 TTFT", [_ms(_dig(r.summary, "ttft_s", "p95")) for r in rs]),
     ]

@@ -185,13 +185,16 @@ def summarize(
         kv = [float(s["kv_usage"]) for s in ss if s.get("kv_usage") is not None]
         gpu[site] = {"fb_used_mib_mean": mean(fb), "fb_used_mib_max": max(fb) if fb else None,
                      "kv_usage_mean": mean(kv), "kv_usage_max": max(kv) if kv else None, "samples": len(ss)}
-    # The sites' own generation rate while samples ran: unlike tokens/window it does not depend on how
-    # long the slowest last request took to finish (the tail that dominates a short run's window).
+    # The sites' own generation rate while requests were still being sent (samples up to the last send):
+    # unlike tokens/window it leaves out the drain at the end, where fewer and fewer requests are in
+    # flight and the slowest last request decides the window (that tail dominates a short run).
+    last_send = max((float(r["sent_s"]) for r in records if r.get("sent_s") is not None), default=None)
     site_gen_rate = 0.0
     have_rate = False
     for site in gpu:
         pts = [(float(s["t"]), float(s["generation_tokens_total"])) for s in site_samples
-               if s["site"] == site and s.get("generation_tokens_total") is not None]
+               if s["site"] == site and s.get("generation_tokens_total") is not None
+               and (last_send is None or float(s["t"]) <= last_send)]
         if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
             site_gen_rate += (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
             have_rate = True

@@ -161,3 +161,14 @@ def test_workload_file_with_cli_overrides(tmp_path):
     f.write_text("concurrency: 3\nrequests: 10\nseed: 4\n")
     spec = load_workload_file(f, rate=5.0, requests=None)
     assert spec.rate == 5.0 and spec.concurrency is None and spec.requests == 10 and spec.seed == 4
+
+
+def test_reference_workload_parses():
+    from pathlib import Path
+
+    import extproc.loadtest as lt
+
+    spec = load_workload_file(Path(lt.__file__).parent / "reference.yaml")
+    assert spec.concurrency and spec.duration_s and spec.stream
+    ps = list(itertools.islice(plan(spec), 50))
+    assert {p.kind for p in ps} == {"rag", "chat"}
