@@ -236,14 +236,25 @@ async def _sampler(session: aiohttp.ClientSession, ep: Endpoints, t0: float, int
             pass
 
 
-async def _counters(session: aiohttp.ClientSession, ep: Endpoints) -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:
+async def _counters(session: aiohttp.ClientSession, ep: Endpoints, failures: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:
+    """Counter snapshot of every gateway and site. An endpoint that stopped answering (a site that died
+    during the run) is named in `failures` and left out, so the run's results are never lost to it."""
     gw: dict[str, float] = {}
     for url in ep.gateway_metrics:
-        for k, v in S.counter_series(await _scrape(session, url), "aigrid_").items():
+        try:
+            series = S.counter_series(await _scrape(session, url), "aigrid_")
+        except (LoadTestError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            failures.append(f"gateway metrics at {url}: {exc or type(exc).__name__}")
+            continue
+        for k, v in series.items():
             gw[k] = gw.get(k, 0.0) + v
     sites: dict[str, dict[str, float | None]] = {}
     for name, url in ep.site_metrics.items():
-        snap = S.site_snapshot(await _scrape(session, url))
+        try:
+            snap = S.site_snapshot(await _scrape(session, url))
+        except (LoadTestError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            failures.append(f"site {name} metrics at {url}: {exc or type(exc).__name__}")
+            snap = {"prompt_tokens_total": None, "generation_tokens_total": None}
         sites[name] = {"prompt_tokens_total": snap["prompt_tokens_total"], "generation_tokens_total": snap["generation_tokens_total"]}
     return gw, sites
 
@@ -300,7 +311,8 @@ async def run_loadtest(spec: LoadSpec, endpoints: Endpoints, *, name: str = "run
             await _probe(session, "gateway metrics", u)
         for n, u in ep.site_metrics.items():
             await _probe(session, f"site {n} metrics", u)
-        before_gw, before_sites = await _counters(session, ep)
+        snapshot_failures: list[str] = []
+        before_gw, before_sites = await _counters(session, ep, snapshot_failures)
 
         records: list[dict[str, Any]] = []
         site_samples: list[dict[str, Any]] = []
@@ -376,7 +388,7 @@ async def run_loadtest(spec: LoadSpec, endpoints: Endpoints, *, name: str = "run
         stop.set()
         await sampler
         after_envoy = await _envoy_stats(session, ep.admin)
-        after_gw, after_sites = await _counters(session, ep)
+        after_gw, after_sites = await _counters(session, ep, snapshot_failures)
 
     diff = S.diff_counters(before_envoy, after_envoy)
     clusters = ep.site_clusters or S.discover_site_clusters(after_envoy)
@@ -388,6 +400,8 @@ async def run_loadtest(spec: LoadSpec, endpoints: Endpoints, *, name: str = "run
     notes: list[str] = []
     if not any(r["streamed"] for r in records if r["ok"]) and any(r["ok"] for r in records):
         notes.append("no response was streamed (SSE): TTFT and inter-token latency are not measured, only end-to-end time")
+    if snapshot_failures:
+        notes.append("counter snapshots incomplete: " + "; ".join(snapshot_failures))
     if sampler_errors:
         notes.append("metrics sampling failures: " + ", ".join(f"{k} x{v}" for k, v in sorted(sampler_errors.items())))
     return LoadResult(
