@@ -89,10 +89,11 @@ class BatchingCompressor:
         *,
         max_queue: int = 64,
         # CPU defaults: a forward pass costs about the same per token at any batch size on CPU, so big
-        # batches only delay everyone's answer; on GPU raise both (e.g. 32768) to fill the device.
-        max_batch_tokens: int = 2048,
+        # batches and rounds only delay everyone's answer (a round's jobs finish together); short
+        # prompts still share passes. On GPU raise both (e.g. 32768) to fill the device.
+        max_batch_tokens: int = 1024,
         max_batch_size: int = 64,
-        round_tokens: int = 2048,
+        round_tokens: int = 1024,
         num_threads: int | None = 1,
         ewma_alpha: float = 0.3,
         warmup: bool = True,
