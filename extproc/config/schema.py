@@ -38,9 +38,11 @@ class SiteConfig(_Strict):
     health_path: str = "/health"
     # URL the gateway's RTT probe times; default http://<first endpoint><health_path>.
     probe_url: str | None = None
-    # Upper bound of concurrently running requests the site can take before it queues, used to turn
-    # queue depth into pressure when the engine does not report its own capacity.
-    queue_capacity: int = Field(default=64, ge=1)
+    # Running requests at which the site counts as full (pressure 1.0) when its engine reports no capacity
+    # of its own: the concurrency where its latency SLO breaks, from the operator's own benchmark. vLLM
+    # admits up to max_num_seqs (hundreds) while TTFT climbs long before, so KV usage and the waiting
+    # queue alone see a compute-bound site as idle.
+    running_capacity: int = Field(default=64, ge=1)
 
     @field_validator("name")
     @classmethod

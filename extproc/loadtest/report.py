@@ -62,7 +62,8 @@ def summary_rows(results: Mapping[str, LoadResult]) -> list[tuple[str, list[str]
         ("errors", [", ".join(f"{k}: {v}" for k, v in r.summary["errors"].items()) or "0" for r in rs]),
         ("dropped (client in-flight cap)", [str(r.summary["dropped"]) for r in rs]),
         ("window", [_f(r.window_s, " s") for r in rs]),
-        ("tokens/s (prompt+completion)", [_f(r.summary["tokens_per_s"]) for r in rs]),
+        ("served tokens/s (prompt as sent + completion)", [_f(r.summary.get("served_tokens_per_s")) for r in rs]),
+        ("GPU tokens/s (prompt at GPU + completion)", [_f(r.summary["tokens_per_s"]) for r in rs]),
         ("completion tokens/s", [_f(r.summary["completion_tokens_per_s"]) for r in rs]),
         ("site generation tokens/s (while sending)", [_f(r.summary.get("site_generation_tokens_per_s")) for r in rs]),
         ("p50 TTFT", [_ms(_dig(r.summary, "ttft_s", "p50")) for r in rs]),
@@ -75,7 +76,7 @@ def summary_rows(results: Mapping[str, LoadResult]) -> list[tuple[str, list[str]
         ("p95 end-to-end", [_ms(_dig(r.summary, "e2e_s", "p95")) for r in rs]),
         ("p50 inter-token", [_ms(_dig(r.summary, "itl_s", "p50")) for r in rs]),
         ("tokens processed (prompt tokens at GPUs)", [_f(r.summary["tokens_processed"], digits=0) for r in rs]),
-        ("prompt tokens sent (client estimate)", [_f(r.summary["est_prompt_tokens_sent"], digits=0) for r in rs]),
+        ("prompt tokens sent (cl100k, ok requests)", [_f(r.summary.get("sent_prompt_tokens"), digits=0) for r in rs]),
     ]
     sites = sorted({s for r in rs for s in r.envoy_sites} | {s for r in rs for s in r.summary["gpu"]})
     for s in sites:
@@ -201,7 +202,8 @@ def write_charts(results: Mapping[str, LoadResult], out_dir: Path) -> tuple[dict
         charts[key] = path
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    _bars(ax, names, {"prompt+completion": [r.summary["tokens_per_s"] for r in rs],
+    _bars(ax, names, {"served (prompt as sent + completion)": [r.summary.get("served_tokens_per_s") for r in rs],
+                      "at GPUs (prompt at GPU + completion)": [r.summary["tokens_per_s"] for r in rs],
                       "completion only": [r.summary["completion_tokens_per_s"] for r in rs]}, "tokens / s")
     ax.set_title("Token throughput")
     save(fig, "throughput")

@@ -23,6 +23,7 @@ import orjson
 from extproc.loadtest import stats as S
 from extproc.loadtest.sse import SseParser, StreamStats
 from extproc.loadtest.workloads import LoadSpec, PlannedRequest, plan
+from extproc.sim.tokens import count_chat  # the sites' own prompt-token count (cl100k, offline)
 
 ERROR_BODY_LIMIT = 2048
 PROBE_TIMEOUT_S = 3.0
@@ -138,6 +139,9 @@ async def send_one(session: aiohttp.ClientSession, base_url: str, path: str, p: 
     rec: dict[str, Any] = {
         "id": p.request_id, "index": p.index, "kind": p.kind, "sla": p.sla, "lang": p.lang,
         "conversation": p.conversation, "turn": p.turn, "est_prompt_tokens": p.est_prompt_tokens,
+        # The prompt as the client sent it, in the sites' tokenizer (cl100k): what a served request is
+        # worth, whatever the gateway did to it on the way (compression shrinks `usage.prompt_tokens`).
+        "sent_prompt_tokens": count_chat(p.body.get("messages") or []),
         "max_tokens": p.body.get("max_tokens"), "gold": p.gold,
         "scheduled_s": p.at_s, "sent_s": None, "status": None, "ok": False, "streamed": False,
         "ttft_s": None, "e2e_s": None, "itl_mean_s": None, "itl_p95_s": None, "content_events": 0,

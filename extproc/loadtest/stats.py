@@ -167,6 +167,7 @@ def summarize(
             key = str(r.get("status") or r.get("error_kind") or "error")
             errors[key] = errors.get(key, 0) + 1
     prompt = sum(int(r.get("prompt_tokens") or 0) for r in ok)
+    sent_prompt = sum(int(r.get("sent_prompt_tokens") or 0) for r in ok)
     completion = sum(int(r.get("completion_tokens") or 0) for r in ok)
     w = window_s if window_s > 0 else float("nan")
 
@@ -212,6 +213,10 @@ def summarize(
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "est_prompt_tokens_sent": sum(int(r.get("est_prompt_tokens") or 0) for r in records),
+        # Served tokens: prompts as the clients sent them + completions, per second. The headline: it
+        # counts what users got, so a compressed prompt is worth as much as the original.
+        "served_tokens_per_s": (sent_prompt + completion) / w,
+        "sent_prompt_tokens": sent_prompt,
         "tokens_per_s": (prompt + completion) / w,
         "completion_tokens_per_s": completion / w,
         "ttft_s": lat(ok, "ttft_s"),
@@ -251,7 +256,8 @@ def answer_retention(records: Sequence[Mapping[str, Any]], arrived: Mapping[str,
 # ---- comparison ----------------------------------------------------------------------------------------
 # (label, path into the summary, higher is better)
 COMPARE_METRICS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
-    ("tokens/s (prompt+completion)", ("tokens_per_s",), True),
+    ("served tokens/s (prompt as sent + completion)", ("served_tokens_per_s",), True),
+    ("GPU tokens/s (prompt at GPU + completion)", ("tokens_per_s",), True),
     ("completion tokens/s", ("completion_tokens_per_s",), True),
     ("requests/s", ("requests_per_s",), True),
     ("site generation tokens/s", ("site_generation_tokens_per_s",), True),

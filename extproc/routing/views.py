@@ -3,7 +3,8 @@
 Pressure is the single load figure the policy compares, 0 = idle, 1 = at capacity (it can exceed 1 when
 requests queue). It prefers the engine's own signals, which predict latency far better than GPU
 utilisation (which reads ~100% whenever anything at all runs):
-  pressure = max(kv_cache_usage, requests_waiting / queue_ref)
+  pressure = max(kv_cache_usage, requests_waiting / queue_ref, requests_running / capacity)
+where capacity is the engine's reported max_running, else the site's configured running_capacity.
 With no engine view it falls back to GPU utilisation; with neither, the load is unknown.
 """
 
@@ -31,12 +32,14 @@ class SiteView:
         return self.pressure is not None and self.healthy is not None
 
 
-def site_pressure(load: SiteLoad, queue_ref: int) -> float | None:
+def site_pressure(load: SiteLoad, queue_ref: int, running_capacity: int) -> float | None:
     parts: list[float] = []
     if load.kv_cache_usage is not None:
         parts.append(load.kv_cache_usage)
     if load.requests_waiting is not None:
         parts.append(load.requests_waiting / float(queue_ref))
+    if load.requests_running is not None:
+        parts.append(load.requests_running / float(load.max_running or running_capacity))
     if parts:
         return max(parts)
     if load.gpu_utilization is not None:
@@ -70,7 +73,7 @@ def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> li
                 rtt_ms=rtt,
                 drained=site.name in snapshot.drained,
                 healthy=load.healthy,
-                pressure=site_pressure(load, config.policy.queue_ref) if load.healthy else None,
+                pressure=site_pressure(load, config.policy.queue_ref, site.running_capacity) if load.healthy else None,
                 age_s=load.age_s(now),
             )
         )

@@ -26,13 +26,14 @@ _MESSAGE_OVERHEAD = 1024 * 1024
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
-def build_rewriter(config: GatewayConfig) -> BodyRewriter | None:
-    """The compressor when enabled; imported lazily so a routing-only gateway loads no model stack."""
+def build_rewriter(config: GatewayConfig, metrics: GatewayMetrics) -> BodyRewriter | None:
+    """The compressor when enabled; imported lazily so a routing-only gateway loads no model stack.
+    Its metrics go on the gateway's own registry (one /metrics endpoint)."""
     if not config.compression.enabled:
         return None
     from extproc.compression.rewriter import build_compression_rewriter  # noqa: PLC0415
 
-    return build_compression_rewriter(config)
+    return build_compression_rewriter(config, registry=metrics.registry)
 
 
 async def serve(
@@ -55,7 +56,7 @@ async def serve(
 
     reader = LoadMapReader(config.redis, on_change=on_change)
     if rewriter is None:
-        rewriter = build_rewriter(config)
+        rewriter = build_rewriter(config, metrics)
     gw = Gateway(config, lambda: reader.snapshot, rewriter=rewriter, metrics=metrics)
     holder["gw"] = gw
 

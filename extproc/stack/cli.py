@@ -44,7 +44,41 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from extproc.stack.demo import SCENARIOS, run_demo  # noqa: PLC0415
+
+    wanted = [s for s in SCENARIOS if s.key in set(args.scenarios.split(","))]
+    if not wanted:
+        print(f"aigrid demo: --scenarios must name some of {', '.join(s.key for s in SCENARIOS)}", file=sys.stderr)
+        return 2
+    try:
+        run_demo(
+            Path(args.workdir), Path(args.out), duration_s=args.duration, concurrency=args.concurrency,
+            envoy_port=args.port, admin_port=args.admin_port, model_path=args.compression_model,
+            scenarios=tuple(wanted),
+        )
+    except StackError as exc:
+        print(f"aigrid demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("aigrid demo: interrupted; every process stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="run the AI Grid comparison on a local grid and write the report")
+    d.add_argument("--duration", type=float, default=60, help="seconds of load per scenario (default 60)")
+    d.add_argument("--concurrency", type=int, default=48, help="users in flight (default 48)")
+    d.add_argument("--scenarios", default="a,b,c", help="which of a,b,c to run (default all)")
+    d.add_argument("--compression-model", default=None,
+                   help="local LLMLingua-2 model directory for the fine step (default: coarse step only)")
+    d.add_argument("--port", type=int, default=10000, help="Envoy listener port (default 10000)")
+    d.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
+    d.add_argument("--workdir", default=".aigrid/demo", help="config and logs (default .aigrid/demo)")
+    d.add_argument("--out", default="aigrid-report", help="report directory (default ./aigrid-report)")
+    d.set_defaults(func=_demo)
+
     p = sub.add_parser("up", help="start a local grid: Redis, GPU sites, agents, ext_proc, Envoy")
     p.add_argument("--port", type=int, default=10000, help="Envoy listener port (default 10000)")
     p.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")

@@ -17,6 +17,7 @@ from extproc.config import load_config
 from extproc.config.schema import GatewayConfig
 from extproc.envoyconf.render import render_envoy_yaml
 from extproc.stack.procs import (
+    ManagedProcess,
     ProcessGroup,
     StackError,
     free_port,
@@ -41,13 +42,17 @@ class SiteSpec:
     replicas: int = 1
     link_delay_ms: float = 0.0
     rtt_ms: float = 1.0
+    # Running requests at which the site counts as full (policy pressure 1.0); see SiteConfig.
+    running_capacity: int = 64
 
 
 DEFAULT_SITES: tuple[SiteSpec, ...] = (
     # An edge site next to the 5G core: one smaller GPU, no link delay.
-    SiteSpec("edge", "edge", gpu="L40S", replicas=1, link_delay_ms=0.0, rtt_ms=1.0),
+    # Capacities scale with GPU speed: 8 concurrent requests per L40S, 24 per H100 (about their ratio of
+    # bf16 FLOP/s, which bounds prefill of the RAG-heavy reference workload).
+    SiteSpec("edge", "edge", gpu="L40S", replicas=1, link_delay_ms=0.0, rtt_ms=1.0, running_capacity=8),
     # A remote site over the long-haul optical link: more GPUs, a few ms away.
-    SiteSpec("remote", "remote", gpu="H100", replicas=2, link_delay_ms=4.0, rtt_ms=8.0),
+    SiteSpec("remote", "remote", gpu="H100", replicas=2, link_delay_ms=4.0, rtt_ms=8.0, running_capacity=48),
 )
 
 
@@ -77,6 +82,7 @@ class LocalStack:
     metrics_port: int = 0
     config_path: Path | None = None
     config: GatewayConfig | None = None
+    serve_proc: ManagedProcess | None = None
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -91,13 +97,16 @@ class LocalStack:
             raise StackError("the GPU simulator (extproc.sim) is not installed in this build; use --upstream standin")
 
     def write_config(self) -> Path:
-        self.redis_port = free_port()
-        self.extproc_port = free_port()
-        self.metrics_port = free_port()
-        self.site_ports = {s.name: free_port() for s in self.sites}
+        """Choose internal ports (first call) and write aigrid.yaml + envoy.yaml for the current policy."""
+        if not self.site_ports:
+            self.redis_port = free_port()
+            self.extproc_port = free_port()
+            self.metrics_port = free_port()
+            self.site_ports = {s.name: free_port() for s in self.sites}
         cfg = {
             "sites": [
-                {"name": s.name, "role": s.role, "endpoints": [f"127.0.0.1:{self.site_ports[s.name]}"], "rtt_ms": s.rtt_ms}
+                {"name": s.name, "role": s.role, "endpoints": [f"127.0.0.1:{self.site_ports[s.name]}"],
+                 "rtt_ms": s.rtt_ms, "running_capacity": s.running_capacity}
                 for s in self.sites
             ],
             "policy": {"default_site": self.sites[0].name, **self.policy},
@@ -148,10 +157,25 @@ class LocalStack:
         if self.upstream == "sim" and agent_available():
             for s in self.sites:
                 self._start_agent(s)
-        assert self.config_path is not None
-        serve = self.group.start("serve", python_argv("-m", "extproc.cli", "serve", "--config", str(self.config_path)))
-        serve.wait_ready(lambda: port_open(self.extproc_port) and port_open(self.metrics_port), 120, "ext_proc listening")
+        self._start_serve()
         start_envoy(self.group, self.workdir / "envoy.yaml", self.admin_port)
+
+    def _start_serve(self) -> None:
+        assert self.config_path is not None
+        self.serve_proc = self.group.start("serve", python_argv("-m", "extproc.cli", "serve", "--config", str(self.config_path)))
+        self.serve_proc.wait_ready(
+            lambda: port_open(self.extproc_port) and port_open(self.metrics_port), 120, "ext_proc listening"
+        )
+
+    def restart_serve(self, policy: dict, compression: dict) -> None:
+        """Same grid, same Envoy, another gateway policy: rewrite the config and restart `aigrid serve`.
+        (The Envoy config does not depend on the policy, so Envoy keeps running.)"""
+        self.policy, self.compression = dict(policy), dict(compression)
+        if self.serve_proc is not None:
+            self.serve_proc.stop()
+            self.group.procs.remove(self.serve_proc)
+        self.write_config()
+        self._start_serve()
 
     def stop(self) -> None:
         self.group.stop_all()

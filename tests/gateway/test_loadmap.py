@@ -117,3 +117,21 @@ def test_aggregate_drops_expired_nodes():
     dead = node(site="remote", name="b", at=90.0, ttl=5)
     out = aggregate([live, dead], now=102.0)
     assert set(out) == {"edge"}
+
+
+def test_pressure_signals():
+    from extproc.routing.views import site_pressure
+
+    base = aggregate_site("edge", [node(kv=0.2, run=4, wait=0)])
+    assert site_pressure(base, queue_ref=32, running_capacity=64) == pytest.approx(0.2)  # KV dominates
+    # Compute-bound: KV low, nothing waiting, but more running than the site's capacity.
+    busy = aggregate_site("edge", [node(kv=0.3, run=48, wait=0)])
+    assert site_pressure(busy, queue_ref=32, running_capacity=16) == pytest.approx(3.0)
+    # The engine's own capacity hint wins over the configured one.
+    hinted = aggregate_site("edge", [node(kv=0.1, run=48, wait=0, maxr=96)])
+    assert site_pressure(hinted, queue_ref=32, running_capacity=16) == pytest.approx(0.5)
+    queued = aggregate_site("edge", [node(kv=0.5, run=1, wait=64)])
+    assert site_pressure(queued, queue_ref=32, running_capacity=64) == pytest.approx(2.0)
+    gpu_only = aggregate_site("edge", [node(gpus=[GpuLoad(0.7, None, None)])])
+    assert site_pressure(gpu_only, 32, 64) == pytest.approx(0.7)
+    assert site_pressure(aggregate_site("edge", [node()]), 32, 64) is None

@@ -23,7 +23,7 @@ def _result(name: str, speed: float, seed: int = 1, gold: bool = True) -> LoadRe
             "id": f"lt-{i}", "index": i, "sla": sla, "kind": "rag", "lang": "ja" if i % 4 == 0 else "en",
             "ok": ok, "status": 200 if ok else 503, "streamed": True, "sent_s": i * 0.1,
             "ttft_s": rng.uniform(0.05, 0.4) / speed, "e2e_s": rng.uniform(1, 3) / speed, "itl_mean_s": 0.02 / speed,
-            "prompt_tokens": 1000, "completion_tokens": 100, "est_prompt_tokens": 1100,
+            "prompt_tokens": 1000, "completion_tokens": 100, "est_prompt_tokens": 1100, "sent_prompt_tokens": 2000,
             "gold": f"KX-{i}" if gold else None,
         })
     samples = [{"t": t * 0.5, "site": site, "fb_used_mib": base + t * 10, "kv_usage": min(1.0, t / 20),
@@ -44,6 +44,8 @@ def test_summary_numbers():
     s = r.summary
     assert s["requests"] == 60 and s["ok"] == 57 and s["errors"] == {"503": 3}
     assert s["tokens_per_s"] == pytest.approx(57 * 1100 / 10.0)
+    # Served tokens count prompts as sent (here twice what reached the GPU, as after compression).
+    assert s["served_tokens_per_s"] == pytest.approx(57 * 2100 / 10.0)
     assert s["completion_tokens_per_s"] == pytest.approx(57 * 100 / 10.0)
     assert s["per_site_requests"] == {"edge": 40, "remote": 20}
     assert s["gpu"]["edge"]["fb_used_mib_max"] == 40_190.0
@@ -55,8 +57,8 @@ def test_summary_numbers():
 def test_compare_ratios():
     res = {"a": _result("a", 1.0), "b": _result("b", 1.25), "c": _result("c", 1.5)}
     cmp = compare(res, "a")
-    assert cmp["tokens/s (prompt+completion)"]["c"]["ratio"] == pytest.approx(1.5)
-    assert cmp["tokens/s (prompt+completion)"]["a"]["ratio"] == pytest.approx(1.0)
+    assert cmp["GPU tokens/s (prompt at GPU + completion)"]["c"]["ratio"] == pytest.approx(1.5)
+    assert cmp["GPU tokens/s (prompt at GPU + completion)"]["a"]["ratio"] == pytest.approx(1.0)
     assert cmp["p95 TTFT"]["c"]["ratio"] == pytest.approx(1 / 1.5)
     with pytest.raises(KeyError, match="baseline 'z'"):
         compare(res, "z")
