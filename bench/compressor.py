@@ -4,7 +4,8 @@ The model has bert-base-multilingual-cased's shape with random weights (the real
 is not reachable offline; the compute per token is the same). For each prompt length (cl100k tokens):
   * llmlingua: PromptCompressor(use_llmlingua2=True).compress_prompt(text, rate) one request at a time;
   * ours: BatchingCompressor under concurrent load (--concurrency requests in flight, batched by the
-    worker), fp32 and (CPU) dynamic int8;
+    worker): on CPU the ONNX Runtime backend (BERT fusions, int8) and the torch backend (dynamic int8),
+    plus fp32 of both with --fp32; on GPU torch, batched vs one at a time;
 tokens/s (cl100k prompt tokens in / wall second), p50/p99 latency per request, and the ratio to llmlingua.
 It also samples the asyncio loop's lag (a 5 ms timer's overshoot) while our worker computes, idle vs
 busy: the gRPC loop lives on such a loop, so this is the part of routing latency compression could add.
@@ -109,15 +110,17 @@ async def loop_lag(duration_s: float, period_s: float = 0.005) -> list[float]:
 
 
 async def start_ours(model_dir: Path, *, quantize: bool, device: str, dtype: str | None, threads: int,
-                     batch_tokens: int):
+                     batch_tokens: int, backend: str = "torch"):
     from extproc.compression.worker import BatchingCompressor
 
+    t = time.perf_counter()
     comp = await asyncio.to_thread(
-        BatchingCompressor.from_path, model_dir, quantize=quantize, device=device, dtype=dtype,
+        BatchingCompressor.from_path, model_dir, quantize=quantize, device=device, dtype=dtype, backend=backend,
         num_threads=threads, max_queue=1024, max_batch_tokens=batch_tokens, round_tokens=batch_tokens,
         max_batch_size=256,
     )
     await asyncio.to_thread(comp.wait_ready, 120)
+    print(f"  loaded ours backend={backend} int8={quantize} in {time.perf_counter() - t:.1f} s", flush=True)
     return comp
 
 
@@ -147,12 +150,19 @@ async def main_async(args: argparse.Namespace) -> None:
         # Ours: (label, compressor, concurrency). Same process, same threads as llmlingua.
         variants: list[tuple[str, object, int]] = []
         if not gpu:
-            variants.append(("ours int8", await start_ours(model_dir, quantize=True, device="cpu", dtype=None,
-                                                          threads=args.threads, batch_tokens=bt), args.concurrency))
-            if args.fp32:
-                variants.append(("ours fp32", await start_ours(model_dir, quantize=False, device="cpu", dtype=None,
-                                                              threads=args.threads, batch_tokens=bt),
-                                 args.concurrency))
+            try:
+                import onnxruntime  # noqa: F401
+
+                backends = ["onnx", "torch"]
+            except ImportError:
+                print("  (onnxruntime not installed: torch backend only)")
+                backends = ["torch"]
+            for backend in backends:
+                for quant in ([True, False] if args.fp32 else [True]):
+                    label = f"ours {backend} {'int8' if quant else 'fp32'}"
+                    comp = await start_ours(model_dir, quantize=quant, device="cpu", dtype=None,
+                                            threads=args.threads, batch_tokens=bt, backend=backend)
+                    variants.append((label, comp, args.concurrency))
         else:
             comp = await start_ours(model_dir, quantize=False, device=args.device, dtype=args.dtype,
                                     threads=args.threads, batch_tokens=bt)
@@ -204,7 +214,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=None, help="our requests in flight (CPU 4, GPU 16)")
     ap.add_argument("--batch-tokens", type=int, default=None, help="worker's padded tokens per forward pass")
     ap.add_argument("--rate", type=float, default=0.5)
-    ap.add_argument("--fp32", action="store_true", help="CPU: also our worker without int8 (isolates padding)")
+    ap.add_argument("--fp32", action="store_true", help="CPU: also our fp32 variants (isolate padding/fusion)")
     ap.add_argument("--compare-batching", action="store_true",
                     help="the GPU variant's comparison (batched vs one at a time, fp32) on any device")
     args = ap.parse_args()

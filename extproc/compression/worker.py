@@ -30,7 +30,7 @@ import numpy as np
 from extproc.compression import core
 from extproc.compression.core import UnitMode
 from extproc.compression.fine import FineResult, Skipped
-from extproc.compression.model import FinePipeline, Prepared, TokenClassifier
+from extproc.compression.model import Classifier, FinePipeline, OrtClassifier, Prepared, TokenClassifier
 from extproc.compression.offline import model_path_from_env
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class BatchingCompressor:
 
     def __init__(
         self,
-        model: TokenClassifier,
+        model: Classifier,
         pipeline: FinePipeline,
         *,
         max_queue: int = 64,
@@ -127,12 +127,25 @@ class BatchingCompressor:
         device: str = "cpu",
         dtype: str | None = None,
         mode: UnitMode = "word",
+        backend: str = "torch",
+        onnx_cache_dir: str | Path | None = None,
         **kwargs,
     ) -> "BatchingCompressor":
         """Load the model from a local directory (None: $AIGRID_COMPRESSION_MODEL) and start the worker.
-        Blocking (seconds for a BERT-base model): call at startup or through asyncio.to_thread."""
+        backend "torch" (quantize: torch dynamic int8; device/dtype for GPU) or "onnx" (CPU, ONNX Runtime
+        with BERT fusions; quantize: ORT dynamic int8; exported once into <model>/onnx or onnx_cache_dir).
+        Blocking (seconds for a BERT-base model, about a minute on the first ONNX export): call at
+        startup or through asyncio.to_thread."""
         model_dir = model_path_from_env(str(path) if path else None)
-        model = TokenClassifier.load(model_dir, quantize=quantize, device=device, dtype=dtype)
+        model: Classifier
+        if backend == "onnx":
+            model = OrtClassifier.load(
+                model_dir, quantize=quantize, num_threads=kwargs.get("num_threads", 1), cache_dir=onnx_cache_dir
+            )
+        elif backend == "torch":
+            model = TokenClassifier.load(model_dir, quantize=quantize, device=device, dtype=dtype)
+        else:
+            raise ValueError(f"unknown compression backend {backend!r} (torch, onnx)")
         pipeline = FinePipeline.load(model_dir, mode=mode)
         return cls(model, pipeline, **kwargs)
 
