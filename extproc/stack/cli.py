@@ -68,7 +68,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="run the AI Grid comparison on a local grid and write the report")
-    d.add_argument("--duration", type=float, default=60, help="seconds of load per scenario (default 60)")
+    d.add_argument("--duration", type=float, default=45, help="seconds of load per scenario (default 45)")
     d.add_argument("--concurrency", type=int, default=48, help="users in flight (default 48)")
     d.add_argument("--scenarios", default="a,b,c", help="which of a,b,c to run (default all)")
     d.add_argument("--compression-model", default=None,
