@@ -4,13 +4,14 @@ The model has bert-base-multilingual-cased's shape with random weights (the real
 is not reachable offline; the compute per token is the same). For each prompt length (cl100k tokens):
   * llmlingua: PromptCompressor(use_llmlingua2=True).compress_prompt(text, rate) one request at a time;
   * ours: BatchingCompressor under concurrent load (--concurrency requests in flight, batched by the
-    worker): on CPU the ONNX Runtime backend (BERT fusions, int8) and the torch backend (dynamic int8),
-    plus fp32 of both with --fp32; on GPU torch, batched vs one at a time;
+    worker): on CPU the torch backend with dynamic int8 (--onnx adds the ONNX Runtime backend, --fp32
+    the fp32 variants); on GPU torch, batched vs one at a time;
 tokens/s (cl100k prompt tokens in / wall second), p50/p99 latency per request, and the ratio to llmlingua.
 It also samples the asyncio loop's lag (a 5 ms timer's overshoot) while our worker computes, idle vs
 busy: the gRPC loop lives on such a loop, so this is the part of routing latency compression could add.
 
-    python bench/compressor.py                      # CPU, about 3-5 minutes on 2 cores
+    python bench/compressor.py                      # CPU, about 3-5 minutes on 2 idle cores
+    python bench/compressor.py --onnx --fp32        # CPU, every backend (several minutes more)
     python bench/compressor.py --device cuda        # GPU host: batched vs one at a time (ours) + llmlingua
 """
 
@@ -150,13 +151,14 @@ async def main_async(args: argparse.Namespace) -> None:
         # Ours: (label, compressor, concurrency). Same process, same threads as llmlingua.
         variants: list[tuple[str, object, int]] = []
         if not gpu:
-            try:
-                import onnxruntime  # noqa: F401
+            backends = ["torch"]
+            if args.onnx:
+                try:
+                    import onnxruntime  # noqa: F401
 
-                backends = ["onnx", "torch"]
-            except ImportError:
-                print("  (onnxruntime not installed: torch backend only)")
-                backends = ["torch"]
+                    backends.append("onnx")
+                except ImportError:
+                    print("  (onnxruntime not installed: torch backend only)")
             for backend in backends:
                 for quant in ([True, False] if args.fp32 else [True]):
                     label = f"ours {backend} {'int8' if quant else 'fp32'}"
@@ -215,6 +217,8 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=None, help="worker's padded tokens per forward pass")
     ap.add_argument("--rate", type=float, default=0.5)
     ap.add_argument("--fp32", action="store_true", help="CPU: also our fp32 variants (isolate padding/fusion)")
+    ap.add_argument("--onnx", action="store_true",
+                    help="CPU: also the ONNX Runtime backend (its one-time export takes 1-2 min on 2 cores)")
     ap.add_argument("--compare-batching", action="store_true",
                     help="the GPU variant's comparison (batched vs one at a time, fp32) on any device")
     args = ap.parse_args()

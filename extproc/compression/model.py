@@ -324,6 +324,9 @@ class OrtClassifier:
         if num_threads:
             so.intra_op_num_threads = num_threads
             so.inter_op_num_threads = 1
+        # ORT's pool spins between ops by default: on a shared 2-core host that burns the core the gRPC
+        # loop needs (and, measured, costs more CPU per token than it saves).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"])
         tok = _load_tokenizer(path)
         return cls(session, pad_id=tok.token_to_id("[PAD]"), cls_id=tok.token_to_id("[CLS]"),
