@@ -264,15 +264,13 @@ class BatchingCompressor:
     def _resolve(self, job: _Job, result: FineResult | Skipped) -> None:
         with self._lock:
             self._backlog_tokens -= job.est_tokens
-        if isinstance(result, Skipped):
-            self.stats[f"skipped_{result.reason}"] += 1
-        else:
-            self.stats["compressed"] += 1
-        if not job.future.done():
-            try:
-                job.future.set_result(result)
-            except concurrent.futures.InvalidStateError:
-                pass  # cancelled by the caller in the meantime
+        if job.future.done():
+            return  # the caller gave up (deadline, cancellation) and was answered already
+        try:
+            job.future.set_result(result)
+        except concurrent.futures.InvalidStateError:
+            return  # cancelled by the caller in the meantime
+        self.stats[f"skipped_{result.reason}" if isinstance(result, Skipped) else "compressed"] += 1
 
     def _round(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
