@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakes import EveryOther, make_request  # noqa: E402
 
 from extproc.compression.coarse import CoarseRanker  # noqa: E402
-from extproc.compression.fine import FineResult, Skipped  # noqa: E402
+from extproc.compression.fine import FineResult  # noqa: E402
 from extproc.compression.rewriter import (  # noqa: E402
     HEADER,
     CompressionRewriter,
