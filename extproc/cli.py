@@ -25,12 +25,45 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Which module owns which command: running one command imports only its module. `aigrid serve` must not
+# carry the simulator's tokenizer tables or the load test's imports: a larger heap costs every request
+# in garbage-collection time.
+COMMAND_OWNERS: dict[str, str] = {
+    "serve": "extproc.server.cli",
+    "status": "extproc.operator.cli",
+    "site": "extproc.operator.cli",
+    "envoy-config": "extproc.envoyconf.cli",
+    "up": "extproc.stack.cli",
+    "demo": "extproc.stack.cli",
+    "agent": "extproc.agent.cli",
+    "sim": "extproc.sim.cli",
+    "eval-compression": "extproc.compression.cli",
+    "loadtest": "extproc.loadtest.cli",
+}
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The sub-command named in argv (first word not an option or the --log-level value)."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--log-level":
+            skip = True
+            continue
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aigrid", description="AI Grid gateway")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    owner = COMMAND_OWNERS.get(_command_in(argv) or "") if argv is not None else None
+    for name in (owner,) if owner else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -44,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
