@@ -462,7 +462,13 @@ def build_fine_compressor(settings: CompressionSettings) -> FineCompressor | Non
         return None
     from extproc.compression.worker import BatchingCompressor  # noqa: PLC0415
 
-    return BatchingCompressor.from_path(settings.model_path)
+    return BatchingCompressor.from_path(
+        settings.model_path,
+        quantize=settings.fine_quantize and settings.fine_device == "cpu",
+        device=settings.fine_device,
+        backend=settings.fine_backend,
+        num_threads=settings.fine_threads,
+    )
 
 
 def build_compression_rewriter(config: Any, registry: Any = None) -> CompressionRewriter:
