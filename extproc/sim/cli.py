@@ -50,6 +50,7 @@ _SITE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("seed", int, "seed for natural lengths and jitter"),
     ("slip_threshold_ms", float, "beyond this lateness the clock re-anchors (reported as slip)"),
     ("stream_interval", int, "stream tokens in groups of N (vLLM --stream-interval; default 1)"),
+    ("record_prompts", int, "keep the last N request bodies at GET /_aigrid/records (evaluation; 0 = off)"),
 )
 
 

@@ -13,6 +13,7 @@ Design for time fidelity on a small CPU (hundreds of streams on 2 cores):
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import random
@@ -73,6 +74,10 @@ class SiteConfig:
     # vLLM's --stream-interval. 1 = one SSE event per token per step, as vLLM does by default; larger
     # values cut the per-token socket writes when hundreds of streams share a small CPU.
     stream_interval: int = 1
+    # Keep the last N request bodies (with their x-aigrid-* / x-request-id headers) for evaluation at
+    # GET /_aigrid/records (DELETE clears): how the load test sees a prompt after the gateway rewrote it.
+    # 0 = off. Bounded, so a long run cannot grow memory.
+    record_prompts: int = 0
 
     @classmethod
     def from_mapping(cls, m: dict[str, Any]) -> "SiteConfig":
@@ -354,6 +359,7 @@ class SimSite:
         # Names a client may use for the model: the served name and the profile key.
         self.model_aliases = {self.served_model_name, hw.model.key, hw.model.served_name}
         # Link delays scale with the speed factor like every other simulated duration.
+        self._records: deque[dict[str, Any]] = deque(maxlen=max(1, config.record_prompts))
         self.link_delay_s = config.link_delay_ms / 1000.0 / config.speed_factor
         self.link_jitter_s = min(config.link_jitter_ms, config.link_delay_ms) / 1000.0 / config.speed_factor
         self.replicas: list[Replica] = []
@@ -380,6 +386,8 @@ class SimSite:
         app.router.add_get("/metrics/dcgm", self.handle_dcgm)
         app.router.add_get("/sim/info", self.handle_info)
         app.router.add_get("/sim/timing", self.handle_timing)
+        app.router.add_get("/_aigrid/records", self.handle_records)
+        app.router.add_delete("/_aigrid/records", self.handle_clear_records)
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the
         # request in the engine (frees its KV) instead of generating into the void.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -428,6 +436,14 @@ class SimSite:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise ApiError(f"request body larger than {MAX_BODY_BYTES} bytes", 413, "BadRequestError") from None
+        if self.config.record_prompts > 0:
+            self._records.append({
+                "site": self.config.name,
+                "path": request.path,
+                "headers": {k.lower(): v for k, v in request.headers.items()
+                            if k.lower().startswith("x-aigrid") or k.lower() == "x-request-id"},
+                "body_b64": base64.b64encode(raw).decode(),
+            })
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -728,6 +744,13 @@ class SimSite:
             ],
         }
         return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+    async def handle_records(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(list(self._records)), content_type="application/json")
+
+    async def handle_clear_records(self, request: web.Request) -> web.Response:
+        self._records.clear()
+        return web.Response(text="cleared")
 
     async def handle_health(self, request: web.Request) -> web.Response:
         # The link delays every packet, health checks and RTT probes included (there and back).

@@ -130,6 +130,8 @@ class LocalStack:
                 "-m", "extproc.cli", "--log-level", "WARNING", "sim", "--name", s.name, "--gpu", s.gpu, "--model", s.model,
                 "--gpus-per-replica", str(s.gpus_per_replica), "--replicas", str(s.replicas),
                 "--host", "127.0.0.1", "--port", str(port), "--link-delay-ms", str(s.link_delay_ms),
+                # The demo reads prompts as they arrived (answer retention after compression).
+                "--record-prompts", "5000",
             )
         else:
             argv = python_argv("-m", "extproc.stack.standin", "--name", s.name, "--port", str(port))
