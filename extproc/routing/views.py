@@ -10,7 +10,8 @@ With no engine view it falls back to GPU utilisation; with neither, the load is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from extproc.config.schema import GatewayConfig, SiteRole
 from extproc.loadmap.model import LoadSnapshot, SiteLoad
@@ -26,6 +27,9 @@ class SiteView:
     healthy: bool | None
     pressure: float | None
     age_s: float | None
+    # Running requests that make pressure 1.0 (engine hint, else configured): turns requests this gateway
+    # sent since the site's last report into pressure (see with_in_flight).
+    capacity: float = 64.0
 
     @property
     def known(self) -> bool:
@@ -63,6 +67,7 @@ def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> li
                     healthy=None,
                     pressure=None,
                     age_s=None if load is None else load.age_s(now),
+                    capacity=float(site.running_capacity),
                 )
             )
             continue
@@ -75,6 +80,24 @@ def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> li
                 healthy=load.healthy,
                 pressure=site_pressure(load, config.policy.queue_ref, site.running_capacity) if load.healthy else None,
                 age_s=load.age_s(now),
+                capacity=float(load.max_running or site.running_capacity),
             )
         )
     return views
+
+
+def with_in_flight(views: list[SiteView], sent_since_report: Mapping[str, int]) -> list[SiteView]:
+    """Views with the requests this gateway routed since each site's last report added to its pressure.
+
+    Reports arrive every few hundred ms; a burst inside that window would otherwise see the same idle
+    snapshot and herd onto one site (48 users starting at once all picked the edge, which then needed ~8 s
+    of prefill to dig out). Each request sent counts as one more running request until the site's next
+    report, which already includes it, resets the count.
+    """
+    out: list[SiteView] = []
+    for v in views:
+        n = sent_since_report.get(v.name, 0)
+        if n and v.pressure is not None:
+            v = replace(v, pressure=v.pressure + n / v.capacity)
+        out.append(v)
+    return out

@@ -18,7 +18,7 @@ from extproc.routing.affinity import AffinityTable
 from extproc.routing.features import RequestFeatures, SlaClass
 from extproc.routing.pipeline import Decision, RoutingContext, decide
 from extproc.routing.spill import update_spill_states
-from extproc.routing.views import SiteView, build_views
+from extproc.routing.views import SiteView, build_views, with_in_flight
 from extproc.server.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,18 @@ class Gateway:
         self._views_of: LoadSnapshot | None = None
         self._views_at = -1e18
         self._decision_counters: dict[tuple[str, str, str], object] = {}
+        # Requests routed to each site since its last load report (see routing.views.with_in_flight),
+        # and that report's receive time, to notice the next one.
+        self._sent_since_report: dict[str, int] = {}
+        self._report_at: dict[str, float] = {}
 
     # -- load map events ----------------------------------------------------------------------------------
     def on_snapshot(self, snap: LoadSnapshot) -> None:
         """Called by the map reader on every change: advance the spill hysteresis, refresh gauges."""
+        for name, load in snap.sites.items():
+            if self._report_at.get(name) != load.updated_at:
+                self._report_at[name] = load.updated_at
+                self._sent_since_report[name] = 0
         views = build_views(self.config, snap, self._clock())
         self.spilling = update_spill_states(views, self.spilling, self.config.policy)
         m = self.metrics
@@ -101,6 +109,12 @@ class Gateway:
     def route(self, features: RequestFeatures) -> tuple[Decision, list[SiteView]]:
         now = self._clock()
         views = self.views(now)
+        spilling = self.spilling
+        if any(self._sent_since_report.values()):
+            views = with_in_flight(views, self._sent_since_report)
+            # The hysteresis state moves with the in-flight pressure too, for this decision only; the
+            # stored state advances on reports.
+            spilling = update_spill_states(views, self.spilling, self.config.policy)
         if features.conversation_key is not None:
             prev = self.affinity.get(features.conversation_key, now)
             if prev is not None:
@@ -108,8 +122,9 @@ class Gateway:
                     features.prompt_tokens, features.model, features.stream, features.sla,
                     features.conversation_key, prev, features.parsed,
                 )
-        ctx = RoutingContext(features, views, self.spilling, self.config.policy, self._default, self._rng.random())
+        ctx = RoutingContext(features, views, spilling, self.config.policy, self._default, self._rng.random())
         d = decide(ctx)
+        self._sent_since_report[d.site] = self._sent_since_report.get(d.site, 0) + 1
         self.affinity.put(features.conversation_key, d.site, now)
         self._count_decision(d.site, d.step, features.sla.value)
         return d, views
