@@ -124,7 +124,8 @@ class Gateway:
                 )
         ctx = RoutingContext(features, views, spilling, self.config.policy, self._default, self._rng.random())
         d = decide(ctx)
-        self._sent_since_report[d.site] = self._sent_since_report.get(d.site, 0) + 1
+        if features.parsed:  # inference requests only: a GET /v1/models puts no load on the GPUs
+            self._sent_since_report[d.site] = self._sent_since_report.get(d.site, 0) + 1
         self.affinity.put(features.conversation_key, d.site, now)
         self._count_decision(d.site, d.step, features.sla.value)
         return d, views
