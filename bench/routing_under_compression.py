@@ -1,11 +1,12 @@
-"""Does compression slow down routing? Latency of routing-only requests through Envoy + `aigrid serve`,
-alone and while the same gateway compresses long RAG prompts, in the same run.
+"""Does compression slow down routing? Latency of routing-only requests through Envoy + `aigrid serve`
+while the same gateway also receives long RAG prompts at a fixed rate — once with compression off, once
+with it on (LLMLingua-2-shaped model in the worker thread) — in the same run, same machine.
 
-The compressor's model (bert-base-multilingual-cased shape, random weights: the real compute) runs in its
-own worker thread; the gRPC loop must keep answering short requests (which skip compression) on time.
-Printed: p50/p99 of the short requests' end-to-end latency, idle vs busy, and their ratios.
+The difference between the two is what compression costs the routing path; comparing with an idle
+gateway instead would also count the long requests' own parsing and proxying, which happen either way.
+Printed: p50/p99 of the short requests' latency in each phase, and the on/off ratios.
 
-Usage: .venv/bin/python bench/routing_under_compression.py [--short 300] [--long-concurrency 2]
+Usage: .venv/bin/python bench/routing_under_compression.py [--short 300] [--long-rate 2]
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +32,7 @@ from extproc.compression.offline import force_offline, install_tiktoken_cache  #
 from extproc.loadtest.workloads import RagSpec, rag_messages, synth_rag_item  # noqa: E402
 
 SHORT = json.dumps({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello, route me."}]}).encode()
+HEADERS = {"content-type": "application/json"}
 
 
 def long_body(i: int) -> bytes:
@@ -44,49 +45,57 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
-async def short_latencies(url: str, n: int, concurrency: int) -> list[float]:
+async def short_latencies(s: aiohttp.ClientSession, url: str, n: int, rate: float) -> list[float]:
+    """n short requests, open loop at `rate` per second (spread over the phase, not a quick burst)."""
     out: list[float] = []
-    it = iter(range(n))
-    async with aiohttp.ClientSession() as s:
-        async def worker() -> None:
-            for _ in it:
-                t = time.perf_counter()
-                async with s.post(url, data=SHORT, headers={"content-type": "application/json"}) as r:
-                    await r.read()
-                    assert r.status == 200, r.status
-                out.append(time.perf_counter() - t)
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    async def one() -> None:
+        t = time.perf_counter()
+        async with s.post(url, data=SHORT, headers=HEADERS) as r:
+            await r.read()
+            assert r.status == 200, r.status
+        out.append(time.perf_counter() - t)
+
+    tasks = []
+    for _ in range(n):
+        tasks.append(asyncio.create_task(one()))
+        await asyncio.sleep(1.0 / rate)
+    await asyncio.gather(*tasks)
     return out
 
 
-async def long_load(url: str, stop: asyncio.Event, concurrency: int, done: list[int]) -> None:
+async def phase(url: str, n_short: int, short_rate: float, long_rate: float) -> tuple[list[float], int]:
+    """Short-request latencies while long requests arrive open-loop at long_rate per second."""
+    stop = asyncio.Event()
+    sent = 0
     async with aiohttp.ClientSession() as s:
-        async def worker(k: int) -> None:
-            i = k
+        async def one_long(i: int) -> None:
+            async with s.post(url, data=long_body(i), headers=HEADERS) as r:
+                await r.read()
+
+        async def arrivals() -> None:
+            nonlocal sent
+            tasks = []
             while not stop.is_set():
-                async with s.post(url, data=long_body(i), headers={"content-type": "application/json"}) as r:
-                    await r.read()
-                done[0] += 1
-                i += concurrency
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+                tasks.append(asyncio.create_task(one_long(sent)))
+                sent += 1
+                await asyncio.sleep(1.0 / long_rate)
+            await asyncio.gather(*tasks)
 
-
-async def measure(url: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    await short_latencies(url, 50, 4)  # warm up
-    idle = await short_latencies(url, args.short, 4)
-    stop, done = asyncio.Event(), [0]
-    bg = asyncio.create_task(long_load(url, stop, args.long_concurrency, done))
-    await asyncio.sleep(3)  # let the worker fill up
-    busy = await short_latencies(url, args.short, 4)
-    stop.set()
-    await bg
-    return {"idle": idle, "busy": busy, "long_done": [float(done[0])]}
+        await short_latencies(s, url, 30, 30.0)  # warm up
+        bg = asyncio.create_task(arrivals())
+        await asyncio.sleep(2)
+        lat = await short_latencies(s, url, n_short, short_rate)
+        stop.set()
+        await bg
+    return lat, sent
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--short", type=int, default=300)
-    ap.add_argument("--long-concurrency", type=int, default=2)
+    ap.add_argument("--short-rate", type=float, default=20.0, help="short requests per second (open loop)")
+    ap.add_argument("--long-rate", type=float, default=2.0, help="long RAG requests per second (open loop)")
     args = ap.parse_args()
     force_offline()
     install_tiktoken_cache()
@@ -96,23 +105,26 @@ def main() -> int:
     model = build_full_shape_model(root / "full-bert-base-multilingual-cased")
     st = make_stack(root)
     try:
-        gw = st.add_gateway(extra={"compression": {
+        plain = st.add_gateway()
+        comp = st.add_gateway(extra={"compression": {
             "enabled": True, "model_path": str(model), "ranker": "bm25", "fixed_rate": 0.5, "break_even": False,
             "min_prompt_tokens": 200, "deadline_ms": 20_000}})
         st.publish_load("edge", kv=0.1, ttl_ms=600_000)
         st.publish_load("remote", kv=0.1, ttl_ms=600_000)
-        wait_pressure(gw, "edge", lambda p: p >= 0.0, timeout=60)
-        res = asyncio.run(measure(gw.url("/v1/chat/completions"), args))
-        compressed = gw.metric("aigrid_rewrites_total") or 0
+        for gw in (plain, comp):
+            wait_pressure(gw, "edge", lambda p: p >= 0.0, timeout=60)
+        url = "/v1/chat/completions"
+        off, n_off = asyncio.run(phase(plain.url(url), args.short, args.short_rate, args.long_rate))
+        on, n_on = asyncio.run(phase(comp.url(url), args.short, args.short_rate, args.long_rate))
+        compressed = comp.metric("aigrid_rewrites_total") or 0
+        plain_rewrites = plain.metric("aigrid_rewrites_total") or 0
     finally:
         st.group.stop_all()
-    idle, busy = res["idle"], res["busy"]
-    print(f"short requests (routing only): n={len(idle)} idle, n={len(busy)} while compressing "
-          f"({int(res['long_done'][0])} long requests finished, {int(compressed)} compressed)")
+    print(f"short (routing-only) requests: {len(off)} per phase; long RAG requests at {args.long_rate}/s: "
+          f"{n_off} with compression off ({int(plain_rewrites)} rewritten), {n_on} with it on ({int(compressed)} compressed)")
     for name, q in (("p50", 50), ("p99", 99)):
-        a, b = pct(idle, q) * 1000, pct(busy, q) * 1000
-        print(f"  {name}: idle {a:.2f} ms, busy {b:.2f} ms, ratio {b / a:.2f}")
-    print(f"  mean: idle {statistics.mean(idle) * 1000:.2f} ms, busy {statistics.mean(busy) * 1000:.2f} ms")
+        a, b = pct(off, q) * 1000, pct(on, q) * 1000
+        print(f"  {name}: compression off {a:.2f} ms, on {b:.2f} ms, ratio {b / a:.2f}")
     return 0
 
 
