@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     except WorkloadError as exc:
         print(f"aigrid loadtest: {exc}", file=sys.stderr)
         return 2
-    ep = Endpoints(url=args.url, admin=args.admin, gateway_metrics=list(args.metrics or []),
+    ep = Endpoints(url=args.url, admin=args.admin, allow_remote=args.allow_remote, gateway_metrics=list(args.metrics or []),
                    site_metrics=dict(args.site_metrics or []))
     try:
         result = asyncio.run(run_loadtest(spec, ep, name=args.name, progress=not args.no_progress))
@@ -101,4 +101,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="run", help="name of this run in the report (default run)")
     p.add_argument("--out", default="loadtest-report", help="report directory (default ./loadtest-report)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow non-loopback addresses (your own deployment; default: local stacks only)")
     p.set_defaults(func=_run)

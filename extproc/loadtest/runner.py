@@ -88,7 +88,7 @@ def _check_url(what: str, url: str, allow_remote: bool) -> None:
             return
     except ValueError:
         pass
-    raise LoadTestError(f"{what}: {url} is not a loopback address; the load test only drives local stacks")
+    raise LoadTestError(f"{what}: {url} is not a loopback address; pass --allow-remote to load-test your own deployment")
 
 
 async def _get_text(session: aiohttp.ClientSession, url: str, timeout: float = PROBE_TIMEOUT_S) -> str:
