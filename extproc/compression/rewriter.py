@@ -460,15 +460,19 @@ def build_fine_compressor(settings: CompressionSettings) -> FineCompressor | Non
     Blocking while the model loads (seconds): called once at startup."""
     if not settings.model_path:
         return None
-    from extproc.compression.worker import BatchingCompressor  # noqa: PLC0415
-
-    return BatchingCompressor.from_path(
-        settings.model_path,
+    kwargs = dict(
         quantize=settings.fine_quantize and settings.fine_device == "cpu",
         device=settings.fine_device,
         backend=settings.fine_backend,
         num_threads=settings.fine_threads,
     )
+    if settings.fine_process:
+        from extproc.compression.process import ProcessCompressor  # noqa: PLC0415
+
+        return ProcessCompressor(settings.model_path, **kwargs)
+    from extproc.compression.worker import BatchingCompressor  # noqa: PLC0415
+
+    return BatchingCompressor.from_path(settings.model_path, **kwargs)
 
 
 def build_compression_rewriter(config: Any, registry: Any = None) -> CompressionRewriter:

@@ -32,6 +32,9 @@ class CompressionSettings(BaseModel):
     fine_threads: int = Field(default=1, ge=1, le=256)
     fine_backend: Literal["torch", "onnx"] = "torch"
     fine_device: str = "cpu"
+    # Run the model worker in its own process (default): in a thread it shares the gateway's GIL and
+    # delays routing answers while it computes.
+    fine_process: bool = True
 
     # ---- rate control (rate.py) ----
     # Site pressure at or below which nothing is compressed, and at or above which the floor applies.
