@@ -204,6 +204,14 @@ class Stack:
         c.publish(keys.reports_channel, data)
         c.close()
 
+    def publish_idle(self, *gateways: Gateway) -> None:
+        """Every site reports itself nearly idle; wait until each gateway has seen it."""
+        for site in self.sites:
+            self.publish_load(site, kv=0.05)
+        for gw in gateways:
+            for site in self.sites:
+                wait_pressure(gw, site, lambda p: p < 0.1)
+
     # -- upstream records ---------------------------------------------------------------------------------
     def records(self, site: str) -> list[dict]:
         r = http("GET", f"http://127.0.0.1:{self.sites[site]}/_aigrid/records")

@@ -8,7 +8,6 @@ import json
 import random
 
 import pytest
-from harness import wait_pressure
 
 from extproc.loadtest.workloads import RagSpec, rag_messages, synth_rag_item
 
@@ -37,9 +36,7 @@ def _compression(**kw) -> dict:
 def test_long_rag_compressed_short_unchanged(stack_factory, tiny_model_dir, fine):
     st = stack_factory()
     gw = st.add_gateway(extra=_compression(**({"model_path": str(tiny_model_dir)} if fine else {})))
-    st.publish_load("edge", kv=0.05)
-    st.publish_load("remote", kv=0.05)
-    wait_pressure(gw, "edge", lambda p: p < 0.1)
+    st.publish_idle(gw)
 
     body, answer = rag_body(7)
     r = gw.post(CHAT, body)

@@ -8,7 +8,7 @@ import http.client as httpclient
 import json
 
 import pytest
-from harness import chat_body, http, wait_pressure
+from harness import chat_body, http
 
 from extproc.rewrite import Rewrite, RewriteRequest, Skip
 
@@ -42,9 +42,7 @@ BAD = [
 def one_gateway(stack_factory):
     st = stack_factory()
     gw = st.add_gateway()
-    st.publish_load("edge", kv=0.05)
-    st.publish_load("remote", kv=0.05)
-    wait_pressure(gw, "edge", lambda p: p < 0.1)
+    st.publish_idle(gw)
     return st, gw
 
 

@@ -22,10 +22,7 @@ def test_split_follows_the_load_map(stack_factory):
     st = stack_factory()
     gw = st.add_gateway()
     # Edge idle, remote idle: everything stays home (edge).
-    st.publish_load("edge", kv=0.05)
-    st.publish_load("remote", kv=0.05)
-    wait_pressure(gw, "edge", lambda p: p < 0.1)
-    wait_pressure(gw, "remote", lambda p: p < 0.1)
+    st.publish_idle(gw)
     before = gw.stats()
     for i in range(20):
         r = gw.post(CHAT, chat_body(f"idle request {i}"))
@@ -63,9 +60,7 @@ def test_split_follows_the_load_map(stack_factory):
 def test_client_routing_header_never_decides(stack_factory):
     st = stack_factory()
     gw = st.add_gateway()
-    st.publish_load("edge", kv=0.05)
-    st.publish_load("remote", kv=0.05)
-    wait_pressure(gw, "edge", lambda p: p < 0.1)
+    st.publish_idle(gw)
     for i in range(10):
         r = gw.post(CHAT, chat_body(f"sneaky {i}"), {"x-aigrid-site": "remote"})
         assert r.status == 200
@@ -111,9 +106,7 @@ def test_extproc_killed_requests_still_succeed(stack_factory):
 def test_edge_upstream_killed_requests_served_by_remote(stack_factory):
     st = stack_factory()
     gw = st.add_gateway()
-    st.publish_load("edge", kv=0.05)
-    st.publish_load("remote", kv=0.05)
-    wait_pressure(gw, "edge", lambda p: p < 0.1)
+    st.publish_idle(gw)
     assert gw.post(CHAT, chat_body("before")).headers.get("x-served-by") == "edge"
     st.site_procs["edge"].kill()
     # Immediately (connect failure → retry on the next priority) and after health checks mark it down.
@@ -127,10 +120,8 @@ def test_drain_moves_traffic_on_every_gateway(stack_factory):
     st = stack_factory()
     gw1 = st.add_gateway()
     gw2 = st.add_gateway()
-    st.publish_load("edge", kv=0.05)
-    st.publish_load("remote", kv=0.05)
+    st.publish_idle(gw1, gw2)
     for gw in (gw1, gw2):
-        wait_pressure(gw, "edge", lambda p: p < 0.1)
         assert gw.post(CHAT, chat_body("pre-drain")).headers.get("x-served-by") == "edge"
     cli = [sys.executable, "-m", "extproc.cli", "site"]
     cfg = ["--config", str(gw1.config_path)]
