@@ -185,6 +185,14 @@ def _routes(cfg: GatewayConfig) -> list[dict[str, Any]]:
 
 
 def _ext_proc_filter(cfg: GatewayConfig) -> dict[str, Any]:
+    f = _routing_filter(cfg)
+    if cfg.envoy.access_log:
+        # The processor writes model and estimated prompt tokens under "aigrid" for the access log.
+        f["typed_config"]["metadata_options"] = {"receiving_namespaces": {"untyped": ["aigrid"]}}
+    return f
+
+
+def _routing_filter(cfg: GatewayConfig) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -211,6 +219,61 @@ def _ext_proc_filter(cfg: GatewayConfig) -> dict[str, Any]:
     }
 
 
+OBSERVE_STAT_PREFIX = "aigrid_observe"
+# Request headers the gateway sets (the client must never supply them: they reach the observer, the
+# access log and, when configured, the client's response headers).
+OBSERVE_HEADERS = ("x-aigrid-obs", "x-aigrid-compression", "x-aigrid-overhead-ms")
+# client_headers entry → (response header, request header it is copied from).
+CLIENT_HEADERS = {
+    "site": ("x-aigrid-site", SITE_HEADER),
+    "decision": ("x-aigrid-decision", DECISION_HEADER),
+    "compression": ("x-aigrid-compression", "x-aigrid-compression"),
+    "overhead": ("x-aigrid-overhead-ms", "x-aigrid-overhead-ms"),
+}
+
+
+def _observe_filter(cfg: GatewayConfig) -> dict[str, Any]:
+    """The second ext_proc filter: observability mode ("send and go"), so the response reaches the client
+    without waiting on the processor. It sees request headers (after the routing filter set them) and the
+    response; in the response direction it runs before the routing filter, so it sees the upstream's bytes
+    even where the routing filter strips a usage chunk."""
+    return {
+        "name": "aigrid.observe",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+            "failure_mode_allow": True,
+            "observability_mode": True,
+            "stat_prefix": OBSERVE_STAT_PREFIX,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND",
+                "response_body_mode": "STREAMED",
+                "response_trailer_mode": "SKIP",
+            },
+        },
+    }
+
+
+def _observe_removals(cfg: GatewayConfig) -> list[dict[str, str]]:
+    o = cfg.observability
+    if not (o.usage or o.client_headers):
+        return []
+    return [{"remove": h} for h in OBSERVE_HEADERS]
+
+
+def _client_headers(cfg: GatewayConfig) -> list[dict[str, Any]]:
+    """Decision headers for the client, copied from the request headers the processor set (no processor
+    round trip on the response path). An absent request header adds nothing."""
+    out = []
+    for key in cfg.observability.client_headers:
+        resp_name, req_name = CLIENT_HEADERS[key]
+        out.append({"header": {"key": resp_name, "value": f"%REQ({req_name})%"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})
+    return out
+
+
 def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
     e = cfg.envoy
     hcm: dict[str, Any] = {
@@ -222,16 +285,24 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": [{"remove": SITE_HEADER}, {"remove": DECISION_HEADER}],
+                    "mutations": [{"remove": SITE_HEADER}, {"remove": DECISION_HEADER}, *_observe_removals(cfg)],
                 },
             }
         ],
         "route_config": {
             "name": "aigrid_routes",
-            "virtual_hosts": [{"name": "aigrid", "domains": ["*"], "routes": _routes(cfg)}],
+            "virtual_hosts": [
+                {
+                    "name": "aigrid",
+                    "domains": ["*"],
+                    "routes": _routes(cfg),
+                    **({"response_headers_to_add": _client_headers(cfg)} if cfg.observability.client_headers else {}),
+                }
+            ],
         },
         "http_filters": [
             _ext_proc_filter(cfg),
+            *([_observe_filter(cfg)] if cfg.observability.usage else []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -254,6 +325,12 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
                             "cluster": "%UPSTREAM_CLUSTER%",
                             "duration_ms": "%DURATION%",
                             "flags": "%RESPONSE_FLAGS%",
+                            "request_id": "%REQ(X-REQUEST-ID)%",
+                            "decision": f"%REQ({DECISION_HEADER})%",
+                            "model": "%DYNAMIC_METADATA(aigrid:model)%",
+                            "prompt_tokens_est": "%DYNAMIC_METADATA(aigrid:prompt_tokens_est)%",
+                            "compression": "%REQ(x-aigrid-compression)%",
+                            "bytes_sent": "%BYTES_SENT%",
                         }
                     },
                 },

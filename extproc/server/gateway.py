@@ -37,6 +37,9 @@ class Outcome:
     decision: Decision
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # The request as the gateway understood it (inspected requests only), for the response side.
+    features: RequestFeatures | None = None
+    parsed: dict | None = None
 
 
 class Gateway:
@@ -150,7 +153,7 @@ class Gateway:
         )
         self.metrics.prompt_tokens_before.inc(features.prompt_tokens)
         d, views = self.route(features)
-        out = Outcome(d.site, d)
+        out = Outcome(d.site, d, features=features, parsed=parsed)
         if self.rewriter is not None and rewrite:
             await self._rewrite(out, insp.path, body, parsed, features, views)
         return out

@@ -17,7 +17,8 @@ from extproc.config.schema import GatewayConfig
 from extproc.loadmap.reader import LoadMapReader
 from extproc.rewrite import BodyRewriter
 from extproc.server.gateway import Gateway
-from extproc.server.metrics import GatewayMetrics
+from extproc.server.metrics import GatewayMetrics, LoadMapCollector
+from extproc.server.observer import ResponseObserver
 from extproc.server.processor import ExternalProcessor
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,19 @@ async def serve(
         gw = holder.get("gw")
         if gw is not None:
             gw.on_snapshot(snap)
-        metrics.reports_accepted.set(reader.reports_accepted)
-        metrics.reports_rejected.set(reader.reports_rejected)
 
     reader = LoadMapReader(config.redis, on_change=on_change)
     if rewriter is None:
         rewriter = build_rewriter(config, metrics)
     gw = Gateway(config, lambda: reader.snapshot, rewriter=rewriter, metrics=metrics)
     holder["gw"] = gw
+    metrics.registry.register(
+        LoadMapCollector(
+            lambda: (reader.reports_accepted, reader.reports_rejected), lambda: reader.snapshot,
+            [s.name for s in config.sites],
+        )
+    )
+    observer = ResponseObserver(config.observability, metrics.registry) if config.observability.usage else None
 
     max_msg = config.gateway.max_body_bytes + _MESSAGE_OVERHEAD
     server = grpc.aio.server(
@@ -71,7 +77,7 @@ async def serve(
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
     )
-    ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw), server)
+    ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw, observer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(config.gateway.listen)

@@ -12,6 +12,7 @@ request its routing, never the request itself.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from envoy.config.core.v3 import base_pb2
@@ -19,8 +20,10 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
+from extproc.observe.names import reason_class
 from extproc.request.openai import Inspection
 from extproc.server.gateway import DECISION_HEADER, SITE_HEADER, Gateway, Outcome
+from extproc.server.observer import OVERHEAD_HEADER, ResponseObserver, RoutingSide
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,15 @@ _BUFFER_BODY = processing_mode_pb2.ProcessingMode(request_body_mode=processing_m
 # instead of answering 413; we then see only a fragment and pass it on untouched.
 _BUFFER_PARTIAL = processing_mode_pb2.ProcessingMode(
     request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED_PARTIAL
+)
+# With usage injection on, inspected requests also send their response headers to the routing filter, so
+# that an injected stream can switch its response body to STREAMED there (see observer.RoutingSide).
+_SEND = processing_mode_pb2.ProcessingMode.SEND
+_BUFFER_BODY_RESP = processing_mode_pb2.ProcessingMode(
+    request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED, response_header_mode=_SEND
+)
+_BUFFER_PARTIAL_RESP = processing_mode_pb2.ProcessingMode(
+    request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED_PARTIAL, response_header_mode=_SEND
 )
 
 
@@ -64,9 +76,17 @@ def _apply_outcome(common: ep.CommonResponse, out: Outcome) -> None:
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, observer: ResponseObserver | None = None) -> None:
         self.gw = gateway
         self._wanted = gateway.wanted_headers
+        self.observer = observer
+        obs = gateway.config.observability
+        self._inject = observer is not None and obs.inject_stream_usage
+        self._overhead = "overhead" in obs.client_headers
+        self._phase_seconds = gateway.metrics.phase_seconds
+        self._reason_children: dict[tuple[str, str, str], object] = {}
+        self._phase_children: dict[str | None, object] = {}
+        self._access_meta = gateway.config.envoy.access_log
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context
@@ -75,8 +95,16 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         metrics.streams.inc()
         insp: Inspection | None = None
         headers: dict[str, str] = {}
+        observer = self.observer
+        side = RoutingSide()
+        spent = 0.0  # processor time on this request so far (the overhead header)
         try:
             async for req in request_iterator:
+                if req.observability_mode and observer is not None:
+                    # The observing filter's stream: nothing to answer, ever.
+                    await observer.observe(req, request_iterator)
+                    return
+                t_in = time.perf_counter()
                 which = req.WhichOneof("request")
                 resp = ep.ProcessingResponse()
                 try:
@@ -86,12 +114,19 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                         common = resp.request_headers.response
                         resp.request_headers.SetInParent()
                         if not insp.inspect:
-                            _apply_outcome(common, self.gw.route_unparsed(insp.sla, insp.reason))
+                            out = self.gw.route_unparsed(insp.sla, insp.reason)
+                            self._stamp(out, t_in)
+                            _apply_outcome(common, out)
                         elif req.request_headers.end_of_stream:
-                            _apply_outcome(common, self.gw.route_unparsed(insp.sla, "no_body"))
+                            out = self.gw.route_unparsed(insp.sla, "no_body")
+                            self._stamp(out, t_in)
+                            _apply_outcome(common, out)
                         else:
                             # Continue for now; the routing answer goes with the buffered body.
-                            resp.mode_override.CopyFrom(_BUFFER_BODY if insp.has_length else _BUFFER_PARTIAL)
+                            if self._inject:
+                                resp.mode_override.CopyFrom(_BUFFER_BODY_RESP if insp.has_length else _BUFFER_PARTIAL_RESP)
+                            else:
+                                resp.mode_override.CopyFrom(_BUFFER_BODY if insp.has_length else _BUFFER_PARTIAL)
                     elif which == "request_body":
                         resp.request_body.SetInParent()
                         body = req.request_body
@@ -103,8 +138,22 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                                 # Only part of the body (should not happen in BUFFERED mode): never
                                 # rewrite a fragment; route on load alone.
                                 out = self.gw.route_unparsed(insp.sla, "partial_body")
+                            if observer is not None:
+                                observer.on_routed(side, out, insp.path, body.body)
+                            self._stamp(out, t_in, spent)
                             _apply_outcome(common, out)
+                            if self._access_meta and out.features is not None:
+                                # For Envoy's access log (%DYNAMIC_METADATA(aigrid:model)%).
+                                resp.dynamic_metadata.update(
+                                    {"aigrid": {"model": out.features.model or "", "prompt_tokens_est": out.features.prompt_tokens}}
+                                )
                             insp = None  # answered once; later chunks (if any) just continue
+                    elif which == "response_headers" and observer is not None:
+                        resp.response_headers.SetInParent()
+                        observer.on_response_headers(side, req.response_headers, resp)
+                    elif which == "response_body" and observer is not None:
+                        resp.response_body.SetInParent()
+                        observer.on_response_body(side, req.response_body, resp)
                     else:
                         _continue(resp, which)
                 except Exception:
@@ -112,9 +161,27 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                     log.exception("processor error in %s; continuing unchanged", which)
                     resp = ep.ProcessingResponse()
                     _continue(resp, which)
+                dt = time.perf_counter() - t_in
+                spent += dt
+                hist = self._phase_children.get(which)
+                if hist is None:
+                    hist = self._phase_children[which] = self._phase_seconds.labels(which or "unknown")
+                hist.observe(dt)
                 yield resp
         finally:
             metrics.streams.dec()
+
+    def _stamp(self, out: Outcome, t_in: float, before: float = 0.0) -> None:
+        """Per decision: its reason class counted; the gateway's own time on this request for the client's
+        overhead header (when configured)."""
+        d = out.decision
+        key = (d.site, d.step, reason_class(d.step, d.reason))
+        child = self._reason_children.get(key)
+        if child is None:
+            child = self._reason_children[key] = self.gw.metrics.decision_reasons.labels(*key)
+        child.inc()
+        if self._overhead:
+            out.headers[OVERHEAD_HEADER] = f"{(before + time.perf_counter() - t_in) * 1000:.2f}"
 
 
 def _continue(resp: ep.ProcessingResponse, which: str | None) -> None:
