@@ -65,7 +65,7 @@ async def serve(
             [s.name for s in config.sites],
         )
     )
-    observer = ResponseObserver(config.observability, metrics.registry) if config.observability.usage else None
+    observer = ResponseObserver(config.observability, metrics.registry, [s.name for s in config.sites]) if config.observability.usage else None
 
     max_msg = config.gateway.max_body_bytes + _MESSAGE_OVERHEAD
     server = grpc.aio.server(

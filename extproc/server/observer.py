@@ -106,10 +106,16 @@ class RoutingSide:
 
 
 class ResponseObserver:
-    def __init__(self, settings: ObservabilitySettings, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: ObservabilitySettings, registry: CollectorRegistry, sites: list[str] = ()) -> None:  # type: ignore[assignment]
         self.settings = settings
         self.metrics = ObserveMetrics(registry)
         self.model_label = names.ModelLabels(settings.max_model_labels)
+        # Known label values start at 0, so a dashboard shows "none yet" rather than "no data".
+        for site in sites:
+            self.metrics.saved.labels(site)
+            self.metrics.compressed_prompt.labels(site)
+            for outcome in ("usage", "no_usage", "error", "aborted"):
+                self.metrics.responses.labels(site, outcome)
 
     # -- routing filter ----------------------------------------------------------------------------------
     def on_routed(self, side: RoutingSide, out, path: str, body: bytes) -> None:  # out: gateway.Outcome
