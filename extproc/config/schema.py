@@ -147,6 +147,11 @@ class ObservabilitySettings(_Strict):
     # A second ext_proc filter in observability mode ("send and go": never waits on the processor) gives
     # the gateway every response: token usage, TTFT, durations per site, model and SLA class.
     usage: bool = False
+    # How the response reaches the gateway. "access_log": a Lua filter in Envoy reads usage from the
+    # response's tail into dynamic metadata, and Envoy's gRPC access log streams one entry per request to
+    # `aigrid serve`, batched (timings are Envoy's own). "ext_proc": a second ext_proc filter in
+    # observability mode sends every response chunk to the gateway (costs a gRPC message per chunk).
+    usage_via: Literal["access_log", "ext_proc"] = "access_log"
     # For streams that did not ask for usage (no stream_options.include_usage), ask for it and strip the
     # extra usage chunk before the client sees it. Costs a blocking ext_proc round trip at the response
     # headers of inspected requests and one per chunk of those streams; needs `usage`.
@@ -163,7 +168,7 @@ class ObservabilitySettings(_Strict):
     @model_validator(mode="after")
     def _needs_usage(self) -> "ObservabilitySettings":
         if self.inject_stream_usage and not self.usage:
-            raise ValueError("inject_stream_usage needs usage: true (the observing filter does the counting)")
+            raise ValueError("inject_stream_usage needs usage: true (usage is counted on the response side)")
         if len(set(self.client_headers)) != len(self.client_headers):
             raise ValueError("client_headers: each header at most once")
         return self

@@ -22,6 +22,9 @@ from typing import Any
 import yaml
 
 from extproc.config.schema import GatewayConfig, SiteConfig
+from extproc.envoyconf.usage_lua import NAMESPACE as USAGE_NS
+from extproc.envoyconf.usage_lua import SOURCE as USAGE_LUA
+from extproc.observe.request import OBS_HEADER
 from extproc.server.gateway import DECISION_HEADER, SITE_HEADER
 
 EXTPROC_CLUSTER = "aigrid_extproc"
@@ -257,6 +260,45 @@ def _observe_filter(cfg: GatewayConfig) -> dict[str, Any]:
     }
 
 
+def _usage_lua_filter() -> dict[str, Any]:
+    """Reads token usage from the response's tail inside Envoy (see usage_lua.py); after the routing
+    filter, so in the response direction it sees the upstream's bytes first."""
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": USAGE_LUA},
+        },
+    }
+
+
+def _usage_access_log() -> dict[str, Any]:
+    """One entry per request to `aigrid serve`'s AccessLogService, batched: usage (dynamic metadata from
+    the Lua filter), Envoy's timings, and the request headers the gateway set."""
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": "aigrid_usage",
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+                # Few messages for many requests; metrics lag by at most this.
+                "buffer_flush_interval": "0.25s",
+                "buffer_size_bytes": 65536,
+            },
+            "additional_request_headers_to_log": [OBS_HEADER, SITE_HEADER, "x-aigrid-compression"],
+        },
+    }
+
+
+def _usage_filters(cfg: GatewayConfig) -> list[dict[str, Any]]:
+    o = cfg.observability
+    if not o.usage:
+        return []
+    return [_usage_lua_filter()] if o.usage_via == "access_log" else [_observe_filter(cfg)]
+
+
 def _observe_removals(cfg: GatewayConfig) -> list[dict[str, str]]:
     o = cfg.observability
     if not (o.usage or o.client_headers):
@@ -302,15 +344,18 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
         },
         "http_filters": [
             _ext_proc_filter(cfg),
-            *([_observe_filter(cfg)] if cfg.observability.usage else []),
+            *_usage_filters(cfg),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
             },
         ],
     }
+    logs: list[dict[str, Any]] = []
+    if cfg.observability.usage and cfg.observability.usage_via == "access_log":
+        logs.append(_usage_access_log())
     if e.access_log:
-        hcm["access_log"] = [
+        logs += [
             {
                 "name": "envoy.access_loggers.stdout",
                 "typed_config": {
@@ -331,11 +376,15 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
                             "prompt_tokens_est": "%DYNAMIC_METADATA(aigrid:prompt_tokens_est)%",
                             "compression": "%REQ(x-aigrid-compression)%",
                             "bytes_sent": "%BYTES_SENT%",
+                            "prompt_tokens": f"%DYNAMIC_METADATA({USAGE_NS}:prompt_tokens)%",
+                            "completion_tokens": f"%DYNAMIC_METADATA({USAGE_NS}:completion_tokens)%",
                         }
                     },
                 },
             }
         ]
+    if logs:
+        hcm["access_log"] = logs
     return {
         "admin": {"address": {"socket_address": {"address": e.admin_address, "port_value": e.admin_port}}},
         "static_resources": {

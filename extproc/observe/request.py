@@ -64,9 +64,10 @@ class RequestSummary:
     sla: str
     operation: str  # gen_ai.operation.name: chat | text_completion
     injected: bool = False
+    stream: bool = False
 
     def encode(self) -> str:
-        return f"{_SUMMARY_VERSION};{self.operation};{self.sla};{int(self.injected)};{quote(self.model, safe='')}"
+        return f"{_SUMMARY_VERSION};{self.operation};{self.sla};{int(self.injected)}{int(self.stream)};{quote(self.model, safe='')}"
 
 
 def decode_summary(value: str | None) -> RequestSummary | None:
@@ -74,9 +75,12 @@ def decode_summary(value: str | None) -> RequestSummary | None:
     if not value:
         return None
     parts = value.split(";")
-    if len(parts) != 5 or parts[0] != _SUMMARY_VERSION or parts[3] not in ("0", "1"):
+    if len(parts) != 5 or parts[0] != _SUMMARY_VERSION or len(parts[3]) != 2 or set(parts[3]) - {"0", "1"}:
         return None
-    return RequestSummary(model=unquote(parts[4]), sla=parts[2], operation=parts[1], injected=parts[3] == "1")
+    flags = parts[3]
+    return RequestSummary(
+        model=unquote(parts[4]), sla=parts[2], operation=parts[1], injected=flags[0] == "1", stream=flags[1] == "1"
+    )
 
 
 def operation_name(path: str) -> str:

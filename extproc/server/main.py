@@ -78,6 +78,12 @@ async def serve(
         ]
     )
     ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw, observer), server)
+    if observer is not None and config.observability.usage_via == "access_log":
+        from envoy.service.accesslog.v3 import als_pb2_grpc  # noqa: PLC0415
+
+        from extproc.server.als import AccessLogReceiver  # noqa: PLC0415
+
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogReceiver(observer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(config.gateway.listen)

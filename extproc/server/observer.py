@@ -131,7 +131,9 @@ class ResponseObserver:
                 injected = True
                 self.metrics.injected.inc()
         side.injected = injected
-        summary = RequestSummary(model=f.model or "", sla=f.sla.value, operation=operation_name(path), injected=injected)
+        summary = RequestSummary(
+            model=f.model or "", sla=f.sla.value, operation=operation_name(path), injected=injected, stream=f.stream
+        )
         out.headers[OBS_HEADER] = summary.encode()
 
     def on_response_headers(self, side: RoutingSide, msg: ep.HttpHeaders, resp: ep.ProcessingResponse) -> None:
@@ -211,39 +213,60 @@ class ResponseObserver:
 
     def _finish(self, st: "_Observed", *, aborted: bool = False) -> None:
         st.done = True
-        s = st.summary
-        assert s is not None
-        m = self.metrics
-        site = st.site or "unknown"
+        assert st.summary is not None
         end = st.end_at if st.end_at is not None else time.monotonic()
+        usage: Usage | None = None
+        if st.scanner is not None and not aborted:
+            st.scanner.finish()
+            usage = st.scanner.usage
+        elif st.collector is not None and not aborted:
+            usage = st.collector.usage()
+        streamed = st.scanner is not None
+        self.record(
+            st.summary, st.site, st.status, usage, end - st.t0,
+            ttft_s=(st.first_at - st.t0) if streamed and st.first_at is not None else None,
+            last_s=(end - st.first_at) if st.first_at is not None else None,
+            compression=st.compression, aborted=aborted,
+        )
+
+    def record(
+        self,
+        s: RequestSummary,
+        site: str,
+        status: str,
+        usage: Usage | None,
+        duration_s: float,
+        *,
+        ttft_s: float | None,
+        last_s: float | None,
+        compression: tuple[int, int] | None,
+        aborted: bool = False,
+    ) -> None:
+        """One finished response, however it was observed (ext_proc stream or access log entry).
+        `ttft_s`: request to first response byte of a stream (None for non-stream); `last_s`: first to last
+        response byte (time per output token)."""
+        m = self.metrics
+        site = site or "unknown"
         labels = (s.operation, names.PROVIDER, self.model_label(s.model), site, s.sla)
-        ok = st.status.startswith("2")
+        ok = status.startswith("2") and not aborted
         if aborted:
             outcome = "aborted"
         elif not ok:
             outcome = "error"
-        usage: Usage | None = None
-        if st.scanner is not None:
-            usage = st.scanner.usage
-            if usage is None and not aborted:
-                st.scanner.finish()
-                usage = st.scanner.usage
-        elif st.collector is not None and not aborted:
-            usage = st.collector.usage()
-        if ok and not aborted:
+        else:
             outcome = "usage" if usage is not None else "no_usage"
         m.responses.labels(site, outcome).inc()
-        m.duration.labels(*labels, "" if ok and not aborted else (st.status or "aborted")).observe(end - st.t0)
+        m.duration.labels(*labels, "" if ok else (status or "aborted")).observe(duration_s)
         if usage is not None:
             m.tokens.labels(*labels, "input").observe(usage.prompt_tokens)
             m.tokens.labels(*labels, "output").observe(usage.completion_tokens)
-            if st.compression is not None:
+            if compression is not None:
                 m.compressed_prompt.labels(site).inc(usage.prompt_tokens)
-                m.saved.labels(site).inc(prompt_tokens_saved(usage.prompt_tokens, st.compression))
-        if st.scanner is not None and st.first_at is not None and ok:
-            m.ttft.labels(*labels).observe(st.first_at - st.t0)
-            if usage is not None and usage.completion_tokens > 1 and not aborted:
-                m.tpot.labels(*labels).observe((end - st.first_at) / (usage.completion_tokens - 1))
+                m.saved.labels(site).inc(prompt_tokens_saved(usage.prompt_tokens, compression))
+        if ok and ttft_s is not None:
+            m.ttft.labels(*labels).observe(ttft_s)
+            if usage is not None and usage.completion_tokens > 1 and last_s is not None:
+                m.tpot.labels(*labels).observe(last_s / (usage.completion_tokens - 1))
 
 
 class _Observed:

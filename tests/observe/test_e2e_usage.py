@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from harness import chat_body, wait_until
 from simstack import metric_sum, sim_counters, sse_events, wait_envoy_ready
 
-OBS = {"usage": True, "inject_stream_usage": True}
+import pytest
 
 
 def _kinds(i: int) -> dict:
@@ -22,10 +22,12 @@ def _kinds(i: int) -> dict:
     return {"stream": True, "max_tokens": 12 + i}
 
 
-def test_usage_per_site_equals_the_simulators(sim_stack_factory):
+@pytest.mark.parametrize("via", ["access_log", "ext_proc"])
+def test_usage_per_site_equals_the_simulators(sim_stack_factory, via):
     st = sim_stack_factory()
     # least_loaded with in-flight accounting alternates sites between load reports: both get traffic.
-    gw = st.add_gateway(extra={"observability": OBS}, strategy="least_loaded")
+    obs = {"usage": True, "usage_via": via, "inject_stream_usage": True}
+    gw = st.add_gateway(extra={"observability": obs}, strategy="least_loaded")
     wait_envoy_ready(gw)
     st.publish_idle(gw)
     before = {s: sim_counters(st, s) for s in st.sites}
@@ -77,7 +79,6 @@ def test_usage_per_site_equals_the_simulators(sim_stack_factory):
     wait_until(lambda: gateway_counts() == sim_deltas(), 10, "gateway usage == simulator usage per site")
     counts = gateway_counts()
     assert all(c[0] > 0 and c[1] > 0 for c in counts.values()), counts  # both sites served traffic
-    print("usage per site", counts)
     text = gw.metrics()
     assert metric_sum(text, "aigrid_responses_total", outcome="usage") == 18
     assert metric_sum(text, "aigrid_usage_requested_total") == 6

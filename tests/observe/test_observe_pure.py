@@ -135,9 +135,12 @@ def test_injection_keeps_other_stream_options():
 
 
 def test_summary_round_trip_and_rejects():
-    s = RequestSummary(model="meta/Llama 3;x", sla="realtime", operation="chat", injected=True)
-    assert decode_summary(s.encode()) == s
-    for bad in (None, "", "2;chat;standard;0;m", "1;chat;standard;2;m", "1;chat;standard;0", "garbage"):
+    for s in (
+        RequestSummary(model="meta/Llama 3;x", sla="realtime", operation="chat", injected=True, stream=True),
+        RequestSummary(model="", sla="batch", operation="text_completion"),
+    ):
+        assert decode_summary(s.encode()) == s
+    for bad in (None, "", "2;chat;standard;00;m", "1;chat;standard;2;m", "1;chat;standard;0;m", "1;chat;standard;00", "garbage"):
         assert decode_summary(bad) is None
     assert operation_name("/v1/chat/completions") == "chat"
     assert operation_name("/v1/completions") == "text_completion"
