@@ -1,12 +1,13 @@
 """The response side's cost, measured against baselines in the same run, through real Envoy.
 
 1. CPU per request with usage accounting on vs off. Simulated sites (`aigrid sim`, every answer exactly
-   `--tokens` tokens), a fixed mix of non-stream and streamed requests, closed loop. Three gateways (each
+   `--tokens` tokens), a fixed mix of non-stream and streamed requests, closed loop. Four gateways (each
    `aigrid serve` + its own Envoy) driven in alternating rounds:
-     off      - routing only (observability.usage false);
-     observe  - + the observability-mode ext_proc filter (Envoy sends and never waits);
-     blocking - + usage asked for on the clients' behalf and stripped: the routing filter takes every
-                response chunk of those streams in a blocking STREAMED round trip (the costlier design).
+     off         - routing only (observability.usage false);
+     access_log  - usage via Envoy: Lua reads the response tail, the gRPC access log streams entries (default);
+     ext_proc    - usage via a second ext_proc filter in observability mode (Envoy sends every chunk, never waits);
+     blocking    - access_log + usage asked for on the clients' behalf and stripped: the routing filter takes
+                   every response chunk of those streams in a blocking STREAMED round trip.
    Figures: `aigrid serve` user+system CPU (from /proc) per request, and serve+Envoy together.
 2. Latency the gateway adds: an instant upstream (the stand-in), a fixed open-loop rate; the same Envoy
    config with the ext_proc filter (routing only), with routing + the observing filter, and with no ext_proc
@@ -155,7 +156,8 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
     try:
         configs = {
             "off": {},
-            "observe": {"observability": {"usage": True}},
+            "access_log": {"observability": {"usage": True}},
+            "ext_proc": {"observability": {"usage": True, "usage_via": "ext_proc"}},
             "blocking": {"observability": {"usage": True, "inject_stream_usage": True}},
         }
         gws = {k: st.add_gateway(extra=v, strategy="least_loaded") for k, v in configs.items()}
@@ -181,16 +183,17 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
                     log(f"  {k}: only {ok}/{args.requests} ok")
                 serve_us[k].append((s1 - s0) / max(1, ok) * 1e6)
                 total_us[k].append((s1 - s0 + e1 - e0) / max(1, ok) * 1e6)
-                log(f"  cpu round {rnd + 1} {k:8s}: serve {serve_us[k][-1]:6.0f} µs/req, serve+envoy {total_us[k][-1]:6.0f} µs/req, {ok / wall:5.1f} req/s")
+                log(f"  cpu round {rnd + 1} {k:10s}: serve {serve_us[k][-1]:6.0f} µs/req, serve+envoy {total_us[k][-1]:6.0f} µs/req, {ok / wall:5.1f} req/s")
         med_s = {k: statistics.median(v) for k, v in serve_us.items()}
         med_t = {k: statistics.median(v) for k, v in total_us.items()}
         return {
+            "requests_per_round": args.requests,
+            "rounds": args.rounds,
+            "tokens_per_answer": args.tokens,
             "serve_cpu_us_per_request": med_s,
             "serve_plus_envoy_cpu_us_per_request": med_t,
-            "ratio_serve_observe_vs_off": med_s["observe"] / med_s["off"],
-            "ratio_serve_blocking_vs_off": med_s["blocking"] / med_s["off"],
-            "ratio_total_observe_vs_off": med_t["observe"] / med_t["off"],
-            "ratio_total_blocking_vs_off": med_t["blocking"] / med_t["off"],
+            "ratio_serve_vs_off": {k: med_s[k] / med_s["off"] for k in configs if k != "off"},
+            "ratio_serve_plus_envoy_vs_off": {k: med_t[k] / med_t["off"] for k in configs if k != "off"},
         }
     finally:
         st.group.stop_all()
@@ -200,7 +203,7 @@ def latency_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ig
     st = make_stack(root / "lat")
     try:
         routing = st.add_gateway()
-        observing = st.add_gateway(extra={"observability": {"usage": True}})
+        observing = st.add_gateway(extra={"observability": {"usage": True}})  # access_log (default)
         for gw in (routing, observing):
             envoy_ready(gw)
         st.publish_idle(routing, observing)
@@ -210,7 +213,7 @@ def latency_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ig
         targets = {
             "no ext_proc": bare_url,
             "routing": routing.url("/v1/chat/completions"),
-            "routing+observe": observing.url("/v1/chat/completions"),
+            "routing+usage": observing.url("/v1/chat/completions"),
         }
         body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Summarise edge inference. " * 8}]}).encode()
         for url in targets.values():
@@ -231,8 +234,8 @@ def latency_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ig
             "p99_ms": p99,
             "added_p50_ms_routing": p50["routing"] - p50[base],
             "added_p99_ms_routing": p99["routing"] - p99[base],
-            "added_p50_ms_routing_observe": p50["routing+observe"] - p50[base],
-            "added_p99_ms_routing_observe": p99["routing+observe"] - p99[base],
+            "added_p50_ms_routing_usage": p50["routing+usage"] - p50[base],
+            "added_p99_ms_routing_usage": p99["routing+usage"] - p99[base],
         }
     finally:
         st.group.stop_all()

@@ -77,7 +77,12 @@ async def serve(
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
     )
-    ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw, observer), server)
+    tracer = None
+    if config.observability.otlp_traces_endpoint:
+        from extproc.server.tracing import DecisionTracer  # noqa: PLC0415
+
+        tracer = DecisionTracer(config.observability.otlp_traces_endpoint)
+    ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw, observer, tracer), server)
     if observer is not None and config.observability.usage_via == "access_log":
         from envoy.service.accesslog.v3 import als_pb2_grpc  # noqa: PLC0415
 
@@ -139,3 +144,5 @@ async def serve(
             httpd.server_close()
         if rewriter is not None:
             await rewriter.close()
+        if tracer is not None:
+            tracer.shutdown()

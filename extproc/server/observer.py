@@ -110,6 +110,7 @@ class ResponseObserver:
         self.settings = settings
         self.metrics = ObserveMetrics(registry)
         self.model_label = names.ModelLabels(settings.max_model_labels)
+        self._children: dict[tuple[str, ...], _Children] = {}
         # Known label values start at 0, so a dashboard shows "none yet" rather than "no data".
         for site in sites:
             self.metrics.saved.labels(site)
@@ -245,9 +246,11 @@ class ResponseObserver:
         """One finished response, however it was observed (ext_proc stream or access log entry).
         `ttft_s`: request to first response byte of a stream (None for non-stream); `last_s`: first to last
         response byte (time per output token)."""
-        m = self.metrics
         site = site or "unknown"
         labels = (s.operation, names.PROVIDER, self.model_label(s.model), site, s.sla)
+        ch = self._children.get(labels)
+        if ch is None:
+            ch = self._children[labels] = _Children(self.metrics, labels)
         ok = status.startswith("2") and not aborted
         if aborted:
             outcome = "aborted"
@@ -255,18 +258,38 @@ class ResponseObserver:
             outcome = "error"
         else:
             outcome = "usage" if usage is not None else "no_usage"
-        m.responses.labels(site, outcome).inc()
-        m.duration.labels(*labels, "" if ok else (status or "aborted")).observe(duration_s)
+        if outcome == "usage":
+            ch.with_usage.inc()
+        else:
+            self.metrics.responses.labels(site, outcome).inc()
+        if ok:
+            ch.duration_ok.observe(duration_s)
+        else:
+            self.metrics.duration.labels(*labels, status or "aborted").observe(duration_s)
         if usage is not None:
-            m.tokens.labels(*labels, "input").observe(usage.prompt_tokens)
-            m.tokens.labels(*labels, "output").observe(usage.completion_tokens)
+            ch.tokens_in.observe(usage.prompt_tokens)
+            ch.tokens_out.observe(usage.completion_tokens)
             if compression is not None:
-                m.compressed_prompt.labels(site).inc(usage.prompt_tokens)
-                m.saved.labels(site).inc(prompt_tokens_saved(usage.prompt_tokens, compression))
+                self.metrics.compressed_prompt.labels(site).inc(usage.prompt_tokens)
+                self.metrics.saved.labels(site).inc(prompt_tokens_saved(usage.prompt_tokens, compression))
         if ok and ttft_s is not None:
-            m.ttft.labels(*labels).observe(ttft_s)
+            ch.ttft.observe(ttft_s)
             if usage is not None and usage.completion_tokens > 1 and last_s is not None:
-                m.tpot.labels(*labels).observe(last_s / (usage.completion_tokens - 1))
+                ch.tpot.observe(last_s / (usage.completion_tokens - 1))
+
+
+class _Children:
+    """The metric children of one label set, looked up once (labels() costs microseconds per call)."""
+
+    __slots__ = ("tokens_in", "tokens_out", "ttft", "tpot", "duration_ok", "with_usage")
+
+    def __init__(self, m: ObserveMetrics, labels: tuple[str, ...]) -> None:
+        self.tokens_in = m.tokens.labels(*labels, "input")
+        self.tokens_out = m.tokens.labels(*labels, "output")
+        self.ttft = m.ttft.labels(*labels)
+        self.tpot = m.tpot.labels(*labels)
+        self.duration_ok = m.duration.labels(*labels, "")
+        self.with_usage = m.responses.labels(labels[3], "usage")
 
 
 class _Observed:

@@ -24,6 +24,7 @@ from extproc.observe.names import reason_class
 from extproc.request.openai import Inspection
 from extproc.server.gateway import DECISION_HEADER, SITE_HEADER, Gateway, Outcome
 from extproc.server.observer import OVERHEAD_HEADER, ResponseObserver, RoutingSide
+from extproc.server.tracing import TRACE_HEADERS, DecisionTracer
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,12 @@ def _apply_outcome(common: ep.CommonResponse, out: Outcome) -> None:
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
-    def __init__(self, gateway: Gateway, observer: ResponseObserver | None = None) -> None:
+    def __init__(
+        self, gateway: Gateway, observer: ResponseObserver | None = None, tracer: DecisionTracer | None = None
+    ) -> None:
         self.gw = gateway
-        self._wanted = gateway.wanted_headers
+        self.tracer = tracer
+        self._wanted = gateway.wanted_headers | TRACE_HEADERS if tracer is not None else gateway.wanted_headers
         self.observer = observer
         obs = gateway.config.observability
         self._inject = observer is not None and obs.inject_stream_usage
@@ -98,6 +102,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         observer = self.observer
         side = RoutingSide()
         spent = 0.0  # processor time on this request so far (the overhead header)
+        started_ns = 0  # wall clock at the request headers (the decision span's start)
         try:
             async for req in request_iterator:
                 if req.observability_mode and observer is not None:
@@ -109,17 +114,19 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                 resp = ep.ProcessingResponse()
                 try:
                     if which == "request_headers":
+                        if self.tracer is not None:
+                            started_ns = time.time_ns()
                         headers = _header_map(req.request_headers, self._wanted)
                         insp = self.gw.inspect(headers)
                         common = resp.request_headers.response
                         resp.request_headers.SetInParent()
                         if not insp.inspect:
                             out = self.gw.route_unparsed(insp.sla, insp.reason)
-                            self._stamp(out, t_in)
+                            self._stamp(out, t_in, 0.0, headers, started_ns)
                             _apply_outcome(common, out)
                         elif req.request_headers.end_of_stream:
                             out = self.gw.route_unparsed(insp.sla, "no_body")
-                            self._stamp(out, t_in)
+                            self._stamp(out, t_in, 0.0, headers, started_ns)
                             _apply_outcome(common, out)
                         else:
                             # Continue for now; the routing answer goes with the buffered body.
@@ -140,7 +147,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                                 out = self.gw.route_unparsed(insp.sla, "partial_body")
                             if observer is not None:
                                 observer.on_routed(side, out, insp.path, body.body)
-                            self._stamp(out, t_in, spent)
+                            self._stamp(out, t_in, spent, headers, started_ns)
                             _apply_outcome(common, out)
                             if self._access_meta and out.features is not None:
                                 # For Envoy's access log (%DYNAMIC_METADATA(aigrid:model)%).
@@ -171,7 +178,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         finally:
             metrics.streams.dec()
 
-    def _stamp(self, out: Outcome, t_in: float, before: float = 0.0) -> None:
+    def _stamp(self, out: Outcome, t_in: float, before: float, headers: dict[str, str], started_ns: int) -> None:
         """Per decision: its reason class counted; the gateway's own time on this request for the client's
         overhead header (when configured)."""
         d = out.decision
@@ -182,6 +189,18 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         child.inc()
         if self._overhead:
             out.headers[OVERHEAD_HEADER] = f"{(before + time.perf_counter() - t_in) * 1000:.2f}"
+        if self.tracer is not None:
+            f = out.features
+            attrs: dict[str, str | int | float] = {
+                "aigrid.site": d.site, "aigrid.step": d.step, "aigrid.reason": d.reason,
+                "aigrid.reason_class": key[2],
+            }
+            if f is not None:
+                attrs.update({"gen_ai.request.model": f.model or "", "aigrid.sla": f.sla.value,
+                              "aigrid.prompt_tokens_est": f.prompt_tokens, "gen_ai.operation.name": "chat" if f.parsed else ""})
+            tp = self.tracer.decision_span(headers, attrs, started_ns or time.time_ns(), time.time_ns())
+            if tp:
+                out.headers["traceparent"] = tp
 
 
 def _continue(resp: ep.ProcessingResponse, which: str | None) -> None:
