@@ -65,6 +65,9 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
         if summary is None:
             return  # not an inference request the gateway routed
         c = e.common_properties
+        md = c.metadata.filter_metadata.get(NAMESPACE)
+        if md is not None and "stripped" in md.fields:
+            self.observer.metrics.stripped.inc(int(md.fields["stripped"].number_value))
         status = str(e.response.response_code.value) if e.response.HasField("response_code") else ""
         first = _seconds(c.time_to_first_upstream_rx_byte)
         last = _seconds(c.time_to_last_downstream_tx_byte)

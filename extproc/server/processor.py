@@ -85,7 +85,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         self._wanted = gateway.wanted_headers | TRACE_HEADERS if tracer is not None else gateway.wanted_headers
         self.observer = observer
         obs = gateway.config.observability
-        self._inject = observer is not None and obs.inject_stream_usage
+        # Only the ext_proc observation path strips in this filter (blocking, per chunk); with usage_via
+        # access_log the Lua filter in Envoy strips.
+        self._inject = observer is not None and obs.inject_stream_usage and obs.usage_via == "ext_proc"
         self._overhead = "overhead" in obs.client_headers
         self._phase_seconds = gateway.metrics.phase_seconds
         self._reason_children: dict[tuple[str, str, str], object] = {}

@@ -76,7 +76,10 @@ def test_usage_per_site_equals_the_simulators(sim_stack_factory, via):
             out[s] = (p - before[s][0], g - before[s][1])
         return out
 
-    wait_until(lambda: gateway_counts() == sim_deltas(), 10, "gateway usage == simulator usage per site")
+    try:
+        wait_until(lambda: gateway_counts() == sim_deltas(), 10, "gateway usage == simulator usage per site")
+    except AssertionError:
+        raise AssertionError(f"gateway {gateway_counts()} != simulator {sim_deltas()}") from None
     counts = gateway_counts()
     assert all(c[0] > 0 and c[1] > 0 for c in counts.values()), counts  # both sites served traffic
     text = gw.metrics()
