@@ -1,13 +1,16 @@
 """The response side's cost, measured against baselines in the same run, through real Envoy.
 
 1. CPU per request with usage accounting on vs off. Simulated sites (`aigrid sim`, every answer exactly
-   `--tokens` tokens), a fixed mix of non-stream and streamed requests, closed loop. Four gateways (each
+   `--tokens` tokens), a fixed mix of non-stream and streamed requests, closed loop. Five gateways (each
    `aigrid serve` + its own Envoy) driven in alternating rounds:
-     off         - routing only (observability.usage false);
-     access_log  - usage via Envoy: Lua reads the response tail, the gRPC access log streams entries (default);
-     ext_proc    - usage via a second ext_proc filter in observability mode (Envoy sends every chunk, never waits);
-     blocking    - access_log + usage asked for on the clients' behalf and stripped: the routing filter takes
-                   every response chunk of those streams in a blocking STREAMED round trip.
+     off                - routing only (observability.usage false);
+     access_log         - usage via Envoy: Lua reads the response tail, the gRPC access log streams
+                          entries to the gateway, batched (the default usage_via);
+     access_log+inject  - the same, and streams that did not ask for usage are asked; Lua strips the chunk;
+     ext_proc           - usage via a second ext_proc filter in observability mode (every chunk is a gRPC
+                          message to the gateway; Envoy never waits on it);
+     ext_proc+inject    - the same, and the routing filter strips in a blocking STREAMED round trip per chunk.
+   Clients of the +inject gateways stream without include_usage; the others ask for it themselves.
    Figures: `aigrid serve` user+system CPU (from /proc) per request, and serve+Envoy together.
 2. Latency the gateway adds: an instant upstream (the stand-in), a fixed open-loop rate; the same Envoy
    config with the ext_proc filter (routing only), with routing + the observing filter, and with no ext_proc
@@ -157,8 +160,9 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
         configs = {
             "off": {},
             "access_log": {"observability": {"usage": True}},
+            "access_log+inject": {"observability": {"usage": True, "inject_stream_usage": True}},
             "ext_proc": {"observability": {"usage": True, "usage_via": "ext_proc"}},
-            "blocking": {"observability": {"usage": True, "inject_stream_usage": True}},
+            "ext_proc+inject": {"observability": {"usage": True, "usage_via": "ext_proc", "inject_stream_usage": True}},
         }
         gws = {k: st.add_gateway(extra=v, strategy="least_loaded") for k, v in configs.items()}
         for gw in gws.values():
@@ -166,7 +170,7 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
         st.publish_idle(*gws.values())
         for site in st.sites:
             st.publish_load(site, kv=0.05, ttl_ms=3_600_000)
-        work = {k: bodies(args.requests, args.tokens, usage_by_client=(k != "blocking")) for k in configs}
+        work = {k: bodies(args.requests, args.tokens, usage_by_client=not k.endswith("+inject")) for k in configs}
         for k, gw in gws.items():  # warm-up
             asyncio.run(closed_loop(gw.url("/v1/chat/completions"), work[k][:40], args.concurrency))
         serve_us: dict[str, list[float]] = {k: [] for k in configs}
@@ -183,7 +187,7 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
                     log(f"  {k}: only {ok}/{args.requests} ok")
                 serve_us[k].append((s1 - s0) / max(1, ok) * 1e6)
                 total_us[k].append((s1 - s0 + e1 - e0) / max(1, ok) * 1e6)
-                log(f"  cpu round {rnd + 1} {k:10s}: serve {serve_us[k][-1]:6.0f} µs/req, serve+envoy {total_us[k][-1]:6.0f} µs/req, {ok / wall:5.1f} req/s")
+                log(f"  cpu round {rnd + 1} {k:17s}: serve {serve_us[k][-1]:6.0f} µs/req, serve+envoy {total_us[k][-1]:6.0f} µs/req, {ok / wall:5.1f} req/s")
         med_s = {k: statistics.median(v) for k, v in serve_us.items()}
         med_t = {k: statistics.median(v) for k, v in total_us.items()}
         return {
