@@ -22,6 +22,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "aigrid.json"
 SCRAPE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 RULES = ROOT / "deploy" / "prometheus" / "aigrid-alerts.yml"
+RULE_TESTS = ROOT / "deploy" / "prometheus" / "aigrid-alerts.test.yml"
 
 
 def _tool(name: str) -> str:
@@ -35,8 +36,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
 
 
-def test_promtool_accepts_the_shipped_config_and_rules():
-    for args in (["check", "config", str(SCRAPE)], ["check", "rules", str(RULES)]):
+def test_promtool_accepts_the_shipped_config_and_rules_and_the_alerts_fire():
+    for args in (["check", "config", str(SCRAPE)], ["check", "rules", str(RULES)], ["test", "rules", str(RULE_TESTS)]):
         r = subprocess.run([_tool("promtool"), *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
 
