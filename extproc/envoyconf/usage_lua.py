@@ -67,6 +67,16 @@ local function strip_usage(buf)
   return table.concat(out), string.sub(buf, i), cut
 end
 
+-- One chunk of a stream being stripped: what to pass on now, what to hold for the next chunk.
+function aigrid_strip_step(pending, bytes)
+  local kept, rest, cut = strip_usage(pending .. bytes)
+  if #rest > MAX_PENDING then kept, rest = kept .. rest, "" end
+  return kept, rest, cut
+end
+
+-- The usage in a response tail: prompt and completion token counts (strings), or nils.
+aigrid_last_usage = last_usage
+
 function envoy_on_request(handle)
   -- The routing filter asked this stream for usage on the client's behalf: strip it on the way back.
   local v = handle:headers():get("%(obs)s")
@@ -87,13 +97,12 @@ function envoy_on_response(handle)
     local n = chunk:length()
     if strip and (n > 0 or #pending > 0) then
       -- Only complete events go on; an event split across chunks goes out whole with the next one.
-      local buf = pending .. chunk:getBytes(0, n)
-      local kept, rest, k = strip_usage(buf)
-      if #rest > MAX_PENDING then kept, rest = kept .. rest, "" end
-      pending = rest
+      local bytes = chunk:getBytes(0, n)
+      local kept, k
+      kept, pending, k = aigrid_strip_step(pending, bytes)
       cut = cut + k
-      tail = string.sub(tail .. buf, -TAIL)
-      if k > 0 or #kept ~= n then chunk:setBytes(kept) end
+      tail = string.sub(tail .. bytes, -TAIL)
+      if kept ~= bytes then chunk:setBytes(kept) end
     elseif n > 0 then
       local start = 0
       if n > TAIL then start = n - TAIL end
