@@ -173,6 +173,8 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
         work = {k: bodies(args.requests, args.tokens, usage_by_client=not k.endswith("+inject")) for k in configs}
         for k, gw in gws.items():  # warm-up
             asyncio.run(closed_loop(gw.url("/v1/chat/completions"), work[k][:40], args.concurrency))
+        # Ratios are also taken per round against that round's "off" (the configurations of one round run
+        # back to back), so slow drifts in the shared machine's load cancel out.
         serve_us: dict[str, list[float]] = {k: [] for k in configs}
         total_us: dict[str, list[float]] = {k: [] for k in configs}
         for rnd in range(args.rounds):
@@ -198,6 +200,12 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
             "serve_plus_envoy_cpu_us_per_request": med_t,
             "ratio_serve_vs_off": {k: med_s[k] / med_s["off"] for k in configs if k != "off"},
             "ratio_serve_plus_envoy_vs_off": {k: med_t[k] / med_t["off"] for k in configs if k != "off"},
+            "paired_ratio_serve_vs_off": {
+                k: statistics.median(a / b for a, b in zip(serve_us[k], serve_us["off"])) for k in configs if k != "off"
+            },
+            "paired_ratio_serve_plus_envoy_vs_off": {
+                k: statistics.median(a / b for a, b in zip(total_us[k], total_us["off"])) for k in configs if k != "off"
+            },
         }
     finally:
         st.group.stop_all()
@@ -228,6 +236,18 @@ def latency_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ig
                 xs, bad = asyncio.run(open_loop(url, body, args.rate, args.seconds))
                 lat[k].extend(xs)
                 log(f"  latency round {rnd + 1} {k:16s}: p50 {pct(xs, 0.5):6.2f} ms  p99 {pct(xs, 0.99):6.2f} ms  ({len(xs)} req, {bad} not 200)")
+        # Where the routing path's time goes: the processor's own time per ext_proc message, by phase.
+        text = routing.metrics()
+        phase_us = {}
+        for ph in ("request_headers", "request_body"):
+            tot = cnt = 0.0
+            for line in text.splitlines():
+                if line.startswith("aigrid_processor_phase_seconds_sum") and f'phase="{ph}"' in line:
+                    tot = float(line.split()[-1])
+                elif line.startswith("aigrid_processor_phase_seconds_count") and f'phase="{ph}"' in line:
+                    cnt = float(line.split()[-1])
+            phase_us[ph] = tot / cnt * 1e6 if cnt else None
+        log(f"  processor time per message (routing gateway, mean): {phase_us}")
         p50 = {k: pct(v, 0.5) for k, v in lat.items()}
         p99 = {k: pct(v, 0.99) for k, v in lat.items()}
         base = "no ext_proc"
@@ -238,6 +258,7 @@ def latency_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ig
             "p99_ms": p99,
             "added_p50_ms_routing": p50["routing"] - p50[base],
             "added_p99_ms_routing": p99["routing"] - p99[base],
+            "processor_us_per_message_routing": phase_us,
             "added_p50_ms_routing_usage": p50["routing+usage"] - p50[base],
             "added_p99_ms_routing_usage": p99["routing+usage"] - p99[base],
         }

@@ -93,6 +93,7 @@ function envoy_on_response(handle)
     strip = string.find(ct, "text/event-stream", 1, true) ~= nil
   end
   local tail, pending, cut = "", "", 0
+  local parts, first, last, size = {}, 1, 0, 0
   for chunk in handle:bodyChunks() do
     local n = chunk:length()
     if strip and (n > 0 or #pending > 0) then
@@ -104,12 +105,21 @@ function envoy_on_response(handle)
       tail = string.sub(tail .. bytes, -TAIL)
       if kept ~= bytes then chunk:setBytes(kept) end
     elseif n > 0 then
+      -- Keep the last pieces, not one growing string: no per-chunk copy of the whole tail.
       local start = 0
       if n > TAIL then start = n - TAIL end
-      tail = tail .. chunk:getBytes(start, n - start)
-      if #tail > TAIL then tail = string.sub(tail, -TAIL) end
+      local b = chunk:getBytes(start, n - start)
+      last = last + 1
+      parts[last] = b
+      size = size + #b
+      while size - #parts[first] >= TAIL do
+        size = size - #parts[first]
+        parts[first] = nil
+        first = first + 1
+      end
     end
   end
+  if not strip then tail = table.concat(parts, "", first, last) end
   -- Fetched again: objects from before the loop do not survive its yields.
   local md = handle:streamInfo():dynamicMetadata()
   local p, c = last_usage(tail)
