@@ -57,6 +57,8 @@ class SiteLoad:
     # Newest receive time among the site's nodes (gateway monotonic clock).
     updated_at: float
     stale_sources: tuple[str, ...] = ()
+    # Models the site's healthy nodes report serving (their engine's /v1/models), sorted.
+    models: tuple[str, ...] = ()
 
     @property
     def healthy(self) -> bool:
