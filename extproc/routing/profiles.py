@@ -5,7 +5,7 @@ override them by name. The evaluation's arms are these profiles (see docs/evalua
 
 | profile | what | arm |
 |---|---|---|
-| `aigrid` | affinity → realtime to the closest site with headroom → spill with hysteresis | R |
+| `aigrid` | (model filter) affinity → realtime to the closest site with headroom → spill with hysteresis | R |
 | `aigrid_no_sla` | the same with every class treated as standard | ablation |
 | `aigrid_no_affinity` | without conversation affinity | ablation |
 | `least_loaded` | the lowest pressure, whatever the class (what load-aware routers do) | B1 |
@@ -19,12 +19,16 @@ from __future__ import annotations
 
 from extproc.config.schema import ProfileSpec, StepSpec
 
+# The default filters plus the model filter, for profiles that read the body anyway.
+_MODEL_AWARE: list[str | StepSpec] = ["not_drained", "not_unhealthy", "known_load", "serves_model"]
+
 BUILTIN_PROFILES: dict[str, ProfileSpec] = {
-    "aigrid": ProfileSpec(rules=["affinity", "realtime", "spill"]),
-    "aigrid_no_sla": ProfileSpec(rules=["affinity", StepSpec(type="spill", params={"sla_aware": False})]),
-    "aigrid_no_affinity": ProfileSpec(rules=["realtime", "spill"]),
+    "aigrid": ProfileSpec(filters=_MODEL_AWARE, rules=["affinity", "realtime", "spill"]),
+    "aigrid_no_sla": ProfileSpec(filters=_MODEL_AWARE, rules=["affinity", StepSpec(type="spill", params={"sla_aware": False})]),
+    "aigrid_no_affinity": ProfileSpec(filters=_MODEL_AWARE, rules=["realtime", "spill"]),
     "least_loaded": ProfileSpec(scorers=["least_pressure"], picker=StepSpec(type="max_score", name="least_loaded")),
     "prefix_least_loaded": ProfileSpec(
+        filters=_MODEL_AWARE,
         scorers=[
             StepSpec(type="queue", weight=2),
             StepSpec(type="kv_cache", weight=2),

@@ -34,6 +34,9 @@ class GatewayMetrics:
             "aigrid_routing_step_seconds", "Time one routing step took (sampled decisions)", ["step"],
             buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3), registry=r,
         )
+        self.messages = Counter(
+            "aigrid_processor_messages", "ext_proc messages received, by phase", ["phase"], registry=r
+        )
         self.gateway_answers = Counter(
             "aigrid_gateway_answers", "Requests the gateway answered itself (model list, unknown model)", ["kind"], registry=r
         )

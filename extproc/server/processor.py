@@ -78,6 +78,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self._wanted = gateway.wanted_headers
+        m = gateway.metrics.messages
+        # Children resolved once: a labelled lookup per message is measurable on the hot path.
+        self._msg_count = {p: m.labels(p) for p in ("request_headers", "request_body", "other")}
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context
@@ -89,6 +92,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         try:
             async for req in request_iterator:
                 which = req.WhichOneof("request")
+                self._msg_count.get(which or "other", self._msg_count["other"]).inc()
                 resp = ep.ProcessingResponse()
                 try:
                     if which == "request_headers":
