@@ -31,6 +31,8 @@ class NodeLoad:
     received_at: float = 0.0
     ttl_s: float = 10.0
     stale_sources: tuple[str, ...] = ()
+    # Model ids the node's engines serve (from their /v1/models); empty = not known.
+    models: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
