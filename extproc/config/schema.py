@@ -175,6 +175,11 @@ class GatewaySettings(_Strict):
     rtt_probe_interval_s: float = Field(default=2.0, ge=0, le=3600)
     # Header a client may use to keep a conversation together; otherwise a prefix hash is used.
     conversation_header: str = "x-aigrid-conversation"
+    # How often this gateway publishes its per-site in-flight counts for its replicas (0: never, and
+    # peers' counts are not read either). Replicas sharing one map then count each other's bursts.
+    in_flight_publish_ms: int = Field(default=50, ge=0, le=10_000)
+    # This replica's id in those messages; default: random per process.
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class EnvoySettings(_Strict):

@@ -37,6 +37,10 @@ class GatewayMetrics:
         self.messages = Counter(
             "aigrid_processor_messages", "ext_proc messages received, by phase", ["phase"], registry=r
         )
+        self.site_in_flight = Gauge(
+            "aigrid_site_in_flight", "Requests sent to the site since its last report, by this gateway (self) or its replicas (peers)",
+            ["site", "source"], registry=r,
+        )
         self.gateway_answers = Counter(
             "aigrid_gateway_answers", "Requests the gateway answered itself (model list, unknown model)", ["kind"], registry=r
         )

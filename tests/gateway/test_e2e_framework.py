@@ -167,3 +167,28 @@ def test_bad_profile_refused_at_start(tmp_path):
     r = subprocess.run([sys.executable, "-m", "extproc.cli", "serve", "-c", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "routing.profiles.p.scorers.0.params.x" in r.stderr and "Extra inputs" in r.stderr, r.stderr
+
+
+def test_gateways_count_each_others_in_flight_requests(stack_factory):
+    """Two replicas on one map: what A sent since the last report shows up in B's pressure view."""
+    st = stack_factory()
+    a = st.add_gateway(extra={"routing": {"profile": "least_loaded"}})
+    b = st.add_gateway(extra={"routing": {"profile": "least_loaded"}})
+    st.publish_idle(a, b)
+    for i in range(6):
+        assert a.post(CHAT, chat_body(f"burst {i}")).status == 200
+    from harness import wait_until
+
+    def own() -> dict[str, float | None]:
+        return {s: a.metric("aigrid_site_in_flight", f'site="{s}",source="self"') for s in st.sites}
+
+    wait_until(lambda: sum(v or 0 for v in own().values()) == 6, 5, "A's gauges to show its six requests")
+    own = own()
+    wait_until(lambda: all(b.metric("aigrid_site_in_flight", f'site="{s}",source="peers"') == own[s] for s in st.sites),
+               5, "B to see A's in-flight counts")
+    # B never sent anything itself.
+    assert all(b.metric("aigrid_site_in_flight", f'site="{s}",source="self"') == 0 for s in st.sites)
+    # A new report from each site resets everyone's count for it.
+    st.publish_idle(a, b)
+    wait_until(lambda: all(b.metric("aigrid_site_in_flight", f'site="{s}",source="peers"') == 0 for s in st.sites),
+               5, "peer counts reset by the new reports")
