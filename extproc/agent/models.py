@@ -6,6 +6,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from extproc.contract import MODELS_PATH
+
 MAX_MODELS = 256
 MAX_ID_LEN = 256
 
@@ -13,7 +15,7 @@ MAX_ID_LEN = 256
 def models_url(metrics_url: str) -> str:
     """The engine's OpenAI model list beside its metrics endpoint (same scheme, host and port)."""
     p = urlsplit(metrics_url)
-    return urlunsplit((p.scheme, p.netloc, "/v1/models", "", ""))
+    return urlunsplit((p.scheme, p.netloc, MODELS_PATH, "", ""))
 
 
 def parse_models(body: bytes) -> tuple[str, ...] | None:
