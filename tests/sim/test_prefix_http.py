@@ -133,3 +133,29 @@ async def test_non_integer_seed_is_refused(site: SimSite) -> None:
         body = {"model": MODEL, "messages": rag("x"), "seed": "7"}
         async with s.post(site.url + "/v1/chat/completions", json=body) as r:
             assert r.status == 400 and (await r.json())["param"] == "seed"
+
+
+async def test_planned_workload_requests_get_the_same_length_at_two_sites(make_site) -> None:
+    """The load test's own request bodies (each with its seed) at two differently seeded sites."""
+    from extproc.loadtest.workloads import parse_spec, plan
+
+    short = {"natural_output_min": 4, "natural_output_max": 60}
+    a = await make_site(name="a", seed=5, **short)
+    b = await make_site(name="b", seed=6, gpu="A100", **short)
+    spec = parse_spec({
+        "requests": 8, "rate": 10.0, "seed": 3, "stream": False, "model": MODEL,
+        "rag": {"prompt_tokens": {"median": 300, "sigma": 0.2, "min": 200, "max": 400}},
+        "max_tokens": {"median": 48, "sigma": 0.5, "min": 8, "max": 100},
+    })
+    got = {}
+    async with aiohttp.ClientSession() as s:
+        for p in plan(spec):
+            for site in (a, b):
+                async with s.post(site.url + "/v1/chat/completions", json=p.body) as r:
+                    assert r.status == 200
+                    body = await r.json()
+                    got.setdefault(p.index, []).append(
+                        (body["usage"]["completion_tokens"], body["choices"][0]["finish_reason"])
+                    )
+    assert all(x == y for x, y in got.values()), got
+    assert {x[1] for x, _ in got.values()} == {"stop", "length"}  # both natural ends and caps occurred
