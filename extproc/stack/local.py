@@ -86,6 +86,8 @@ class LocalStack:
     policy: dict = field(default_factory=dict)
     compression: dict = field(default_factory=dict)
     agent_interval_ms: int = 250
+    # Merged into aigrid.yaml's sections (e.g. {"envoy": {"access_log": True}}), for tests and benches.
+    overrides: dict = field(default_factory=dict)
     group: ProcessGroup = field(init=False)
     site_ports: dict[str, int] = field(default_factory=dict)
     redis_port: int = 0
@@ -128,6 +130,8 @@ class LocalStack:
         }
         if self.compression:
             cfg["compression"] = self.compression
+        for section, values in self.overrides.items():
+            cfg.setdefault(section, {}).update(values)
         self.config_path = self.workdir / "aigrid.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.config = load_config(str(self.config_path))

@@ -333,6 +333,8 @@ def start_envoy(
             envoy_binary(), "-c", str(config_path), "--concurrency", str(concurrency),
             # No shared-memory hot-restart region: several Envoys (tests, demo) coexist on one host.
             "--disable-hot-restart", "-l", "warning",
+            # Access log lines within a second (the default is 10 s), for operators and tests reading it.
+            "--file-flush-interval-msec", "500",
         ],
         restart=restart,
     )
