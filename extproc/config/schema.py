@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from extproc.compression.settings import CompressionSettings
+from extproc.trust.settings import TrustSettings
 
 # Site names end up in Redis keys, Envoy cluster names and a routing header: keep them to a safe alphabet.
 SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
@@ -145,6 +146,8 @@ class GatewayConfig(_Strict):
     gateway: GatewaySettings = GatewaySettings()
     envoy: EnvoySettings = EnvoySettings()
     compression: CompressionSettings = CompressionSettings()
+    # Where a request's SLA class may come from; by default the client's x-aigrid-priority is ignored.
+    trust: TrustSettings = TrustSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "GatewayConfig":

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from extproc.config.schema import GatewayConfig, SiteConfig
+from extproc.envoyconf import trust
 from extproc.server.gateway import DECISION_HEADER, SITE_HEADER
 
 EXTPROC_CLUSTER = "aigrid_extproc"
@@ -185,6 +186,14 @@ def _routes(cfg: GatewayConfig) -> list[dict[str, Any]]:
 
 
 def _ext_proc_filter(cfg: GatewayConfig) -> dict[str, Any]:
+    f = _ext_proc_filter_base(cfg)
+    metadata = trust.ext_proc_metadata_options(cfg)
+    if metadata is not None:
+        f["typed_config"]["metadata_options"] = metadata
+    return f
+
+
+def _ext_proc_filter_base(cfg: GatewayConfig) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -212,7 +221,22 @@ def _ext_proc_filter(cfg: GatewayConfig) -> dict[str, Any]:
 
 
 def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
+    chains = [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": _hcm(cfg, trusted_peer=False)}]}]
+    ranges = trust.front_proxy_ranges(cfg)
+    if ranges:
+        # The trusted front proxies' own chain (matched first, by source address): it keeps the header
+        # that carries their SLA class; every other peer gets the chain that strips it.
+        chains.insert(0, {
+            "filter_chain_match": {"source_prefix_ranges": ranges},
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": _hcm(cfg, trusted_peer=True)}],
+        })
+    return _bootstrap(cfg, chains)
+
+
+def _hcm(cfg: GatewayConfig, *, trusted_peer: bool) -> dict[str, Any]:
     e = cfg.envoy
+    jwt = trust.jwt_filter(cfg)
+    stripped = trust.stripped_headers(cfg, [SITE_HEADER, DECISION_HEADER], trusted_peer=trusted_peer)
     hcm: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": HCM_STAT_PREFIX,
@@ -222,7 +246,7 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": [{"remove": SITE_HEADER}, {"remove": DECISION_HEADER}],
+                    "mutations": [{"remove": h} for h in stripped],
                 },
             }
         ],
@@ -231,6 +255,7 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
             "virtual_hosts": [{"name": "aigrid", "domains": ["*"], "routes": _routes(cfg)}],
         },
         "http_filters": [
+            *([jwt] if jwt else []),
             _ext_proc_filter(cfg),
             {
                 "name": "envoy.filters.http.router",
@@ -259,6 +284,11 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
                 },
             }
         ]
+    return hcm
+
+
+def _bootstrap(cfg: GatewayConfig, chains: list[dict[str, Any]]) -> dict[str, Any]:
+    e = cfg.envoy
     return {
         "admin": {"address": {"socket_address": {"address": e.admin_address, "port_value": e.admin_port}}},
         "static_resources": {
@@ -268,13 +298,7 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
                     "address": {"socket_address": {"address": e.listen_address, "port_value": e.listen_port}},
                     # BUFFERED bodies are bounded by this (default 1 MiB → 413 before ext_proc sees them).
                     "per_connection_buffer_limit_bytes": cfg.gateway.max_body_bytes,
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                            ]
-                        }
-                    ],
+                    "filter_chains": chains,
                 }
             ],
             "clusters": [

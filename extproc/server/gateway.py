@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 
 from extproc.config.schema import GatewayConfig
 from extproc.loadmap.model import LoadSnapshot
-from extproc.request.openai import PRIORITY_HEADER, Inspection, body_features, inspect_headers, parse_json_body
+from extproc.request.openai import Inspection, body_features, inspect_headers, parse_json_body
 from extproc.rewrite import BodyRewriter, Rewrite, RewriteRequest, Skip
 from extproc.routing.affinity import AffinityTable
 from extproc.routing.features import RequestFeatures, SlaClass
@@ -20,6 +21,7 @@ from extproc.routing.pipeline import Decision, RoutingContext, decide
 from extproc.routing.spill import update_spill_states
 from extproc.routing.views import SiteView, build_views, with_in_flight
 from extproc.server.metrics import GatewayMetrics
+from extproc.trust.sla import SlaSource, headers_read, resolve_sla, rule_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +61,14 @@ class Gateway:
         self.spilling: dict[str, bool] = {}
         self.affinity = AffinityTable(config.policy.affinity_max_entries, config.policy.affinity_ttl_s)
         self._default = config.default_site
+        # Who may set the SLA class (extproc.trust): never the client's own x-aigrid-priority by default.
+        self.trust = rule_from_settings(config.trust)
+        self.wants_jwt = self.trust.source is SlaSource.jwt
         # Headers the request path reads (everything else is never decoded).
         self.wanted_headers = frozenset(
-            {":method", ":path", "content-type", "content-encoding", "content-length", PRIORITY_HEADER,
+            {":method", ":path", "content-type", "content-encoding", "content-length",
              config.gateway.conversation_header.lower()}
-        )
+        ) | headers_read(self.trust)
         # Views depend on the snapshot and, through report age, on time: rebuilt when the snapshot object
         # changes or after VIEW_TTL_S, not per request.
         self._views: list[SiteView] = []
@@ -130,8 +135,10 @@ class Gateway:
         self._count_decision(d.site, d.step, features.sla.value)
         return d, views
 
-    def inspect(self, headers: Mapping[str, str]) -> Inspection:
-        return inspect_headers(headers, self.config.gateway.max_body_bytes)
+    def inspect(self, headers: Mapping[str, str], jwt_payload: Mapping[str, object] | None = None) -> Inspection:
+        insp = inspect_headers(headers, self.config.gateway.max_body_bytes)
+        sla = resolve_sla(self.trust, headers, jwt_payload)
+        return insp if insp.sla is sla else dataclasses.replace(insp, sla=sla)
 
     def route_unparsed(self, sla: SlaClass, reason: str) -> Outcome:
         """A request whose body we do not look at: routed on load alone, body untouched."""

@@ -127,6 +127,9 @@ class LocalStack:
             "redis": {"url": f"redis://127.0.0.1:{self.redis_port}/0"},
             "gateway": {"listen": f"127.0.0.1:{self.extproc_port}", "metrics_listen": f"127.0.0.1:{self.metrics_port}"},
             "envoy": {"listen_address": "127.0.0.1", "listen_port": self.envoy_port, "admin_port": self.admin_port},
+            # The local load generator (same host) plays the trusted front proxy that sets each request's
+            # x-aigrid-priority; a client on any other address cannot (Envoy strips the header).
+            "trust": {"sla_source": "header", "front_proxy_cidrs": ["127.0.0.1/32"]},
         }
         if self.compression:
             cfg["compression"] = self.compression
