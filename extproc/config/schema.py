@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from extproc.compression.settings import CompressionSettings
-from extproc.trust.settings import TrustSettings
+from extproc.trust.settings import ClientTls, ServerTls, TrustSettings
 
 # Site names end up in Redis keys, Envoy cluster names and a routing header: keep them to a safe alphabet.
 SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
@@ -44,6 +44,8 @@ class SiteConfig(_Strict):
     # admits up to max_num_seqs (hundreds) while TTFT climbs long before, so KV usage and the waiting
     # queue alone see a compute-bound site as idle.
     running_capacity: int = Field(default=64, ge=1)
+    # TLS from Envoy to this site's endpoints (and its health checks); None: plain HTTP.
+    tls: ClientTls | None = None
 
     @field_validator("name")
     @classmethod
@@ -116,6 +118,9 @@ class GatewaySettings(_Strict):
     rtt_probe_interval_s: float = Field(default=2.0, ge=0, le=3600)
     # Header a client may use to keep a conversation together; otherwise a prefix hash is used.
     conversation_header: str = "x-aigrid-conversation"
+    # TLS for the ext_proc port (with client_ca_path: only Envoys holding a client certificate that CA
+    # signed may connect). Needed when Envoy is not on this host; on loopback it is optional.
+    tls: ServerTls | None = None
 
 
 class EnvoySettings(_Strict):
@@ -137,6 +142,10 @@ class EnvoySettings(_Strict):
     extproc_address: HostPort | None = None
     # JSON access log on stdout (method, path, status, site, cluster, duration).
     access_log: bool = False
+    # TLS on the client listener (client_ca_path: clients must present a certificate).
+    listener_tls: ServerTls | None = None
+    # TLS (mutual, with cert_path/key_path) from Envoy to the ext_proc server; pairs with gateway.tls.
+    extproc_tls: ClientTls | None = None
 
 
 class GatewayConfig(_Strict):

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from extproc.config.schema import GatewayConfig, SiteConfig
-from extproc.envoyconf import trust
+from extproc.envoyconf import tls, trust
 from extproc.server.gateway import DECISION_HEADER, SITE_HEADER
 
 EXTPROC_CLUSTER = "aigrid_extproc"
@@ -61,6 +61,13 @@ def _endpoints(cluster: str, hostports: list[str]) -> dict[str, Any]:
 
 
 def _site_cluster(site: SiteConfig, cfg: GatewayConfig) -> dict[str, Any]:
+    c = _site_cluster_base(site, cfg)
+    if site.tls is not None:
+        c["transport_socket"] = tls.upstream(site.tls, _split_hostport(site.endpoints[0])[0])
+    return c
+
+
+def _site_cluster_base(site: SiteConfig, cfg: GatewayConfig) -> dict[str, Any]:
     e = cfg.envoy
     hosts = [_split_hostport(hp)[0] for hp in site.endpoints]
     interval = _duration(e.health_check_interval_ms / 1000)
@@ -123,6 +130,14 @@ def _aggregate_cluster(site: SiteConfig, cfg: GatewayConfig) -> dict[str, Any]:
 
 
 def _extproc_cluster(cfg: GatewayConfig) -> dict[str, Any]:
+    c = _extproc_cluster_base(cfg)
+    if cfg.envoy.extproc_tls is not None:
+        host = _split_hostport(cfg.envoy.extproc_address or cfg.gateway.listen)[0]
+        c["transport_socket"] = tls.upstream(cfg.envoy.extproc_tls, host, alpn=["h2"])
+    return c
+
+
+def _extproc_cluster_base(cfg: GatewayConfig) -> dict[str, Any]:
     host, port = _split_hostport(cfg.envoy.extproc_address or cfg.gateway.listen)
     if host in ("0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
@@ -230,6 +245,9 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
             "filter_chain_match": {"source_prefix_ranges": ranges},
             "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": _hcm(cfg, trusted_peer=True)}],
         })
+    if cfg.envoy.listener_tls is not None:
+        for chain in chains:
+            chain["transport_socket"] = tls.downstream(cfg.envoy.listener_tls)
     return _bootstrap(cfg, chains)
 
 

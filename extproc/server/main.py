@@ -38,6 +38,24 @@ def build_rewriter(config: GatewayConfig, metrics: GatewayMetrics) -> BodyRewrit
     return build_compression_rewriter(config, registry=metrics.registry)
 
 
+def _add_port(server: grpc.aio.Server, config: GatewayConfig) -> int:
+    """The ext_proc port: TLS (mutual with gateway.tls.client_ca_path) when configured, else plain, which
+    the default loopback address keeps off the network."""
+    t = config.gateway.tls
+    if t is None:
+        return server.add_insecure_port(config.gateway.listen)
+    with open(t.key_path, "rb") as f:
+        key = f.read()
+    with open(t.cert_path, "rb") as f:
+        cert = f.read()
+    ca = None
+    if t.client_ca_path:
+        with open(t.client_ca_path, "rb") as f:
+            ca = f.read()
+    creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+    return server.add_secure_port(config.gateway.listen, creds)
+
+
 class _MetricsHttp:
     """The Prometheus endpoint. During a rolling restart the old process still holds the port (gRPC shares
     its own port through SO_REUSEPORT; the metrics server does not): the new one then binds in the
@@ -109,7 +127,7 @@ async def serve(
     ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(config.gateway.listen)
+    port = _add_port(server, config)
     if port == 0:
         raise OSError(f"cannot listen on {config.gateway.listen}")
 

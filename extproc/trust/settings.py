@@ -67,3 +67,28 @@ class TrustSettings(_Strict):
         if self.sla_source == "jwt" and self.jwt is None:
             raise ValueError("sla_source jwt needs jwt: {issuer, jwks_path}")
         return self
+
+
+class ServerTls(_Strict):
+    """A TLS server's certificate and key; with client_ca_path, clients must present a certificate that CA
+    signed (mutual TLS)."""
+
+    cert_path: str = Field(min_length=1)
+    key_path: str = Field(min_length=1)
+    client_ca_path: str | None = None
+
+
+class ClientTls(_Strict):
+    """A TLS client: the CA that signed the server's certificate, the name to verify (and send as SNI), and
+    optionally its own certificate for mutual TLS."""
+
+    ca_path: str = Field(min_length=1)
+    sni: str | None = None
+    cert_path: str | None = None
+    key_path: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> "ClientTls":
+        if (self.cert_path is None) != (self.key_path is None):
+            raise ValueError("cert_path and key_path go together (a client certificate needs its key)")
+        return self
