@@ -148,6 +148,8 @@ class Stack:
             # RTT probe off: on one busy host its jitter is noise, and these tests pin RTTs by config.
             "gateway": {"listen": f"127.0.0.1:{extproc}", "metrics_listen": f"127.0.0.1:{metrics}", "drain_grace_s": 2, "rtt_probe_interval_s": 0},
             "envoy": {"listen_address": "127.0.0.1", "listen_port": envoy, "admin_port": admin, "health_check_interval_ms": 500},
+            # The test client on 127.0.0.1 plays the trusted front proxy that sets x-aigrid-priority.
+            "trust": {"sla_source": "header", "front_proxy_cidrs": ["127.0.0.1/32"]},
         }
 
     def add_gateway(self, extra: dict | None = None, rewriter: object | None = None,

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from extproc.compression.settings import CompressionSettings
 from extproc.contract import SITE_NAME
+from extproc.trust.settings import ClientTls, ServerTls, TrustSettings
 
 HostPort = Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]
 
@@ -51,6 +52,8 @@ class SiteConfig(_Strict):
     models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
     # Prompt tokens per second one request's prefill runs at here: the transport-aware TTFT estimate.
     prefill_tokens_per_s: float = Field(default=10_000.0, gt=0)
+    # TLS from Envoy to this site's endpoints (and its health checks); None: plain HTTP.
+    tls: ClientTls | None = None
 
     @field_validator("name")
     @classmethod
@@ -180,6 +183,9 @@ class GatewaySettings(_Strict):
     in_flight_publish_ms: int = Field(default=50, ge=0, le=10_000)
     # This replica's id in those messages; default: random per process.
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # TLS for the ext_proc port (with client_ca_path: only Envoys holding a client certificate that CA
+    # signed may connect). Needed when Envoy is not on this host; on loopback it is optional.
+    tls: ServerTls | None = None
 
 
 class EnvoySettings(_Strict):
@@ -201,6 +207,10 @@ class EnvoySettings(_Strict):
     extproc_address: HostPort | None = None
     # JSON access log on stdout (method, path, status, site, cluster, duration).
     access_log: bool = False
+    # TLS on the client listener (client_ca_path: clients must present a certificate).
+    listener_tls: ServerTls | None = None
+    # TLS (mutual, with cert_path/key_path) from Envoy to the ext_proc server; pairs with gateway.tls.
+    extproc_tls: ClientTls | None = None
 
 
 class GatewayConfig(_Strict):
@@ -212,6 +222,8 @@ class GatewayConfig(_Strict):
     compression: CompressionSettings = CompressionSettings()
     routing: RoutingSettings = RoutingSettings()
     slo: SloSettings = SloSettings()
+    # Where a request's SLA class may come from; by default the client's x-aigrid-priority is ignored.
+    trust: TrustSettings = TrustSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "GatewayConfig":

@@ -8,6 +8,7 @@ body rewriter, and the answers the gateway gives itself (GET /v1/models, 404 for
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from extproc.config.schema import GatewayConfig
-from extproc.contract import DECISION_HEADER, PRIORITY_HEADER, SITE_HEADER
+from extproc.contract import DECISION_HEADER, SITE_HEADER
 from extproc.loadmap.model import LoadSnapshot
 from extproc.request.openai import Inspection, body_features, header_features, inspect_headers, parse_json_body
 from extproc.rewrite import BodyRewriter, Rewrite, RewriteRequest, Skip
@@ -26,6 +27,7 @@ from extproc.routing.framework import Decision
 from extproc.routing.router import VIEW_TTL_S, Router
 from extproc.routing.views import SiteView
 from extproc.server.metrics import GatewayMetrics
+from extproc.trust.sla import SlaSource, headers_read, resolve_sla, rule_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +88,13 @@ class Gateway:
         # answers in the request-headers phase (one gRPC message, nothing buffered).
         self.needs_body = self.router.reads_body or rewriter is not None
         self._conv_header = config.gateway.conversation_header.lower()
+        # Who may set the SLA class (extproc.trust): never the client's own x-aigrid-priority by default.
+        self.trust = rule_from_settings(config.trust)
+        self.wants_jwt = self.trust.source is SlaSource.jwt
         # Headers the request path reads (everything else is never decoded).
         self.wanted_headers = frozenset(
-            {":method", ":path", "content-type", "content-encoding", "content-length", PRIORITY_HEADER, self._conv_header}
-        )
+            {":method", ":path", "content-type", "content-encoding", "content-length", self._conv_header}
+        ) | headers_read(self.trust)
         self._decision_counters: dict[tuple[str, str, str], object] = {}
         self._timing_every = config.routing.step_timing_sample
         self._decisions = 0
@@ -131,8 +136,10 @@ class Gateway:
         self._count_decision(d.site, d.step, features.sla.value)
         return d, views
 
-    def inspect(self, headers: Mapping[str, str]) -> Inspection:
-        return inspect_headers(headers, self.config.gateway.max_body_bytes)
+    def inspect(self, headers: Mapping[str, str], jwt_payload: Mapping[str, object] | None = None) -> Inspection:
+        insp = inspect_headers(headers, self.config.gateway.max_body_bytes)
+        sla = resolve_sla(self.trust, headers, jwt_payload)
+        return insp if insp.sla is sla else dataclasses.replace(insp, sla=sla)
 
     def route_unparsed(self, sla: SlaClass, reason: str, *, inference: bool = False) -> Outcome:
         """A request whose body we do not look at: routed on load alone, body untouched."""

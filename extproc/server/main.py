@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import uuid
+import threading
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -38,6 +39,58 @@ def build_rewriter(config: GatewayConfig, metrics: GatewayMetrics) -> BodyRewrit
     from extproc.compression.rewriter import build_compression_rewriter  # noqa: PLC0415
 
     return build_compression_rewriter(config, registry=metrics.registry)
+
+
+def _add_port(server: grpc.aio.Server, config: GatewayConfig) -> int:
+    """The ext_proc port: TLS (mutual with gateway.tls.client_ca_path) when configured, else plain, which
+    the default loopback address keeps off the network."""
+    t = config.gateway.tls
+    if t is None:
+        return server.add_insecure_port(config.gateway.listen)
+    with open(t.key_path, "rb") as f:
+        key = f.read()
+    with open(t.cert_path, "rb") as f:
+        cert = f.read()
+    ca = None
+    if t.client_ca_path:
+        with open(t.client_ca_path, "rb") as f:
+            ca = f.read()
+    creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+    return server.add_secure_port(config.gateway.listen, creds)
+
+
+class _MetricsHttp:
+    """The Prometheus endpoint. During a rolling restart the old process still holds the port (gRPC shares
+    its own port through SO_REUSEPORT; the metrics server does not): the new one then binds in the
+    background as soon as the port is free, instead of refusing to start."""
+
+    def __init__(self, listen: str, metrics: GatewayMetrics) -> None:
+        host, _, port = listen.rpartition(":")
+        self._addr, self._port, self._registry = host or "0.0.0.0", int(port), metrics.registry
+        self._httpd = None
+        self._closed = threading.Event()
+        if not self._try_bind():
+            log.warning("metrics port %s busy (a rolling restart?); binding it once it is free", listen)
+            threading.Thread(target=self._retry, name="aigrid-metrics-bind", daemon=True).start()
+
+    def _try_bind(self) -> bool:
+        try:
+            self._httpd, _ = start_http_server(self._port, addr=self._addr, registry=self._registry)
+        except OSError:
+            return False
+        return True
+
+    def _retry(self) -> None:
+        while not self._closed.wait(0.2):
+            if self._try_bind():
+                log.info("metrics listening on %s:%d", self._addr, self._port)
+                return
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
 
 
 async def serve(
@@ -98,14 +151,11 @@ async def serve(
     ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(config.gateway.listen)
+    port = _add_port(server, config)
     if port == 0:
         raise OSError(f"cannot listen on {config.gateway.listen}")
 
-    httpd = None
-    if config.gateway.metrics_listen:
-        host, _, mport = config.gateway.metrics_listen.rpartition(":")
-        httpd, _thread = start_http_server(int(mport), addr=host or "0.0.0.0", registry=metrics.registry)
+    metrics_http = _MetricsHttp(config.gateway.metrics_listen, metrics) if config.gateway.metrics_listen else None
 
     reader.start()
     if publisher is not None:
@@ -150,8 +200,7 @@ async def serve(
         if publisher is not None:
             await publisher.stop()
         await reader.stop()
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
+        if metrics_http is not None:
+            metrics_http.close()
         if rewriter is not None:
             await rewriter.close()

@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -22,6 +23,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from extproc.contract import DECISION_HEADER, SITE_HEADER
 from extproc.request.openai import Inspection
 from extproc.server.gateway import Gateway, Outcome
+from extproc.trust.sla import JWT_METADATA_KEY, JWT_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                 try:
                     if which == "request_headers":
                         headers = _header_map(req.request_headers, self._wanted)
-                        insp = self.gw.inspect(headers)
+                        insp = self.gw.inspect(headers, _jwt_payload(req) if self.gw.wants_jwt else None)
                         listing = self.gw.list_models() if insp.list_models else None
                         if listing is not None:
                             _immediate(resp, listing)
@@ -144,6 +146,15 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                 yield resp
         finally:
             metrics.streams.dec()
+
+
+def _jwt_payload(req: ep.ProcessingRequest) -> dict | None:
+    """The JWT payload Envoy's jwt_authn verified, from the forwarded dynamic metadata (None if absent)."""
+    ns = req.metadata_context.filter_metadata.get(JWT_NAMESPACE)
+    if ns is None or JWT_METADATA_KEY not in ns.fields:
+        return None
+    value = ns.fields[JWT_METADATA_KEY]
+    return json_format.MessageToDict(value.struct_value) if value.HasField("struct_value") else None
 
 
 def _continue(resp: ep.ProcessingResponse, which: str | None) -> None:
