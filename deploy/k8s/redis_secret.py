@@ -1,0 +1,93 @@
+"""Make the Secret `aigrid-redis`: one Redis ACL user per role, random passwords, client URLs.
+
+    python deploy/k8s/redis_secret.py [--namespace aigrid] [--host aigrid-redis:6379] | kubectl apply -f -
+    python deploy/k8s/redis_secret.py --out-dir DIR      # the four values as files (secretGenerator input)
+
+Keys of the Secret:
+  users.acl     the Redis ACL file the bundled Redis loads (--aclfile); passwords only as SHA-256 hashes
+  gateway-url   for `aigrid serve`: read the load map (SCAN/GET/PTTL/SMEMBERS) and subscribe to it
+  agent-url     for `aigrid agent`: write its own report keys (SET with a TTL) and publish them
+  operator-url  for `aigrid site drain|undrain` and `aigrid status` (host = --host; docs/runbook.md
+                reaches it through `kubectl port-forward`)
+Every user is confined to the key prefix (--key-prefix, as `redis.key_prefix` in aigrid.yaml); the
+default user is off. Standard library only, so it runs anywhere Python does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import secrets
+import sys
+from pathlib import Path
+
+# Commands per role: exactly what the code sends (extproc/loadmap/reader.py, extproc/agent/publisher.py,
+# extproc/operator/drain.py); tests/deploy/test_redis_acl.py runs each role against a real redis-server
+# with these rules and checks a role cannot do another's writes.
+ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "gateway": ("ping", "select", "get", "pttl", "scan", "smembers", "subscribe", "unsubscribe"),
+    "agent": ("ping", "select", "set", "publish"),
+    "operator": ("ping", "select", "get", "pttl", "scan", "smembers", "sadd", "srem", "publish", "subscribe",
+                 "unsubscribe"),
+}
+
+
+def role_keys(role: str, prefix: str) -> tuple[list[str], list[str]]:
+    """(key patterns, channel patterns) a role may touch."""
+    if role == "agent":
+        return [f"{prefix}:report:*"], [f"{prefix}:reports"]
+    if role == "gateway":
+        return [f"{prefix}:*"], [f"{prefix}:reports", f"{prefix}:control"]
+    return [f"{prefix}:*"], [f"{prefix}:control", f"{prefix}:reports"]
+
+
+def acl_line(role: str, password: str, prefix: str) -> str:
+    keys, channels = role_keys(role, prefix)
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    parts = ["user", role, "on", f"#{digest}", "resetkeys", "resetchannels"]
+    parts += [f"~{k}" for k in keys] + [f"&{c}" for c in channels]
+    parts += ["-@all"] + [f"+{c}" for c in ROLE_COMMANDS[role]]
+    return " ".join(parts)
+
+
+def secret_values(host: str, prefix: str, passwords: dict[str, str] | None = None, db: int = 0) -> dict[str, str]:
+    passwords = passwords or {role: secrets.token_urlsafe(24) for role in ROLE_COMMANDS}
+    acl = ["user default off"] + [acl_line(role, passwords[role], prefix) for role in ROLE_COMMANDS]
+    values = {"users.acl": "\n".join(acl) + "\n"}
+    for role in ROLE_COMMANDS:
+        values[f"{role}-url"] = f"redis://{role}:{passwords[role]}@{host}/{db}"
+    return values
+
+
+def secret_manifest(values: dict[str, str], namespace: str, name: str = "aigrid-redis") -> str:
+    # JSON is YAML: no YAML library needed, and kubectl reads it as is.
+    return json.dumps({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/name": "aigrid", "app.kubernetes.io/part-of": "aigrid"}},
+        "type": "Opaque",
+        "stringData": values,
+    }, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--namespace", default="aigrid")
+    p.add_argument("--host", default="aigrid-redis:6379", help="host:port the client URLs name")
+    p.add_argument("--key-prefix", default="aigrid")
+    p.add_argument("--out-dir", type=Path, help="write the values as files here instead of printing a Secret")
+    args = p.parse_args(argv)
+    values = secret_values(args.host, args.key_prefix)
+    if args.out_dir:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for key, value in values.items():
+            (args.out_dir / key).write_text(value, encoding="utf-8")
+        return 0
+    sys.stdout.write(secret_manifest(values, args.namespace))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
