@@ -52,6 +52,9 @@ class Outcome:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     immediate: ImmediateAnswer | None = None
+    # The request as the gateway understood it (inspected requests only), for the response side.
+    features: RequestFeatures | None = None
+    parsed: dict | None = None
 
 
 def model_not_found(model: str) -> bytes:
@@ -206,7 +209,7 @@ class Gateway:
             return missing
         self.metrics.prompt_tokens_before.inc(features.prompt_tokens)
         d, views = self.route(features)
-        out = Outcome(d.site, d)
+        out = Outcome(d.site, d, features=features, parsed=parsed)
         if self.rewriter is not None and rewrite:
             await self._rewrite(out, insp.path, body, parsed, features, views)
         return out

@@ -20,8 +20,9 @@ from extproc.loadmap.peers import PeerTable
 from extproc.loadmap.reader import LoadMapReader
 from extproc.rewrite import BodyRewriter
 from extproc.server.gateway import Gateway
-from extproc.server.metrics import GatewayMetrics
 from extproc.server.peers import InFlightPublisher
+from extproc.server.metrics import GatewayMetrics, LoadMapCollector
+from extproc.server.observer import ResponseObserver
 from extproc.server.processor import ExternalProcessor
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,6 @@ async def serve(
         gw = holder.get("gw")
         if gw is not None:
             gw.on_snapshot(snap)
-        metrics.reports_accepted.set(reader.reports_accepted)
-        metrics.reports_rejected.set(reader.reports_rejected)
 
     publish_s = config.gateway.in_flight_publish_ms / 1000.0
     gateway_id = config.gateway.id or uuid.uuid4().hex[:12]
@@ -137,6 +136,13 @@ async def serve(
                 metrics.site_in_flight.labels(s.name, "peers").set(totals.get(s.name, 0))
 
         publisher = InFlightPublisher(config.redis, gateway_id, lambda: gw.router.sent_since_report, publish_s, on_tick=on_tick)
+    metrics.registry.register(
+        LoadMapCollector(
+            lambda: (reader.reports_accepted, reader.reports_rejected), lambda: reader.snapshot,
+            [s.name for s in config.sites],
+        )
+    )
+    observer = ResponseObserver(config.observability, metrics.registry, [s.name for s in config.sites]) if config.observability.usage else None
 
     max_msg = config.gateway.max_body_bytes + _MESSAGE_OVERHEAD
     server = grpc.aio.server(
@@ -148,7 +154,18 @@ async def serve(
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
     )
-    ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw), server)
+    tracer = None
+    if config.observability.otlp_traces_endpoint:
+        from extproc.server.tracing import DecisionTracer  # noqa: PLC0415
+
+        tracer = DecisionTracer(config.observability.otlp_traces_endpoint)
+    ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw, observer, tracer), server)
+    if observer is not None and config.observability.usage_via == "access_log":
+        from envoy.service.accesslog.v3 import als_pb2_grpc  # noqa: PLC0415
+
+        from extproc.server.als import AccessLogReceiver  # noqa: PLC0415
+
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogReceiver(observer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = _add_port(server, config)
@@ -204,3 +221,5 @@ async def serve(
             metrics_http.close()
         if rewriter is not None:
             await rewriter.close()
+        if tracer is not None:
+            tracer.shutdown()
