@@ -5,6 +5,7 @@ secret store (a Kubernetes Secret as an environment variable), not in the config
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -73,3 +74,8 @@ def with_env_overrides(config: GatewayConfig) -> GatewayConfig:
     if not url:
         return config
     return config.model_copy(update={"redis": config.redis.model_copy(update={"url": url})})
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    """The --config option every command that reads aigrid.yaml takes."""
+    p.add_argument("--config", "-c", help=f"aigrid.yaml (default: ${ENV_VAR}, else ./aigrid.yaml)")

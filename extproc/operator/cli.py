@@ -14,7 +14,7 @@ from extproc.config.schema import GatewayConfig
 from extproc.loadmap.model import LoadSnapshot
 from extproc.loadmap.reader import LoadMapReader
 from extproc.operator.table import status_table
-from extproc.server.cli import add_config_arg
+from extproc.config.load import add_config_arg
 
 
 def _config(args: argparse.Namespace, cmd: str) -> GatewayConfig | None:

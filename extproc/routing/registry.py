@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -141,18 +141,6 @@ def check_profiles(config: GatewayConfig) -> None:
     for name, spec in config.routing.profiles.items():
         build_profile(name, spec, config)
     build_active_profile(config)
-
-
-def describe_steps() -> list[dict[str, Any]]:
-    """Registered step types with their parameters (for docs and `aigrid routing steps`)."""
-    out = []
-    for name, st in sorted(REGISTRY.items()):
-        out.append({
-            "type": name, "kind": st.kind.value, "reads_body": st.cls.reads_body,
-            "params": {k: repr(f.default) for k, f in st.params.model_fields.items()},
-            "doc": (st.cls.__doc__ or "").strip().split("\n")[0],
-        })
-    return out
 
 
 # Register the built-in steps (their modules import this one for `register`).

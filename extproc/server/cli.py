@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from extproc.config import ConfigError, load_config
+from extproc.config.load import add_config_arg
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -31,10 +32,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"aigrid serve: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def add_config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="aigrid.yaml (default: $AIGRID_CONFIG, else ./aigrid.yaml)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -278,3 +278,12 @@ def test_peer_in_flight_counts_join_this_gateways():
 def test_step_kinds_cover_the_framework():
     kinds = {st.kind for st in REGISTRY.values()}
     assert kinds == set(StepKind)
+
+
+def test_docs_list_every_registered_step_and_builtin_profile():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "routing.md").read_text()
+    for name in REGISTRY:
+        assert f"| `{name}` |" in doc, name
+    for name in BUILTIN_PROFILES:
+        assert f"| `{name}` |" in doc, name
