@@ -87,9 +87,10 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self._clock = clock
         self.router = Router(config, profile=profile, rng=rng)
-        # The body is buffered only when a routing step or the rewriter reads it; otherwise the gateway
-        # answers in the request-headers phase (one gRPC message, nothing buffered).
-        self.needs_body = self.router.reads_body or rewriter is not None
+        # The body is buffered only when a routing step, the rewriter or the response side (usage by
+        # model and class) reads it; otherwise the gateway answers in the request-headers phase (one
+        # gRPC message, nothing buffered).
+        self.needs_body = self.router.reads_body or rewriter is not None or config.observability.usage
         self._conv_header = config.gateway.conversation_header.lower()
         # Who may set the SLA class (extproc.trust): never the client's own x-aigrid-priority by default.
         self.trust = rule_from_settings(config.trust)
