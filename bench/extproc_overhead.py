@@ -66,6 +66,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--envoy-data-plane", action="store_true", help="add the betterproto2/grpclib pass-through row")
+    ap.add_argument("--mutating-bare", action="store_true",
+                    help="add a row: the bare servicer answering with the gateway's header mutations (the answer's shape without its logic)")
     args = ap.parse_args()
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="aigrid-overhead-"))
@@ -78,10 +80,10 @@ def main() -> int:
         for g in (body_gw, headers_gw):
             wait_pressure(g, "edge", lambda p: p > 0.2)
 
-        def bare_server(name: str, script: str) -> tuple[int, str]:
+        def bare_server(name: str, script: str, *flags: str) -> tuple[int, str]:
             """A bare servicer behind its own Envoy (same config, ext_proc cluster pointing at it)."""
             port = free_port()
-            proc = st.group.start(name, python_argv(str(REPO / "bench" / script), "--listen", f"127.0.0.1:{port}"))
+            proc = st.group.start(name, python_argv(str(REPO / "bench" / script), "--listen", f"127.0.0.1:{port}", *flags))
             proc.wait_ready(lambda: port_open(port), 30, f"{name} listening")
             cfg = yaml.safe_load(body_gw.config_path.read_text())
             envoy_port, admin_port = free_port(), free_port()
@@ -105,6 +107,8 @@ def main() -> int:
         }
         if args.envoy_data_plane:
             targets["bare pass-through (envoy-data-plane, 2 messages)"] = bare_server("bare-edp", "bare_extproc_edp.py")
+        if args.mutating_bare:
+            targets["bare + the gateway's header mutations"] = bare_server("bare-mut", "bare_extproc.py", "--mutate")
         # Warm both (imports, connections, JIT-free but cache-warm).
         for _, (pid, url) in targets.items():
             drive(url, 300, args.concurrency, body)
@@ -135,6 +139,8 @@ def main() -> int:
             "ratio_headers_only": med["aigrid serve, headers only"] / base,
             "ratio_body": med["aigrid serve, body"] / base,
         }
+        if args.mutating_bare:
+            result["ratio_mutating_bare"] = med["bare + the gateway's header mutations"] / base
         if args.envoy_data_plane:
             result["ratio_envoy_data_plane_bare"] = med["bare pass-through (envoy-data-plane, 2 messages)"] / base
         console.print(f"headers only / bare = {result['ratio_headers_only']:.2f} (goal <= 1.0); "
