@@ -284,7 +284,7 @@ class EngineCore:
         plan.attn_ctx_sum = attn
         plan.num_prefill_tokens = prefill
         plan.num_decode = decode
-        plan.duration = self.hw.step_time(num_tokens, kv_read, attn) if items else 0.0
+        plan.duration = self.hw.step_time(num_tokens, kv_read, attn, len(items)) if items else 0.0
         return plan
 
     def commit(self, plan: StepPlan, t: float) -> list[SimRequest]:
