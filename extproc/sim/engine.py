@@ -7,8 +7,8 @@ One ``EngineCore`` stands for one model replica (``tp`` GPUs). Callers drive it 
     emitted = core.commit(plan, end)   # the step's results: one token per sequence that sampled
 
 Whoever owns the clock decides when ``end`` is: ``VirtualSim`` (``virtual.py``) jumps a virtual clock (tests and
-the saturation study run thousands of steps in milliseconds, deterministically); the aiohttp adapter in
-``server.py`` sleeps until ``end`` in real time. The scheduling rules follow vLLM V1:
+the saturation study run thousands of steps in milliseconds, deterministically); the replica loop in
+``replica.py`` sleeps until ``end`` in real time. The scheduling rules follow vLLM V1:
 
 * running sequences first, in admission order: a decoding sequence takes one token of the step's token
   budget, a sequence still in prefill takes a chunk of its remaining prompt (chunked prefill);
