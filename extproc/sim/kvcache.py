@@ -123,19 +123,23 @@ class KVCacheManager:
         self.num_free -= n
         if not self.enable_caching:
             return
-        q = self._free_q
+        pop = self._free_q.popitem
+        new = [pop(False)[0] for _ in range(n)]
         ref = self._ref
-        hashes = self._hash
-        cached = self._cached
-        for _ in range(n):
-            b, _unused = q.popitem(last=False)
-            h = hashes[b]
-            if h is not None:
-                if cached.get(h) == b:
-                    del cached[h]
-                hashes[b] = None
-            ref[b] = 1
-            blocks.append(b)
+        if self._cached:  # something may be cached: evict what the reused blocks held
+            hashes = self._hash
+            cached = self._cached
+            for b in new:
+                h = hashes[b]
+                if h is not None:
+                    if cached.get(h) == b:
+                        del cached[h]
+                    hashes[b] = None
+                ref[b] = 1
+        else:
+            for b in new:
+                ref[b] = 1
+        blocks.extend(new)
 
     def cache_blocks(self, blocks: Sequence[int], block_hashes: Sequence[Hashable], start: int, end: int) -> int:
         """Register ``blocks[start:end]`` (now full) under their hashes; return ``end``.
@@ -162,12 +166,14 @@ class KVCacheManager:
             return
         ref = self._ref
         q = self._free_q
+        freed = 0
         for b in reversed(blocks):
             r = ref[b] - 1
             ref[b] = r
-            if r == 0:
+            if not r:
                 q[b] = None
-                self.num_free += 1
+                freed += 1
+        self.num_free += freed
 
     # ---- for tests and invariants -----------------------------------------------------------------
     def free_order(self) -> list[int]:
