@@ -11,6 +11,10 @@ from extproc.config import ConfigError, load_config
 
 def _serve(args: argparse.Namespace) -> int:
     from extproc.server.main import serve  # noqa: PLC0415 (keep `aigrid --help` fast)
+    from extproc.trust import redact  # noqa: PLC0415
+
+    # No request text in the logs unless AIGRID_LOG_REQUEST_TEXT=1 (exception messages may quote it).
+    redact.install()
 
     try:
         config = load_config(args.config)
