@@ -79,9 +79,9 @@ def run_fault(
     return run
 
 
-def read_all_access(stack: LocalStack, since: float, expected: int, timeout: float = 5.0) -> list:
-    """Envoy flushes its access log once a second: wait until it holds every request sent."""
-    path = stack.workdir / "logs" / "envoy.log"
+def read_all_access(stack: LocalStack | Path, since: float, expected: int, timeout: float = 5.0) -> list:
+    """Envoy flushes its access log every 500 ms: wait until it holds every request sent."""
+    path = stack if isinstance(stack, Path) else stack.workdir / "logs" / "envoy.log"
     deadline = time.monotonic() + timeout
     while True:
         access = read_access_log(path, since=since)
