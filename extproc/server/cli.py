@@ -12,6 +12,10 @@ from extproc.config.load import add_config_arg
 
 def _serve(args: argparse.Namespace) -> int:
     from extproc.server.main import serve  # noqa: PLC0415 (keep `aigrid --help` fast)
+    from extproc.trust import redact  # noqa: PLC0415
+
+    # No request text in the logs unless AIGRID_LOG_REQUEST_TEXT=1 (exception messages may quote it).
+    redact.install()
 
     from extproc.routing.registry import ProfileError, check_profiles  # noqa: PLC0415
 

@@ -107,6 +107,7 @@ class SimSite:
         app.router.add_get("/metrics/dcgm", self.handle_dcgm)
         app.router.add_get("/sim/info", self.handle_info)
         app.router.add_get("/sim/timing", self.handle_timing)
+        app.router.add_post("/sim/link", self.handle_link)
         app.router.add_get("/_aigrid/records", self.handle_records)
         app.router.add_delete("/_aigrid/records", self.handle_clear_records)
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the
@@ -312,6 +313,20 @@ class SimSite:
     async def handle_dcgm(self, request: web.Request) -> web.Response:
         body = generate_latest(self.dcgm_registry)  # type: ignore[arg-type]
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def handle_link(self, request: web.Request) -> web.Response:
+        """Fault injection: change the one-way link delay (ms, simulated time) of a running site, e.g. a
+        long-haul link degrading. Body {"delay_ms": 40}; the answer carries the delay now in force."""
+        try:
+            doc = orjson.loads(await request.read())
+            delay_ms = float(doc["delay_ms"])
+            if not 0 <= delay_ms <= 60_000:
+                raise ValueError("delay_ms must be within [0, 60000]")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            return web.json_response({"error": f"body must be {{\"delay_ms\": number}}: {exc}"}, status=400)
+        self.link_delay_s = delay_ms / 1000.0 / self.config.speed_factor
+        self.link_jitter_s = min(self.link_jitter_s, self.link_delay_s)
+        return web.json_response({"delay_ms": delay_ms})
 
     async def handle_info(self, request: web.Request) -> web.Response:
         info = {"site": asdict(self.config), "url": self.url, "replica": self.hw.describe()}

@@ -191,6 +191,13 @@ class LocalStack:
             lambda: port_open(self.extproc_port) and port_open(self.metrics_port), 120, "ext_proc listening"
         )
 
+    def process(self, name: str) -> ManagedProcess:
+        """A child by name (`redis`, `site-edge`, `agent-edge`, `serve`, `envoy`)."""
+        for p in self.group.procs:
+            if p.name == name:
+                return p
+        raise KeyError(f"no process {name!r}; running: {', '.join(p.name for p in self.group.procs)}")
+
     def supervise(self) -> list[str]:
         """One supervision pass over every child (restart what exited, with backoff)."""
         return self.group.supervise()

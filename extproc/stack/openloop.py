@@ -15,7 +15,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -131,12 +131,14 @@ def read_access_log(path: Path, since: float = 0.0, paths: Iterable[str] = ("/v1
 
 
 class OpenLoop:
-    """`rate` requests per second to `url` from a thread of its own, until `stop()`; outcomes in order."""
+    """`rate` requests per second to `url` from a thread of its own, until `stop()`; outcomes in order.
+    `body` is the same bytes every time, or a function of the request's sequence number (distinct prompts:
+    no conversation affinity between them)."""
 
     def __init__(
         self,
         url: str,
-        body: bytes,
+        body: bytes | Callable[[int], bytes],
         rate: float,
         *,
         headers: dict[str, str] | None = None,
@@ -163,10 +165,11 @@ class OpenLoop:
     def _run(self) -> None:
         asyncio.run(self._main())
 
-    async def _one(self, session: aiohttp.ClientSession) -> None:
+    async def _one(self, session: aiohttp.ClientSession, seq: int) -> None:
+        body = self.body(seq) if callable(self.body) else self.body
         t0 = time.time()
         try:
-            async with session.post(self.url, data=self.body, headers=self.headers) as r:
+            async with session.post(self.url, data=body, headers=self.headers) as r:
                 await r.read()
                 self.outcomes.append(Outcome(t0, time.time(), r.status, "", r.headers.get("x-served-by", "")))
         except asyncio.TimeoutError:
@@ -182,8 +185,10 @@ class OpenLoop:
         async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
             period = 1.0 / self.rate
             t_next = time.monotonic()
+            seq = 0
             while not self._stop.is_set():
-                t = asyncio.create_task(self._one(session))
+                t = asyncio.create_task(self._one(session, seq))
+                seq += 1
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
                 t_next += period

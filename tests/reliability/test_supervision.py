@@ -13,6 +13,7 @@ import pytest
 
 from extproc.stack.procs import ProcessGroup, RestartPolicy, free_port, port_is_free, python_argv, restart_plan
 from harness import http, wait_until
+from proctree import alive, descendants  # type: ignore[import-not-found]
 
 P = RestartPolicy(base_s=0.5, factor=2.0, max_s=4.0, stable_s=10.0)
 
@@ -63,40 +64,6 @@ def test_supervise_restarts_an_exited_child_and_leaves_others_alone(tmp_path) ->
         wait_until(lambda: not crash.alive(), 5, "second crash")
         g.supervise()
         assert "restarting in 0.1s" in g.events[-1]
-
-
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid → (parent pid, command line) from /proc."""
-    out: dict[int, tuple[int, str]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{d}/stat").read()
-            cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        out[int(d)] = (ppid, cmd)
-    return out
-
-
-def descendants(root: int) -> dict[int, str]:
-    table = _process_table()
-    found: dict[int, str] = {}
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, cmd) in table.items():
-            if ppid == parent and pid not in found:
-                found[pid] = cmd
-                frontier.append(pid)
-    return found
-
-
-def alive(pids) -> list[int]:  # type: ignore[no-untyped-def]
-    table = _process_table()
-    return [p for p in pids if p in table]
 
 
 @pytest.mark.slow
