@@ -23,7 +23,7 @@ from extproc.operator.drain import set_drained
 from extproc.stack.procs import ProcessGroup, free_port, port_open, redis_binary
 
 secret = load_script(DEPLOY / "k8s" / "redis_secret.py")
-PASSWORDS = {"gateway": "gw-pass-1", "agent": "agent-pass-1", "operator": "op-pass-1"}
+PASSWORDS = {"gateway": "gw-pass-1", "agent": "agent-pass-1", "operator": "op-pass-1", "admin": "admin-pass-1"}
 
 
 @pytest.fixture
@@ -117,3 +117,42 @@ def test_acl_file_keeps_no_plaintext_password():
     for pw in PASSWORDS.values():
         assert pw not in values["users.acl"]
         assert sum(pw in v for v in values.values()) == 1  # only in its own URL
+
+
+def test_rotation_without_downtime(acl_redis, tmp_path):
+    """docs/runbook.md's rotation: a transition ACL accepts old and new passwords, ACL LOAD applies it
+    (admin user) while clients move to the new URLs, then a final ACL drops the old ones."""
+    old, port = acl_redis
+    acl = tmp_path / "users.acl"  # the file the fixture's redis-server was started with
+    once = Retry(NoBackoff(), 0)
+
+    def ping(url: str) -> bool:
+        c = redis.Redis.from_url(url, retry=once)
+        try:
+            return bool(c.ping())
+        except redis.exceptions.AuthenticationError:
+            return False
+        finally:
+            c.close()
+
+    new_pw = {"gateway": "gw-pass-2", "agent": "agent-pass-2", "operator": "op-pass-2", "admin": "admin-pass-2"}
+    transition = secret.secret_values(f"127.0.0.1:{port}", "aigrid", new_pw, also_accept_acl=old["users.acl"])
+    acl.write_text(transition["users.acl"], encoding="utf-8")
+    admin = redis.Redis.from_url(old["admin-url"], retry=once)
+    assert admin.execute_command("ACL", "LOAD") in (b"OK", "OK", True)
+    for role in ("gateway", "agent", "operator"):
+        assert ping(old[f"{role}-url"]) and ping(transition[f"{role}-url"]), role
+    final = secret.secret_values(f"127.0.0.1:{port}", "aigrid", new_pw)
+    acl.write_text(final["users.acl"], encoding="utf-8")
+    admin2 = redis.Redis.from_url(final["admin-url"], retry=once)
+    admin2.execute_command("ACL", "LOAD")
+    for role in ("gateway", "agent", "operator", "admin"):
+        assert ping(final[f"{role}-url"]) and not ping(old[f"{role}-url"]), role
+    # Only the admin user may reload the ACL; it may touch no key.
+    gw = redis.Redis.from_url(final["gateway-url"], retry=once)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        gw.execute_command("ACL", "LOAD")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        admin2.get("aigrid:drained")
+    for c in (admin, admin2, gw):
+        c.close()
