@@ -3,6 +3,7 @@
     python deploy/k8s/redis_secret.py [--namespace aigrid] [--host aigrid-redis:6379] | kubectl apply -f -
     python deploy/k8s/redis_secret.py --out-dir DIR      # the values as files (secretGenerator input)
     python deploy/k8s/redis_secret.py --also-accept OLD_users.acl ...   # rotation: old passwords stay valid
+    python deploy/k8s/redis_secret.py --reuse DIR ...     # the passwords of DIR/*-url, nothing else accepted
 
 Keys of the Secret:
   users.acl     the Redis ACL file the bundled Redis loads (--aclfile); passwords only as SHA-256 hashes
@@ -81,6 +82,18 @@ def secret_values(host: str, prefix: str, passwords: dict[str, str] | None = Non
     return values
 
 
+def passwords_from_dir(directory: Path) -> dict[str, str]:
+    """Each role's password from the <role>-url files an --out-dir run wrote."""
+    out = {}
+    for role in ROLE_COMMANDS:
+        url = (directory / f"{role}-url").read_text(encoding="utf-8").strip()
+        creds = url.partition("://")[2].rpartition("@")[0]
+        out[role] = creds.partition(":")[2]
+        if not out[role]:
+            raise SystemExit(f"{directory / (role + '-url')}: no password in the URL")
+    return out
+
+
 def secret_manifest(values: dict[str, str], namespace: str, name: str = "aigrid-redis") -> str:
     # JSON is YAML: no YAML library needed, and kubectl reads it as is.
     return json.dumps({
@@ -101,9 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, help="write the values as files here instead of printing a Secret")
     p.add_argument("--also-accept", type=Path, metavar="USERS_ACL",
                    help="a previous users.acl: its passwords stay valid as well (first step of a rotation)")
+    p.add_argument("--reuse", type=Path, metavar="DIR",
+                   help="take the passwords from DIR/<role>-url (an --out-dir): the last step of a rotation")
     args = p.parse_args(argv)
     previous = args.also_accept.read_text(encoding="utf-8") if args.also_accept else None
-    values = secret_values(args.host, args.key_prefix, also_accept_acl=previous)
+    passwords = passwords_from_dir(args.reuse) if args.reuse else None
+    values = secret_values(args.host, args.key_prefix, passwords, also_accept_acl=previous)
     if args.out_dir:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for key, value in values.items():

@@ -142,7 +142,14 @@ def test_rotation_without_downtime(acl_redis, tmp_path):
     assert admin.execute_command("ACL", "LOAD") in (b"OK", "OK", True)
     for role in ("gateway", "agent", "operator"):
         assert ping(old[f"{role}-url"]) and ping(transition[f"{role}-url"]), role
-    final = secret.secret_values(f"127.0.0.1:{port}", "aigrid", new_pw)
+    # The last step as the runbook types it: the script, reusing the new passwords, accepting nothing else.
+    new_dir, final_dir = tmp_path / "new", tmp_path / "final"
+    new_dir.mkdir()
+    for key, value in transition.items():
+        (new_dir / key).write_text(value, encoding="utf-8")
+    assert secret.main(["--host", f"127.0.0.1:{port}", "--reuse", str(new_dir), "--out-dir", str(final_dir)]) == 0
+    final = {f.name: f.read_text(encoding="utf-8") for f in final_dir.iterdir()}
+    assert {k: v for k, v in final.items() if k.endswith("-url")} == {k: v for k, v in transition.items() if k.endswith("-url")}
     acl.write_text(final["users.acl"], encoding="utf-8")
     admin2 = redis.Redis.from_url(final["admin-url"], retry=once)
     admin2.execute_command("ACL", "LOAD")
@@ -156,3 +163,32 @@ def test_rotation_without_downtime(acl_redis, tmp_path):
         admin2.get("aigrid:drained")
     for c in (admin, admin2, gw):
         c.close()
+
+
+def test_runbook_commands_with_the_operator_url(acl_redis):
+    """The runbook's drain / status / undrain command lines, as typed, against the ACL'd Redis: the URL
+    comes from $AIGRID_REDIS_URL, the config is the Kubernetes one."""
+    import os
+    import subprocess
+    import sys
+
+    values, _ = acl_redis
+    env = {**os.environ, "AIGRID_REDIS_URL": values["operator-url"]}
+    cfg = str(DEPLOY / "k8s" / "base" / "aigrid.yaml")
+    aigrid = [sys.executable, "-m", "extproc.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*aigrid, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    r = run("site", "drain", "edge", "-c", cfg)
+    assert r.returncode == 0 and "site edge drained" in r.stdout, r.stderr
+    r = run("status", "-c", cfg)
+    assert r.returncode == 0 and "edge" in r.stdout, r.stderr
+    r = run("site", "undrain", "edge", "-c", cfg)
+    assert r.returncode == 0 and "site edge undrained" in r.stdout, r.stderr
+    # The gateway's URL may not drain.
+    env["AIGRID_REDIS_URL"] = values["gateway-url"]
+    r = run("site", "drain", "edge", "-c", cfg)
+    assert r.returncode == 1 and "no permissions" in r.stderr, r.stderr
+    # An error names the Redis it tried, never its password (the URL comes from a Secret).
+    assert "gw-pass-1" not in r.stderr + r.stdout and "gateway:***@" in r.stderr
