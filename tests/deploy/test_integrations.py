@@ -297,3 +297,18 @@ def test_envoyfilter_config_is_valid_for_envoy(tmp_path):
     extproc["typed_config"]["failure_mode_alow"] = extproc["typed_config"].pop("failure_mode_allow")
     path.write_text(yaml.safe_dump(bootstrap), encoding="utf-8")
     assert validate(path).returncode != 0
+
+
+def test_schema_files_are_the_trimmed_kinds_and_documented():
+    """deploy/schemas holds exactly the kinds trim.py keeps, and its README names each one's source."""
+    from deploytools import SCHEMAS, load_script
+
+    trim = load_script(SCHEMAS / "trim.py")
+    expected = {f"{g}/{k.lower()}_{v}.json" for (g, k), vs in trim.KINDS.items() for v in vs}
+    present = {str(p.relative_to(SCHEMAS)) for p in SCHEMAS.glob("*/*.json")}
+    assert present == expected
+    readme = (SCHEMAS / "README.md").read_text(encoding="utf-8")
+    for group in {p.split("/")[0] for p in present}:
+        assert f"`{group}/" in readme, f"README.md does not name the source of {group}"
+    for (_, kind), _ in trim.KINDS.items():
+        assert kind.lower() in readme.lower(), f"README.md does not list {kind}"

@@ -23,7 +23,7 @@ from extproc.operator.drain import set_drained
 from extproc.stack.procs import ProcessGroup, free_port, port_open, redis_binary
 
 secret = load_script(DEPLOY / "k8s" / "redis_secret.py")
-PASSWORDS = {"gateway": "gw-pass-1", "agent": "agent-pass-1", "operator": "op-pass-1"}
+PASSWORDS = {"gateway": "gw-pass-1", "agent": "agent-pass-1", "operator": "op-pass-1", "admin": "admin-pass-1"}
 
 
 @pytest.fixture
@@ -117,3 +117,78 @@ def test_acl_file_keeps_no_plaintext_password():
     for pw in PASSWORDS.values():
         assert pw not in values["users.acl"]
         assert sum(pw in v for v in values.values()) == 1  # only in its own URL
+
+
+def test_rotation_without_downtime(acl_redis, tmp_path):
+    """docs/runbook.md's rotation: a transition ACL accepts old and new passwords, ACL LOAD applies it
+    (admin user) while clients move to the new URLs, then a final ACL drops the old ones."""
+    old, port = acl_redis
+    acl = tmp_path / "users.acl"  # the file the fixture's redis-server was started with
+    once = Retry(NoBackoff(), 0)
+
+    def ping(url: str) -> bool:
+        c = redis.Redis.from_url(url, retry=once)
+        try:
+            return bool(c.ping())
+        except redis.exceptions.AuthenticationError:
+            return False
+        finally:
+            c.close()
+
+    new_pw = {"gateway": "gw-pass-2", "agent": "agent-pass-2", "operator": "op-pass-2", "admin": "admin-pass-2"}
+    transition = secret.secret_values(f"127.0.0.1:{port}", "aigrid", new_pw, also_accept_acl=old["users.acl"])
+    acl.write_text(transition["users.acl"], encoding="utf-8")
+    admin = redis.Redis.from_url(old["admin-url"], retry=once)
+    assert admin.execute_command("ACL", "LOAD") in (b"OK", "OK", True)
+    for role in ("gateway", "agent", "operator"):
+        assert ping(old[f"{role}-url"]) and ping(transition[f"{role}-url"]), role
+    # The last step as the runbook types it: the script, reusing the new passwords, accepting nothing else.
+    new_dir, final_dir = tmp_path / "new", tmp_path / "final"
+    new_dir.mkdir()
+    for key, value in transition.items():
+        (new_dir / key).write_text(value, encoding="utf-8")
+    assert secret.main(["--host", f"127.0.0.1:{port}", "--reuse", str(new_dir), "--out-dir", str(final_dir)]) == 0
+    final = {f.name: f.read_text(encoding="utf-8") for f in final_dir.iterdir()}
+    assert {k: v for k, v in final.items() if k.endswith("-url")} == {k: v for k, v in transition.items() if k.endswith("-url")}
+    acl.write_text(final["users.acl"], encoding="utf-8")
+    admin2 = redis.Redis.from_url(final["admin-url"], retry=once)
+    admin2.execute_command("ACL", "LOAD")
+    for role in ("gateway", "agent", "operator", "admin"):
+        assert ping(final[f"{role}-url"]) and not ping(old[f"{role}-url"]), role
+    # Only the admin user may reload the ACL; it may touch no key.
+    gw = redis.Redis.from_url(final["gateway-url"], retry=once)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        gw.execute_command("ACL", "LOAD")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        admin2.get("aigrid:drained")
+    for c in (admin, admin2, gw):
+        c.close()
+
+
+def test_runbook_commands_with_the_operator_url(acl_redis):
+    """The runbook's drain / status / undrain command lines, as typed, against the ACL'd Redis: the URL
+    comes from $AIGRID_REDIS_URL, the config is the Kubernetes one."""
+    import os
+    import subprocess
+    import sys
+
+    values, _ = acl_redis
+    env = {**os.environ, "AIGRID_REDIS_URL": values["operator-url"]}
+    cfg = str(DEPLOY / "k8s" / "base" / "aigrid.yaml")
+    aigrid = [sys.executable, "-m", "extproc.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*aigrid, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    r = run("site", "drain", "edge", "-c", cfg)
+    assert r.returncode == 0 and "site edge drained" in r.stdout, r.stderr
+    r = run("status", "-c", cfg)
+    assert r.returncode == 0 and "edge" in r.stdout, r.stderr
+    r = run("site", "undrain", "edge", "-c", cfg)
+    assert r.returncode == 0 and "site edge undrained" in r.stdout, r.stderr
+    # The gateway's URL may not drain.
+    env["AIGRID_REDIS_URL"] = values["gateway-url"]
+    r = run("site", "drain", "edge", "-c", cfg)
+    assert r.returncode == 1 and "no permissions" in r.stderr, r.stderr
+    # An error names the Redis it tried, never its password (the URL comes from a Secret).
+    assert "gw-pass-1" not in r.stderr + r.stdout and "gateway:***@" in r.stderr
