@@ -1,13 +1,16 @@
 """The response side's cost, measured against baselines in the same run, through real Envoy.
 
 1. CPU per request with usage accounting on vs off. Simulated sites (`aigrid sim`, every answer exactly
-   `--tokens` tokens), a fixed mix of non-stream and streamed requests, closed loop. Four gateways (each
+   `--tokens` tokens), a fixed mix of non-stream and streamed requests, closed loop. Five gateways (each
    `aigrid serve` + its own Envoy) driven in alternating rounds:
-     off         - routing only (observability.usage false);
-     access_log  - usage via Envoy: Lua reads the response tail, the gRPC access log streams entries (default);
-     ext_proc    - usage via a second ext_proc filter in observability mode (Envoy sends every chunk, never waits);
-     blocking    - access_log + usage asked for on the clients' behalf and stripped: the routing filter takes
-                   every response chunk of those streams in a blocking STREAMED round trip.
+     off                - routing only (observability.usage false);
+     access_log         - usage via Envoy: Lua reads the response tail, the gRPC access log streams
+                          entries to the gateway, batched (the default usage_via);
+     access_log+inject  - the same, and streams that did not ask for usage are asked; Lua strips the chunk;
+     ext_proc           - usage via a second ext_proc filter in observability mode (every chunk is a gRPC
+                          message to the gateway; Envoy never waits on it);
+     ext_proc+inject    - the same, and the routing filter strips in a blocking STREAMED round trip per chunk.
+   Clients of the +inject gateways stream without include_usage; the others ask for it themselves.
    Figures: `aigrid serve` user+system CPU (from /proc) per request, and serve+Envoy together.
 2. Latency the gateway adds: an instant upstream (the stand-in), a fixed open-loop rate; the same Envoy
    config with the ext_proc filter (routing only), with routing + the observing filter, and with no ext_proc
@@ -157,8 +160,9 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
         configs = {
             "off": {},
             "access_log": {"observability": {"usage": True}},
+            "access_log+inject": {"observability": {"usage": True, "inject_stream_usage": True}},
             "ext_proc": {"observability": {"usage": True, "usage_via": "ext_proc"}},
-            "blocking": {"observability": {"usage": True, "inject_stream_usage": True}},
+            "ext_proc+inject": {"observability": {"usage": True, "usage_via": "ext_proc", "inject_stream_usage": True}},
         }
         gws = {k: st.add_gateway(extra=v, strategy="least_loaded") for k, v in configs.items()}
         for gw in gws.values():
@@ -166,9 +170,11 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
         st.publish_idle(*gws.values())
         for site in st.sites:
             st.publish_load(site, kv=0.05, ttl_ms=3_600_000)
-        work = {k: bodies(args.requests, args.tokens, usage_by_client=(k != "blocking")) for k in configs}
+        work = {k: bodies(args.requests, args.tokens, usage_by_client=not k.endswith("+inject")) for k in configs}
         for k, gw in gws.items():  # warm-up
             asyncio.run(closed_loop(gw.url("/v1/chat/completions"), work[k][:40], args.concurrency))
+        # Ratios are also taken per round against that round's "off" (the configurations of one round run
+        # back to back), so slow drifts in the shared machine's load cancel out.
         serve_us: dict[str, list[float]] = {k: [] for k in configs}
         total_us: dict[str, list[float]] = {k: [] for k in configs}
         for rnd in range(args.rounds):
@@ -183,7 +189,7 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
                     log(f"  {k}: only {ok}/{args.requests} ok")
                 serve_us[k].append((s1 - s0) / max(1, ok) * 1e6)
                 total_us[k].append((s1 - s0 + e1 - e0) / max(1, ok) * 1e6)
-                log(f"  cpu round {rnd + 1} {k:10s}: serve {serve_us[k][-1]:6.0f} µs/req, serve+envoy {total_us[k][-1]:6.0f} µs/req, {ok / wall:5.1f} req/s")
+                log(f"  cpu round {rnd + 1} {k:17s}: serve {serve_us[k][-1]:6.0f} µs/req, serve+envoy {total_us[k][-1]:6.0f} µs/req, {ok / wall:5.1f} req/s")
         med_s = {k: statistics.median(v) for k, v in serve_us.items()}
         med_t = {k: statistics.median(v) for k, v in total_us.items()}
         return {
@@ -194,6 +200,12 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
             "serve_plus_envoy_cpu_us_per_request": med_t,
             "ratio_serve_vs_off": {k: med_s[k] / med_s["off"] for k in configs if k != "off"},
             "ratio_serve_plus_envoy_vs_off": {k: med_t[k] / med_t["off"] for k in configs if k != "off"},
+            "paired_ratio_serve_vs_off": {
+                k: statistics.median(a / b for a, b in zip(serve_us[k], serve_us["off"])) for k in configs if k != "off"
+            },
+            "paired_ratio_serve_plus_envoy_vs_off": {
+                k: statistics.median(a / b for a, b in zip(total_us[k], total_us["off"])) for k in configs if k != "off"
+            },
         }
     finally:
         st.group.stop_all()
@@ -224,6 +236,18 @@ def latency_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ig
                 xs, bad = asyncio.run(open_loop(url, body, args.rate, args.seconds))
                 lat[k].extend(xs)
                 log(f"  latency round {rnd + 1} {k:16s}: p50 {pct(xs, 0.5):6.2f} ms  p99 {pct(xs, 0.99):6.2f} ms  ({len(xs)} req, {bad} not 200)")
+        # Where the routing path's time goes: the processor's own time per ext_proc message, by phase.
+        text = routing.metrics()
+        phase_us = {}
+        for ph in ("request_headers", "request_body"):
+            tot = cnt = 0.0
+            for line in text.splitlines():
+                if line.startswith("aigrid_processor_phase_seconds_sum") and f'phase="{ph}"' in line:
+                    tot = float(line.split()[-1])
+                elif line.startswith("aigrid_processor_phase_seconds_count") and f'phase="{ph}"' in line:
+                    cnt = float(line.split()[-1])
+            phase_us[ph] = tot / cnt * 1e6 if cnt else None
+        log(f"  processor time per message (routing gateway, mean): {phase_us}")
         p50 = {k: pct(v, 0.5) for k, v in lat.items()}
         p99 = {k: pct(v, 0.99) for k, v in lat.items()}
         base = "no ext_proc"
@@ -234,6 +258,7 @@ def latency_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ig
             "p99_ms": p99,
             "added_p50_ms_routing": p50["routing"] - p50[base],
             "added_p99_ms_routing": p99["routing"] - p99[base],
+            "processor_us_per_message_routing": phase_us,
             "added_p50_ms_routing_usage": p50["routing+usage"] - p50[base],
             "added_p99_ms_routing_usage": p99["routing+usage"] - p99[base],
         }

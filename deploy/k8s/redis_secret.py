@@ -45,7 +45,7 @@ def role_keys(role: str, prefix: str) -> tuple[list[str], list[str]]:
     if role == "agent":
         return [f"{prefix}:report:*"], [f"{prefix}:reports"]
     if role == "gateway":
-        return [f"{prefix}:*"], [f"{prefix}:reports", f"{prefix}:control"]
+        return [f"{prefix}:*"], [f"{prefix}:reports", f"{prefix}:control", f"{prefix}:inflight"]
     return [f"{prefix}:*"], [f"{prefix}:control", f"{prefix}:reports"]
 
 
@@ -57,6 +57,10 @@ def acl_line(role: str, password: str, prefix: str, also_accept: tuple[str, ...]
     parts = ["user", role, "on", *(f"#{h}" for h in hashes), "resetkeys", "resetchannels"]
     parts += [f"~{k}" for k in keys] + [f"&{c}" for c in channels]
     parts += ["-@all"] + [f"+{c}" for c in ROLE_COMMANDS[role]]
+    if role == "gateway":
+        # Gateway replicas exchange in-flight counts (extproc/server/peers.py): a Redis 7 selector lets
+        # them PUBLISH on that one channel only, never on the reports or control channels.
+        parts.append(f"(&{prefix}:inflight -@all +publish)")
     return " ".join(parts)
 
 

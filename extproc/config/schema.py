@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from extproc.compression.settings import CompressionSettings
 from extproc.contract import SITE_NAME
 from extproc.trust.settings import ClientTls, ServerTls, TrustSettings
+from extproc.observe.settings import ObservabilitySettings
 
 HostPort = Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]
 
@@ -211,42 +212,6 @@ class EnvoySettings(_Strict):
     listener_tls: ServerTls | None = None
     # TLS (mutual, with cert_path/key_path) from Envoy to the ext_proc server; pairs with gateway.tls.
     extproc_tls: ClientTls | None = None
-
-
-ClientHeader = Literal["site", "decision", "compression", "overhead"]
-
-
-class ObservabilitySettings(_Strict):
-    """The response side and what the client may see (see docs/observability.md)."""
-
-    # A second ext_proc filter in observability mode ("send and go": never waits on the processor) gives
-    # the gateway every response: token usage, TTFT, durations per site, model and SLA class.
-    usage: bool = False
-    # How the response reaches the gateway. "access_log": a Lua filter in Envoy reads usage from the
-    # response's tail into dynamic metadata, and Envoy's gRPC access log streams one entry per request to
-    # `aigrid serve`, batched (timings are Envoy's own). "ext_proc": a second ext_proc filter in
-    # observability mode sends every response chunk to the gateway (costs a gRPC message per chunk).
-    usage_via: Literal["access_log", "ext_proc"] = "access_log"
-    # For streams that did not ask for usage (no stream_options.include_usage), ask for it and strip the
-    # extra usage chunk before the client sees it. Costs a blocking ext_proc round trip at the response
-    # headers of inspected requests and one per chunk of those streams; needs `usage`.
-    inject_stream_usage: bool = False
-    # Decision headers copied onto responses to the client. Off by default: an untrusted listener should
-    # not learn site names, load or the gateway's reasons.
-    client_headers: list[ClientHeader] = Field(default_factory=list)
-    # Distinct request-model label values before the rest share "_OTHER" (the model string is client input).
-    max_model_labels: int = Field(default=32, ge=1, le=1000)
-    # OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces): one span per decision. Needs the
-    # `otel` extra (opentelemetry-sdk); empty disables.
-    otlp_traces_endpoint: str = ""
-
-    @model_validator(mode="after")
-    def _needs_usage(self) -> "ObservabilitySettings":
-        if self.inject_stream_usage and not self.usage:
-            raise ValueError("inject_stream_usage needs usage: true (usage is counted on the response side)")
-        if len(set(self.client_headers)) != len(self.client_headers):
-            raise ValueError("client_headers: each header at most once")
-        return self
 
 
 class GatewayConfig(_Strict):

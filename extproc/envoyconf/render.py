@@ -24,9 +24,7 @@ import yaml
 from extproc.config.schema import GatewayConfig, SiteConfig
 from extproc.contract import DECISION_HEADER, SITE_HEADER
 from extproc.envoyconf import tls, trust
-from extproc.envoyconf.usage_lua import NAMESPACE as USAGE_NS
-from extproc.envoyconf.usage_lua import SOURCE as USAGE_LUA
-from extproc.observe.request import OBS_HEADER
+from extproc.envoyconf.observe import apply_observability
 
 EXTPROC_CLUSTER = "aigrid_extproc"
 HCM_STAT_PREFIX = "aigrid"
@@ -204,17 +202,14 @@ def _routes(cfg: GatewayConfig) -> list[dict[str, Any]]:
 
 
 def _ext_proc_filter(cfg: GatewayConfig) -> dict[str, Any]:
-    f = _routing_filter(cfg)
+    f = _ext_proc_filter_base(cfg)
     metadata = trust.ext_proc_metadata_options(cfg)
-    if cfg.envoy.access_log:
-        # The processor writes model and estimated prompt tokens under "aigrid" for the access log.
-        metadata = {**(metadata or {}), "receiving_namespaces": {"untyped": ["aigrid"]}}
     if metadata is not None:
         f["typed_config"]["metadata_options"] = metadata
     return f
 
 
-def _routing_filter(cfg: GatewayConfig) -> dict[str, Any]:
+def _ext_proc_filter_base(cfg: GatewayConfig) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -239,100 +234,6 @@ def _routing_filter(cfg: GatewayConfig) -> dict[str, Any]:
             },
         },
     }
-
-
-OBSERVE_STAT_PREFIX = "aigrid_observe"
-# Request headers the gateway sets (the client must never supply them: they reach the observer, the
-# access log and, when configured, the client's response headers).
-OBSERVE_HEADERS = ("x-aigrid-obs", "x-aigrid-compression", "x-aigrid-overhead-ms")
-# client_headers entry → (response header, request header it is copied from).
-CLIENT_HEADERS = {
-    "site": ("x-aigrid-site", SITE_HEADER),
-    "decision": ("x-aigrid-decision", DECISION_HEADER),
-    "compression": ("x-aigrid-compression", "x-aigrid-compression"),
-    "overhead": ("x-aigrid-overhead-ms", "x-aigrid-overhead-ms"),
-}
-
-
-def _observe_filter(cfg: GatewayConfig) -> dict[str, Any]:
-    """The second ext_proc filter: observability mode ("send and go"), so the response reaches the client
-    without waiting on the processor. It sees request headers (after the routing filter set them) and the
-    response; in the response direction it runs before the routing filter, so it sees the upstream's bytes
-    even where the routing filter strips a usage chunk."""
-    return {
-        "name": "aigrid.observe",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
-            "failure_mode_allow": True,
-            "observability_mode": True,
-            "stat_prefix": OBSERVE_STAT_PREFIX,
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "request_body_mode": "NONE",
-                "request_trailer_mode": "SKIP",
-                "response_header_mode": "SEND",
-                "response_body_mode": "STREAMED",
-                "response_trailer_mode": "SKIP",
-            },
-        },
-    }
-
-
-def _usage_lua_filter() -> dict[str, Any]:
-    """Reads token usage from the response's tail inside Envoy (see usage_lua.py); after the routing
-    filter, so in the response direction it sees the upstream's bytes first."""
-    return {
-        "name": "envoy.filters.http.lua",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": USAGE_LUA},
-        },
-    }
-
-
-def _usage_access_log() -> dict[str, Any]:
-    """One entry per request to `aigrid serve`'s AccessLogService, batched: usage (dynamic metadata from
-    the Lua filter), Envoy's timings, and the request headers the gateway set."""
-    return {
-        "name": "envoy.access_loggers.http_grpc",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
-            "common_config": {
-                "log_name": "aigrid_usage",
-                "transport_api_version": "V3",
-                "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
-                # Few messages for many requests; metrics lag by at most this.
-                "buffer_flush_interval": "0.25s",
-                "buffer_size_bytes": 65536,
-            },
-            "additional_request_headers_to_log": [OBS_HEADER, SITE_HEADER, "x-aigrid-compression"],
-        },
-    }
-
-
-def _usage_filters(cfg: GatewayConfig) -> list[dict[str, Any]]:
-    o = cfg.observability
-    if not o.usage:
-        return []
-    return [_usage_lua_filter()] if o.usage_via == "access_log" else [_observe_filter(cfg)]
-
-
-def _observe_removals(cfg: GatewayConfig) -> list[dict[str, str]]:
-    o = cfg.observability
-    if not (o.usage or o.client_headers):
-        return []
-    return [{"remove": h} for h in OBSERVE_HEADERS]
-
-
-def _client_headers(cfg: GatewayConfig) -> list[dict[str, Any]]:
-    """Decision headers for the client, copied from the request headers the processor set (no processor
-    round trip on the response path). An absent request header adds nothing."""
-    out = []
-    for key in cfg.observability.client_headers:
-        resp_name, req_name = CLIENT_HEADERS[key]
-        out.append({"header": {"key": resp_name, "value": f"%REQ({req_name})%"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})
-    return out
 
 
 def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
@@ -364,36 +265,25 @@ def _hcm(cfg: GatewayConfig, *, trusted_peer: bool) -> dict[str, Any]:
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": [{"remove": h} for h in stripped] + _observe_removals(cfg),
+                    "mutations": [{"remove": h} for h in stripped],
                 },
             }
         ],
         "route_config": {
             "name": "aigrid_routes",
-            "virtual_hosts": [
-                {
-                    "name": "aigrid",
-                    "domains": ["*"],
-                    "routes": _routes(cfg),
-                    **({"response_headers_to_add": _client_headers(cfg)} if cfg.observability.client_headers else {}),
-                }
-            ],
+            "virtual_hosts": [{"name": "aigrid", "domains": ["*"], "routes": _routes(cfg)}],
         },
         "http_filters": [
             *([jwt] if jwt else []),
             _ext_proc_filter(cfg),
-            *_usage_filters(cfg),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
             },
         ],
     }
-    logs: list[dict[str, Any]] = []
-    if cfg.observability.usage and cfg.observability.usage_via == "access_log":
-        logs.append(_usage_access_log())
     if e.access_log:
-        logs += [
+        hcm["access_log"] = [
             {
                 "name": "envoy.access_loggers.stdout",
                 "typed_config": {
@@ -408,21 +298,12 @@ def _hcm(cfg: GatewayConfig, *, trusted_peer: bool) -> dict[str, Any]:
                             "cluster": "%UPSTREAM_CLUSTER%",
                             "duration_ms": "%DURATION%",
                             "flags": "%RESPONSE_FLAGS%",
-                            "request_id": "%REQ(X-REQUEST-ID)%",
-                            "decision": f"%REQ({DECISION_HEADER})%",
-                            "model": "%DYNAMIC_METADATA(aigrid:model)%",
-                            "prompt_tokens_est": "%DYNAMIC_METADATA(aigrid:prompt_tokens_est)%",
-                            "compression": "%REQ(x-aigrid-compression)%",
-                            "bytes_sent": "%BYTES_SENT%",
-                            "prompt_tokens": f"%DYNAMIC_METADATA({USAGE_NS}:prompt_tokens)%",
-                            "completion_tokens": f"%DYNAMIC_METADATA({USAGE_NS}:completion_tokens)%",
                         }
                     },
                 },
             }
         ]
-    if logs:
-        hcm["access_log"] = logs
+    apply_observability(hcm, cfg, EXTPROC_CLUSTER)
     return hcm
 
 

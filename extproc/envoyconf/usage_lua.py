@@ -67,6 +67,16 @@ local function strip_usage(buf)
   return table.concat(out), string.sub(buf, i), cut
 end
 
+-- One chunk of a stream being stripped: what to pass on now, what to hold for the next chunk.
+function aigrid_strip_step(pending, bytes)
+  local kept, rest, cut = strip_usage(pending .. bytes)
+  if #rest > MAX_PENDING then kept, rest = kept .. rest, "" end
+  return kept, rest, cut
+end
+
+-- The usage in a response tail: prompt and completion token counts (strings), or nils.
+aigrid_last_usage = last_usage
+
 function envoy_on_request(handle)
   -- The routing filter asked this stream for usage on the client's behalf: strip it on the way back.
   local v = handle:headers():get("%(obs)s")
@@ -83,24 +93,33 @@ function envoy_on_response(handle)
     strip = string.find(ct, "text/event-stream", 1, true) ~= nil
   end
   local tail, pending, cut = "", "", 0
+  local parts, first, last, size = {}, 1, 0, 0
   for chunk in handle:bodyChunks() do
     local n = chunk:length()
     if strip and (n > 0 or #pending > 0) then
       -- Only complete events go on; an event split across chunks goes out whole with the next one.
-      local buf = pending .. chunk:getBytes(0, n)
-      local kept, rest, k = strip_usage(buf)
-      if #rest > MAX_PENDING then kept, rest = kept .. rest, "" end
-      pending = rest
+      local bytes = chunk:getBytes(0, n)
+      local kept, k
+      kept, pending, k = aigrid_strip_step(pending, bytes)
       cut = cut + k
-      tail = string.sub(tail .. buf, -TAIL)
-      if k > 0 or #kept ~= n then chunk:setBytes(kept) end
+      tail = string.sub(tail .. bytes, -TAIL)
+      if kept ~= bytes then chunk:setBytes(kept) end
     elseif n > 0 then
+      -- Keep the last pieces, not one growing string: no per-chunk copy of the whole tail.
       local start = 0
       if n > TAIL then start = n - TAIL end
-      tail = tail .. chunk:getBytes(start, n - start)
-      if #tail > TAIL then tail = string.sub(tail, -TAIL) end
+      local b = chunk:getBytes(start, n - start)
+      last = last + 1
+      parts[last] = b
+      size = size + #b
+      while size - #parts[first] >= TAIL do
+        size = size - #parts[first]
+        parts[first] = nil
+        first = first + 1
+      end
     end
   end
+  if not strip then tail = table.concat(parts, "", first, last) end
   -- Fetched again: objects from before the loop do not survive its yields.
   local md = handle:streamInfo():dynamicMetadata()
   local p, c = last_usage(tail)

@@ -125,7 +125,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
             async for req in request_iterator:
                 if req.observability_mode and observer is not None:
                     # The observing filter's stream: nothing to answer, ever.
-                    await observer.observe(req, request_iterator)
+                    try:
+                        await observer.observe(req, request_iterator)
+                    except Exception:
+                        metrics.errors.labels("observe").inc()
+                        log.exception("observer error; this response goes uncounted")
                     return
                 t_in = time.perf_counter()
                 which = req.WhichOneof("request")

@@ -100,7 +100,11 @@ def test_roles_cannot_do_each_others_writes(acl_redis):
     with pytest.raises(redis.exceptions.NoPermissionError):
         gw.publish(keys.reports_channel, b"forged")
     with pytest.raises(redis.exceptions.NoPermissionError):
+        gw.publish(keys.control_channel, b"forged")
+    with pytest.raises(redis.exceptions.NoPermissionError):
         gw.flushall()
+    # ...except its in-flight counts, on their own channel (gateway replicas exchange them).
+    assert gw.publish(keys.in_flight_channel, b'{"g": "gw", "s": {}}') == 0
     # Nobody gets in without a user (default off), and a wrong password fails.
     # (no retries: redis-py retries connection errors, and an authentication error is one)
     once = Retry(NoBackoff(), 0)

@@ -10,7 +10,32 @@ import json
 
 from aiohttp import web
 
-PIECE = 7  # bytes per write: cuts every event (and the usage chunk) several times
+# Bytes per write, in turn, for bodies: cuts every event (and the usage chunk) at shifting offsets.
+PIECES = (7, 2, 7, 5, 1, 9, 3, 4)
+
+
+def tricky_pieces(data: bytes) -> list[int]:
+    """Piece sizes for a stream being stripped where, as often as possible, the bytes passed on for a
+    piece have the piece's own length but not its content (bytes held from the previous piece plus
+    part of this one): a strip that compared lengths instead of bytes would lose or repeat data."""
+    from extproc.observe.usage import SseUsageScanner  # noqa: PLC0415 (test helper, same rule as Lua)
+
+    pieces: list[int] = []
+    pos = 0
+    sc = SseUsageScanner(strip=True)
+    while pos < len(data):
+        chosen = 7
+        for n in range(1, 400):
+            probe = SseUsageScanner(strip=True)
+            probe._pending = sc._pending  # same held bytes as the real scanner
+            out = probe.feed(data[pos : pos + n])
+            if len(out) == n and out != data[pos : pos + n]:
+                chosen = n
+                break
+        sc.feed(data[pos : pos + chosen])
+        pieces.append(chosen)
+        pos += chosen
+    return pieces
 PROMPT, COMPLETION = 23, 5
 
 
@@ -41,9 +66,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"content-type": "text/event-stream" if stream else "application/json"})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
-    for i in range(0, len(data), PIECE):
-        await resp.write(data[i : i + PIECE])
+    sizes = tricky_pieces(data) if stream else PIECES
+    i = k = 0
+    while i < len(data):
+        n = sizes[k % len(sizes)]
+        await resp.write(data[i : i + n])
         await asyncio.sleep(0.002)
+        i, k = i + n, k + 1
     await resp.write_eof()
     return resp
 
