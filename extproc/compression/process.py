@@ -32,6 +32,9 @@ def _child_main(conn: Connection, path: str | None, kwargs: dict[str, Any]) -> N
 
     force_offline()
     install_tiktoken_cache()
+    from extproc.trust import redact  # noqa: PLC0415
+
+    redact.install()  # this process logs through logging's last-resort handler: no request text there either
     try:
         from extproc.compression.worker import BatchingCompressor  # noqa: PLC0415
 

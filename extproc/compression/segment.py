@@ -402,6 +402,8 @@ def segment(path: str, body: Mapping[str, Any], opts: SegmentOptions = SegmentOp
                 if not isinstance(m, dict):
                     continue
                 role = m.get("role")
+                if not isinstance(role, str):  # hostile input (a list, an object): kept as it is
+                    role = None
                 texts = _text_slots(m.get("content"), ("messages", i, "content"))
                 for k, (p, t) in enumerate(texts):
                     if role not in _CONTEXT_ROLES:

@@ -19,7 +19,7 @@ from extproc.config.schema import GatewayConfig
 from extproc.envoyconf.usage_lua import NAMESPACE as USAGE_NS
 from extproc.envoyconf.usage_lua import SOURCE as USAGE_LUA
 from extproc.observe.request import OBS_HEADER
-from extproc.server.gateway import DECISION_HEADER, SITE_HEADER
+from extproc.contract import DECISION_HEADER, SITE_HEADER
 
 OBSERVE_STAT_PREFIX = "aigrid_observe"
 COMPRESSION_HEADER = "x-aigrid-compression"
@@ -128,7 +128,8 @@ def apply_observability(hcm: dict[str, Any], cfg: GatewayConfig, cluster: str) -
             logs.append(usage_access_log(cluster))
     if cfg.envoy.access_log:
         # The processor's model and prompt estimate arrive as dynamic metadata: let them in.
-        routing["typed_config"]["metadata_options"] = {"receiving_namespaces": {"untyped": ["aigrid"]}}
+        # (Merged into what the trust settings may have set there: JWT claims forwarded to the processor.)
+        routing["typed_config"].setdefault("metadata_options", {})["receiving_namespaces"] = {"untyped": ["aigrid"]}
         for log in hcm.get("access_log", []):
             fmt = log["typed_config"].get("log_format", {}).get("json_format")
             if fmt is not None:

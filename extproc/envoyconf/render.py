@@ -22,8 +22,9 @@ from typing import Any
 import yaml
 
 from extproc.config.schema import GatewayConfig, SiteConfig
+from extproc.contract import DECISION_HEADER, SITE_HEADER
+from extproc.envoyconf import tls, trust
 from extproc.envoyconf.observe import apply_observability
-from extproc.server.gateway import DECISION_HEADER, SITE_HEADER
 
 EXTPROC_CLUSTER = "aigrid_extproc"
 HCM_STAT_PREFIX = "aigrid"
@@ -61,6 +62,13 @@ def _endpoints(cluster: str, hostports: list[str]) -> dict[str, Any]:
 
 
 def _site_cluster(site: SiteConfig, cfg: GatewayConfig) -> dict[str, Any]:
+    c = _site_cluster_base(site, cfg)
+    if site.tls is not None:
+        c["transport_socket"] = tls.upstream(site.tls, _split_hostport(site.endpoints[0])[0])
+    return c
+
+
+def _site_cluster_base(site: SiteConfig, cfg: GatewayConfig) -> dict[str, Any]:
     e = cfg.envoy
     hosts = [_split_hostport(hp)[0] for hp in site.endpoints]
     interval = _duration(e.health_check_interval_ms / 1000)
@@ -123,6 +131,14 @@ def _aggregate_cluster(site: SiteConfig, cfg: GatewayConfig) -> dict[str, Any]:
 
 
 def _extproc_cluster(cfg: GatewayConfig) -> dict[str, Any]:
+    c = _extproc_cluster_base(cfg)
+    if cfg.envoy.extproc_tls is not None:
+        host = _split_hostport(cfg.envoy.extproc_address or cfg.gateway.listen)[0]
+        c["transport_socket"] = tls.upstream(cfg.envoy.extproc_tls, host, alpn=["h2"])
+    return c
+
+
+def _extproc_cluster_base(cfg: GatewayConfig) -> dict[str, Any]:
     host, port = _split_hostport(cfg.envoy.extproc_address or cfg.gateway.listen)
     if host in ("0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
@@ -186,6 +202,14 @@ def _routes(cfg: GatewayConfig) -> list[dict[str, Any]]:
 
 
 def _ext_proc_filter(cfg: GatewayConfig) -> dict[str, Any]:
+    f = _ext_proc_filter_base(cfg)
+    metadata = trust.ext_proc_metadata_options(cfg)
+    if metadata is not None:
+        f["typed_config"]["metadata_options"] = metadata
+    return f
+
+
+def _ext_proc_filter_base(cfg: GatewayConfig) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -213,7 +237,25 @@ def _ext_proc_filter(cfg: GatewayConfig) -> dict[str, Any]:
 
 
 def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
+    chains = [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": _hcm(cfg, trusted_peer=False)}]}]
+    ranges = trust.front_proxy_ranges(cfg)
+    if ranges:
+        # The trusted front proxies' own chain (matched first, by source address): it keeps the header
+        # that carries their SLA class; every other peer gets the chain that strips it.
+        chains.insert(0, {
+            "filter_chain_match": {"source_prefix_ranges": ranges},
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": _hcm(cfg, trusted_peer=True)}],
+        })
+    if cfg.envoy.listener_tls is not None:
+        for chain in chains:
+            chain["transport_socket"] = tls.downstream(cfg.envoy.listener_tls)
+    return _bootstrap(cfg, chains)
+
+
+def _hcm(cfg: GatewayConfig, *, trusted_peer: bool) -> dict[str, Any]:
     e = cfg.envoy
+    jwt = trust.jwt_filter(cfg)
+    stripped = trust.stripped_headers(cfg, [SITE_HEADER, DECISION_HEADER], trusted_peer=trusted_peer)
     hcm: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": HCM_STAT_PREFIX,
@@ -223,7 +265,7 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": [{"remove": SITE_HEADER}, {"remove": DECISION_HEADER}],
+                    "mutations": [{"remove": h} for h in stripped],
                 },
             }
         ],
@@ -232,6 +274,7 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
             "virtual_hosts": [{"name": "aigrid", "domains": ["*"], "routes": _routes(cfg)}],
         },
         "http_filters": [
+            *([jwt] if jwt else []),
             _ext_proc_filter(cfg),
             {
                 "name": "envoy.filters.http.router",
@@ -261,6 +304,11 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
             }
         ]
     apply_observability(hcm, cfg, EXTPROC_CLUSTER)
+    return hcm
+
+
+def _bootstrap(cfg: GatewayConfig, chains: list[dict[str, Any]]) -> dict[str, Any]:
+    e = cfg.envoy
     return {
         "admin": {"address": {"socket_address": {"address": e.admin_address, "port_value": e.admin_port}}},
         "static_resources": {
@@ -270,13 +318,7 @@ def render_envoy_config(cfg: GatewayConfig) -> dict[str, Any]:
                     "address": {"socket_address": {"address": e.listen_address, "port_value": e.listen_port}},
                     # BUFFERED bodies are bounded by this (default 1 MiB → 413 before ext_proc sees them).
                     "per_connection_buffer_limit_bytes": cfg.gateway.max_body_bytes,
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                            ]
-                        }
-                    ],
+                    "filter_chains": chains,
                 }
             ],
             "clusters": [

@@ -7,6 +7,8 @@ import asyncio
 import gc
 import logging
 import signal
+import uuid
+import threading
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -14,9 +16,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from extproc.config.schema import GatewayConfig
+from extproc.loadmap.peers import PeerTable
 from extproc.loadmap.reader import LoadMapReader
 from extproc.rewrite import BodyRewriter
 from extproc.server.gateway import Gateway
+from extproc.server.peers import InFlightPublisher
 from extproc.server.metrics import GatewayMetrics, LoadMapCollector
 from extproc.server.observer import ResponseObserver
 from extproc.server.processor import ExternalProcessor
@@ -38,6 +42,58 @@ def build_rewriter(config: GatewayConfig, metrics: GatewayMetrics) -> BodyRewrit
     return build_compression_rewriter(config, registry=metrics.registry)
 
 
+def _add_port(server: grpc.aio.Server, config: GatewayConfig) -> int:
+    """The ext_proc port: TLS (mutual with gateway.tls.client_ca_path) when configured, else plain, which
+    the default loopback address keeps off the network."""
+    t = config.gateway.tls
+    if t is None:
+        return server.add_insecure_port(config.gateway.listen)
+    with open(t.key_path, "rb") as f:
+        key = f.read()
+    with open(t.cert_path, "rb") as f:
+        cert = f.read()
+    ca = None
+    if t.client_ca_path:
+        with open(t.client_ca_path, "rb") as f:
+            ca = f.read()
+    creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+    return server.add_secure_port(config.gateway.listen, creds)
+
+
+class _MetricsHttp:
+    """The Prometheus endpoint. During a rolling restart the old process still holds the port (gRPC shares
+    its own port through SO_REUSEPORT; the metrics server does not): the new one then binds in the
+    background as soon as the port is free, instead of refusing to start."""
+
+    def __init__(self, listen: str, metrics: GatewayMetrics) -> None:
+        host, _, port = listen.rpartition(":")
+        self._addr, self._port, self._registry = host or "0.0.0.0", int(port), metrics.registry
+        self._httpd = None
+        self._closed = threading.Event()
+        if not self._try_bind():
+            log.warning("metrics port %s busy (a rolling restart?); binding it once it is free", listen)
+            threading.Thread(target=self._retry, name="aigrid-metrics-bind", daemon=True).start()
+
+    def _try_bind(self) -> bool:
+        try:
+            self._httpd, _ = start_http_server(self._port, addr=self._addr, registry=self._registry)
+        except OSError:
+            return False
+        return True
+
+    def _retry(self) -> None:
+        while not self._closed.wait(0.2):
+            if self._try_bind():
+                log.info("metrics listening on %s:%d", self._addr, self._port)
+                return
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+
 async def serve(
     config: GatewayConfig,
     *,
@@ -54,11 +110,32 @@ async def serve(
         if gw is not None:
             gw.on_snapshot(snap)
 
-    reader = LoadMapReader(config.redis, on_change=on_change)
+    publish_s = config.gateway.in_flight_publish_ms / 1000.0
+    gateway_id = config.gateway.id or uuid.uuid4().hex[:12]
+    peers = PeerTable(gateway_id, peer_ttl_s=max(1.0, 4 * publish_s)) if publish_s > 0 else None
+
+    def on_peers(totals: dict[str, int]) -> None:
+        gw = holder.get("gw")
+        if gw is not None:
+            gw.router.set_peer_in_flight(totals)
+
+    reader = LoadMapReader(config.redis, on_change=on_change, peers=peers, on_peers=on_peers)
     if rewriter is None:
         rewriter = build_rewriter(config, metrics)
     gw = Gateway(config, lambda: reader.snapshot, rewriter=rewriter, metrics=metrics)
     holder["gw"] = gw
+    publisher = None
+    if peers is not None:
+        def on_tick() -> None:
+            # Silent peers expire here too, and the gauges follow both sides.
+            totals = reader.peer_totals()
+            gw.router.set_peer_in_flight(totals)
+            own = gw.router.sent_since_report
+            for s in config.sites:
+                metrics.site_in_flight.labels(s.name, "self").set(own.get(s.name, 0))
+                metrics.site_in_flight.labels(s.name, "peers").set(totals.get(s.name, 0))
+
+        publisher = InFlightPublisher(config.redis, gateway_id, lambda: gw.router.sent_since_report, publish_s, on_tick=on_tick)
     metrics.registry.register(
         LoadMapCollector(
             lambda: (reader.reports_accepted, reader.reports_rejected), lambda: reader.snapshot,
@@ -91,16 +168,15 @@ async def serve(
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogReceiver(observer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(config.gateway.listen)
+    port = _add_port(server, config)
     if port == 0:
         raise OSError(f"cannot listen on {config.gateway.listen}")
 
-    httpd = None
-    if config.gateway.metrics_listen:
-        host, _, mport = config.gateway.metrics_listen.rpartition(":")
-        httpd, _thread = start_http_server(int(mport), addr=host or "0.0.0.0", registry=metrics.registry)
+    metrics_http = _MetricsHttp(config.gateway.metrics_listen, metrics) if config.gateway.metrics_listen else None
 
     reader.start()
+    if publisher is not None:
+        publisher.start()
     probe = None
     if config.gateway.rtt_probe_interval_s > 0:
         from extproc.loadmap.rtt import RttProbe  # noqa: PLC0415
@@ -138,10 +214,11 @@ async def serve(
         await server.stop(config.gateway.drain_grace_s)
         if probe is not None:
             await probe.stop()
+        if publisher is not None:
+            await publisher.stop()
         await reader.stop()
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
+        if metrics_http is not None:
+            metrics_http.close()
         if rewriter is not None:
             await rewriter.close()
         if tracer is not None:

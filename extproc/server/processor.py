@@ -16,15 +16,18 @@ import time
 from collections.abc import AsyncIterator
 
 from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
+from extproc.contract import DECISION_HEADER, SITE_HEADER
 from extproc.observe.names import reason_class
 from extproc.request.openai import Inspection
-from extproc.server.gateway import DECISION_HEADER, SITE_HEADER, Gateway, Outcome
+from extproc.server.gateway import Gateway, Outcome
 from extproc.server.observer import OVERHEAD_HEADER, ResponseObserver, RoutingSide
 from extproc.server.tracing import TRACE_HEADERS, DecisionTracer
+from extproc.trust.sla import JWT_METADATA_KEY, JWT_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,16 @@ def _set(mut: ep.HeaderMutation, key: str, value: str) -> None:
     opt.append_action = _OVERWRITE
 
 
+def _immediate(resp: ep.ProcessingResponse, out: Outcome) -> None:
+    """Answer the client from the gateway (model list, unknown model): Envoy sends it, nothing upstream."""
+    assert out.immediate is not None
+    im = resp.immediate_response
+    im.status.code = out.immediate.status  # type: ignore[assignment]
+    im.body = out.immediate.body
+    _set(im.headers, "content-type", out.immediate.content_type)
+    _set(im.headers, DECISION_HEADER, out.decision.reason[:200])
+
+
 def _apply_outcome(common: ep.CommonResponse, out: Outcome) -> None:
     _set(common.header_mutation, SITE_HEADER, out.site)
     _set(common.header_mutation, DECISION_HEADER, out.decision.reason[:200])
@@ -93,6 +106,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         self._reason_children: dict[tuple[str, str, str], object] = {}
         self._phase_children: dict[str | None, object] = {}
         self._access_meta = gateway.config.envoy.access_log
+        m = gateway.metrics.messages
+        # Children resolved once: a labelled lookup per message is measurable on the hot path.
+        self._msg_count = {p: m.labels(p) for p in ("request_headers", "request_body", "other")}
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context
@@ -117,26 +133,38 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                     return
                 t_in = time.perf_counter()
                 which = req.WhichOneof("request")
+                self._msg_count.get(which or "other", self._msg_count["other"]).inc()
                 resp = ep.ProcessingResponse()
                 try:
                     if which == "request_headers":
                         if self.tracer is not None:
                             started_ns = time.time_ns()
                         headers = _header_map(req.request_headers, self._wanted)
-                        insp = self.gw.inspect(headers)
-                        common = resp.request_headers.response
-                        resp.request_headers.SetInParent()
-                        if not insp.inspect:
-                            out = self.gw.route_unparsed(insp.sla, insp.reason)
-                            self._stamp(out, t_in, 0.0, headers, started_ns)
-                            _apply_outcome(common, out)
-                        elif req.request_headers.end_of_stream:
-                            out = self.gw.route_unparsed(insp.sla, "no_body")
-                            self._stamp(out, t_in, 0.0, headers, started_ns)
-                            _apply_outcome(common, out)
+                        insp = self.gw.inspect(headers, _jwt_payload(req) if self.gw.wants_jwt else None)
+                        listing = self.gw.list_models() if insp.list_models else None
+                        if listing is not None:
+                            _immediate(resp, listing)
+                            insp = None
                         else:
-                            # Continue for now; the routing answer goes with the buffered body.
-                            if self._inject:
+                            common = resp.request_headers.response
+                            resp.request_headers.SetInParent()
+                            if not insp.inspect:
+                                out = self.gw.route_unparsed(insp.sla, insp.reason, inference=insp.inference)
+                                self._stamp(out, t_in, 0.0, headers, started_ns)
+                                _apply_outcome(common, out)
+                            elif req.request_headers.end_of_stream:
+                                out = self.gw.route_unparsed(insp.sla, "no_body", inference=insp.inference)
+                                self._stamp(out, t_in, 0.0, headers, started_ns)
+                                _apply_outcome(common, out)
+                            elif not self.gw.needs_body and not self._inject:
+                                # Headers-only path: no step reads the body and nothing rewrites it, so
+                                # the answer goes now and the body is never sent to us.
+                                out = self.gw.route_headers(insp, headers)
+                                self._stamp(out, t_in, 0.0, headers, started_ns)
+                                _apply_outcome(common, out)
+                                insp = None
+                            elif self._inject:
+                                # Continue for now; the routing answer goes with the buffered body.
                                 resp.mode_override.CopyFrom(_BUFFER_BODY_RESP if insp.has_length else _BUFFER_PARTIAL_RESP)
                             else:
                                 resp.mode_override.CopyFrom(_BUFFER_BODY if insp.has_length else _BUFFER_PARTIAL)
@@ -150,16 +178,21 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                             else:
                                 # Only part of the body (should not happen in BUFFERED mode): never
                                 # rewrite a fragment; route on load alone.
-                                out = self.gw.route_unparsed(insp.sla, "partial_body")
-                            if observer is not None:
-                                observer.on_routed(side, out, insp.path, body.body)
-                            self._stamp(out, t_in, spent, headers, started_ns)
-                            _apply_outcome(common, out)
-                            if self._access_meta and out.features is not None:
-                                # For Envoy's access log (%DYNAMIC_METADATA(aigrid:model)%).
-                                resp.dynamic_metadata.update(
-                                    {"aigrid": {"model": out.features.model or "", "prompt_tokens_est": out.features.prompt_tokens}}
-                                )
+                                out = self.gw.route_unparsed(insp.sla, "partial_body", inference=True)
+                            if out.immediate is not None:
+                                # The gateway answers (unknown model): nothing goes upstream.
+                                resp = ep.ProcessingResponse()
+                                _immediate(resp, out)
+                            else:
+                                if observer is not None:
+                                    observer.on_routed(side, out, insp.path, body.body)
+                                self._stamp(out, t_in, spent, headers, started_ns)
+                                _apply_outcome(common, out)
+                                if self._access_meta and out.features is not None:
+                                    # For Envoy's access log (%DYNAMIC_METADATA(aigrid:model)%).
+                                    resp.dynamic_metadata.update(
+                                        {"aigrid": {"model": out.features.model or "", "prompt_tokens_est": out.features.prompt_tokens}}
+                                    )
                             insp = None  # answered once; later chunks (if any) just continue
                     elif which == "response_headers" and observer is not None:
                         resp.response_headers.SetInParent()
@@ -207,6 +240,15 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
             tp = self.tracer.decision_span(headers, attrs, started_ns or time.time_ns(), time.time_ns())
             if tp:
                 out.headers["traceparent"] = tp
+
+
+def _jwt_payload(req: ep.ProcessingRequest) -> dict | None:
+    """The JWT payload Envoy's jwt_authn verified, from the forwarded dynamic metadata (None if absent)."""
+    ns = req.metadata_context.filter_metadata.get(JWT_NAMESPACE)
+    if ns is None or JWT_METADATA_KEY not in ns.fields:
+        return None
+    value = ns.fields[JWT_METADATA_KEY]
+    return json_format.MessageToDict(value.struct_value) if value.HasField("struct_value") else None
 
 
 def _continue(resp: ep.ProcessingResponse, which: str | None) -> None:

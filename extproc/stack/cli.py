@@ -29,12 +29,13 @@ def _up(args: argparse.Namespace) -> int:
                 "Ctrl-C stops everything.",
                 flush=True,
             )
+            # A child that exits is restarted with backoff; the rest keeps serving (with ext_proc down,
+            # Envoy fails open to the default route). This thread started every child: it must stay
+            # alive as long as they do (their PR_SET_PDEATHSIG is tied to it).
             try:
-                while not stop.wait(0.5):
-                    dead = [p.name for p in stack.group.procs if not p.alive()]
-                    if dead:
-                        print(f"aigrid up: {', '.join(dead)} exited; stopping (logs in {stack.group.log_dir})", file=sys.stderr)
-                        return 1
+                while not stop.wait(0.25):
+                    for event in stack.supervise():
+                        print(f"aigrid up: {event}", file=sys.stderr, flush=True)
             except KeyboardInterrupt:
                 pass
     except StackError as exc:

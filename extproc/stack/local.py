@@ -3,6 +3,14 @@ agents, the ext_proc server and Envoy. Used by `aigrid up` and `aigrid demo`.
 
 Ports: Envoy's listener and admin ports are the ones the operator asked for (a taken port is a clear error,
 not a silent move); everything internal gets a free port.
+
+Every child is supervised (`supervise()`, called by `aigrid up`'s loop): one that exits is restarted with
+backoff while the rest keeps serving — with ext_proc down, Envoy fails open to the default route. The
+ext_proc server can be replaced without losing a request (`rolling_restart_serve`): the new process binds
+the same loopback port beside the old one (gRPC sets SO_REUSEPORT), and once it listens the old one gets
+SIGTERM: health NOT_SERVING, GOAWAY on its connection (Envoy opens a new one, which only the new process
+accepts), in-flight streams finish within `drain_grace_s`. One address in Envoy's config, no health
+checking of two endpoints, no window where Envoy's choice of endpoint lags the drain.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from extproc.stack.procs import (
     start_envoy,
     start_redis,
 )
+
+# What `aigrid serve` prints once its gRPC server is up (extproc/server/main.py).
+LISTENING_LINE = "aigrid serve: ext_proc listening on"
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,8 @@ class LocalStack:
     policy: dict = field(default_factory=dict)
     compression: dict = field(default_factory=dict)
     agent_interval_ms: int = 250
+    # Merged into aigrid.yaml's sections (e.g. {"envoy": {"access_log": True}}), for tests and benches.
+    overrides: dict = field(default_factory=dict)
     group: ProcessGroup = field(init=False)
     site_ports: dict[str, int] = field(default_factory=dict)
     redis_port: int = 0
@@ -83,6 +96,7 @@ class LocalStack:
     config_path: Path | None = None
     config: GatewayConfig | None = None
     serve_proc: ManagedProcess | None = None
+    _serve_generation: int = 0
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -113,9 +127,14 @@ class LocalStack:
             "redis": {"url": f"redis://127.0.0.1:{self.redis_port}/0"},
             "gateway": {"listen": f"127.0.0.1:{self.extproc_port}", "metrics_listen": f"127.0.0.1:{self.metrics_port}"},
             "envoy": {"listen_address": "127.0.0.1", "listen_port": self.envoy_port, "admin_port": self.admin_port},
+            # The local load generator (same host) plays the trusted front proxy that sets each request's
+            # x-aigrid-priority; a client on any other address cannot (Envoy strips the header).
+            "trust": {"sla_source": "header", "front_proxy_cidrs": ["127.0.0.1/32"]},
         }
         if self.compression:
             cfg["compression"] = self.compression
+        for section, values in self.overrides.items():
+            cfg.setdefault(section, {}).update(values)
         self.config_path = self.workdir / "aigrid.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.config = load_config(str(self.config_path))
@@ -135,7 +154,7 @@ class LocalStack:
             )
         else:
             argv = python_argv("-m", "extproc.stack.standin", "--name", s.name, "--port", str(port))
-        p = self.group.start(f"site-{s.name}", argv)
+        p = self.group.start(f"site-{s.name}", argv, restart=True)
         p.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 60, f"site {s.name} /health")
 
     def _start_agent(self, s: SiteSpec) -> None:
@@ -147,35 +166,62 @@ class LocalStack:
             "--dcgm-url", f"http://127.0.0.1:{port}/metrics/dcgm",
             "--no-nvml", "--interval-ms", str(self.agent_interval_ms),
         )
-        p = self.group.start(f"agent-{s.name}", argv)
+        p = self.group.start(f"agent-{s.name}", argv, restart=True)
         p.wait_ready(lambda: True, 1, "start")
 
     def start(self) -> None:
         self._check_ports()
         self.write_config()
-        start_redis(self.group, self.redis_port)
+        start_redis(self.group, self.redis_port, restart=True)
         for s in self.sites:
             self._start_site(s)
         if self.upstream == "sim" and agent_available():
             for s in self.sites:
                 self._start_agent(s)
         self._start_serve()
-        start_envoy(self.group, self.workdir / "envoy.yaml", self.admin_port)
+        start_envoy(self.group, self.workdir / "envoy.yaml", self.admin_port, restart=True)
+
+    def _serve_argv(self) -> list[str]:
+        assert self.config_path is not None
+        return python_argv("-m", "extproc.cli", "serve", "--config", str(self.config_path))
 
     def _start_serve(self) -> None:
-        assert self.config_path is not None
-        self.serve_proc = self.group.start("serve", python_argv("-m", "extproc.cli", "serve", "--config", str(self.config_path)))
+        self.serve_proc = self.group.start("serve", self._serve_argv(), restart=True)
         self.serve_proc.wait_ready(
             lambda: port_open(self.extproc_port) and port_open(self.metrics_port), 120, "ext_proc listening"
         )
+
+    def process(self, name: str) -> ManagedProcess:
+        """A child by name (`redis`, `site-edge`, `agent-edge`, `serve`, `envoy`)."""
+        for p in self.group.procs:
+            if p.name == name:
+                return p
+        raise KeyError(f"no process {name!r}; running: {', '.join(p.name for p in self.group.procs)}")
+
+    def supervise(self) -> list[str]:
+        """One supervision pass over every child (restart what exited, with backoff)."""
+        return self.group.supervise()
+
+    def rolling_restart_serve(self, timeout: float = 120) -> ManagedProcess:
+        """Replace the ext_proc server without losing a request (see the module docstring)."""
+        old = self.serve_proc
+        self._serve_generation += 1
+        new = self.group.start(f"serve.{self._serve_generation}", self._serve_argv(), restart=True)
+        # Both processes answer on the port now, so an open port proves nothing: wait for the new one's
+        # own line (printed after its gRPC server started and health went SERVING).
+        new.wait_ready(lambda: LISTENING_LINE in new.log_tail(50), timeout, "ext_proc listening (its log line)")
+        self.serve_proc = new
+        if old is not None:
+            grace = self.config.gateway.drain_grace_s if self.config is not None else 10.0
+            self.group.remove(old, grace=grace + 5)
+        return new
 
     def restart_serve(self, policy: dict, compression: dict) -> None:
         """Same grid, same Envoy, another gateway policy: rewrite the config and restart `aigrid serve`.
         (The Envoy config does not depend on the policy, so Envoy keeps running.)"""
         self.policy, self.compression = dict(policy), dict(compression)
         if self.serve_proc is not None:
-            self.serve_proc.stop()
-            self.group.procs.remove(self.serve_proc)
+            self.group.remove(self.serve_proc)
         self.write_config()
         self._start_serve()
 

@@ -3,12 +3,23 @@
 Every process gets its own process group and a log file; a ProcessGroup stops what it started in reverse
 order (SIGTERM, then SIGKILL after a grace period), also on exceptions and at interpreter exit, so a
 failed or interrupted run leaves no orphans and no bound ports.
+
+Two guarantees beyond that:
+- Children die with their supervisor even when it is killed with SIGKILL (no atexit, no finally runs
+  then): each child asks the kernel for SIGKILL on its parent's death (`PR_SET_PDEATHSIG`, set between
+  fork and exec). The kernel ties that signal to the *thread* that forked the child, so children must be
+  started from a thread that lives as long as the group (the main thread, in `aigrid up` and the tests).
+- `ProcessGroup.supervise()` restarts a child started with `restart=True` that exited, after a backoff
+  (`restart_plan`, pure) that grows with consecutive quick failures and resets once a child stayed up;
+  every exit and restart is logged, and the rest of the group keeps running meanwhile.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -21,6 +32,55 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    # Resolved in the parent: the child, between fork and exec, must not load libraries.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn: SIGKILL this child when the thread that forked it dies; exit at once if the parent is
+    already gone (it died between fork and prctl, and the signal would never come)."""
+
+    def preexec() -> None:
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Backoff for restarting a child that exited: base × factor^(quick failures − 1), capped. A child that
+    ran at least `stable_s` before exiting starts again at the base delay (it was not crash-looping)."""
+
+    base_s: float = 0.2
+    factor: float = 2.0
+    max_s: float = 10.0
+    stable_s: float = 20.0
+
+
+def restart_plan(policy: RestartPolicy, quick_failures: int, ran_s: float) -> tuple[float, int]:
+    """(delay before the restart, the updated count of consecutive quick failures) for a child that exited
+    after running `ran_s` seconds."""
+    failures = 1 if ran_s >= policy.stable_s else quick_failures + 1
+    delay = min(policy.max_s, policy.base_s * policy.factor ** (failures - 1))
+    return delay, failures
 
 
 class StackError(RuntimeError):
@@ -96,21 +156,29 @@ class ManagedProcess:
     log_path: Path
     env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # Supervision: restart when it exits (ProcessGroup.supervise), and its bookkeeping.
+    restart: bool = False
+    restarts: int = 0
+    started_at: float = 0.0
+    quick_failures: int = 0
+    restart_due: float | None = None
 
     def start(self) -> "ManagedProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child for its lifetime)
+        out = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child for its lifetime)
         try:
             self.proc = subprocess.Popen(
                 self.argv,
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,  # own process group: we can signal it and its children
+                preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509 (no locks taken: prctl + getppid)
             )
         finally:
-            log.close()
+            out.close()
+        self.started_at = time.monotonic()
         return self
 
     @property
@@ -179,14 +247,53 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         atexit.register(self.stop_all)
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ManagedProcess:
-        p = ManagedProcess(name, list(argv), self.log_dir / f"{name}.log", env).start()
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    # What supervise() did, newest last (exits and restarts), for the CLI and the tests.
+    events: list[str] = field(default_factory=list)
+
+    def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None, *, restart: bool = False
+    ) -> ManagedProcess:
+        p = ManagedProcess(name, list(argv), self.log_dir / f"{name}.log", env, restart=restart).start()
         self.procs.append(p)
         return p
 
+    def supervise(self, now: float | None = None) -> list[str]:
+        """One supervision pass (call it every few hundred ms from the thread that started the group):
+        a restartable child that exited is scheduled for restart after its backoff, and started once that
+        is due. Returns (and logs) what happened; a child without `restart` is left as it is."""
+        now = time.monotonic() if now is None else now
+        happened: list[str] = []
+        for p in list(self.procs):
+            if not p.restart or p.alive():
+                continue
+            if p.restart_due is None:
+                code = p.proc.returncode if p.proc is not None else None
+                delay, p.quick_failures = restart_plan(self.policy, p.quick_failures, now - p.started_at)
+                p.restart_due = now + delay
+                happened.append(f"{p.name} exited with code {code}; restarting in {delay:.1f}s (log {p.log_path})")
+            elif now >= p.restart_due:
+                p.restart_due = None
+                p.restarts += 1
+                p.start()
+                happened.append(f"{p.name} restarted (restart {p.restarts}, pid {p.pid})")
+        for msg in happened:
+            log.warning("%s", msg)
+        self.events.extend(happened)
+        return happened
+
+    def remove(self, p: ManagedProcess, grace: float = 5.0) -> None:
+        """Stop supervising (and stop) one child."""
+        p.restart = False
+        if p in self.procs:
+            self.procs.remove(p)
+        p.stop(grace)
+
     def stop_all(self, grace: float = 5.0) -> None:
         while self.procs:
-            self.procs.pop().stop(grace)
+            p = self.procs.pop()
+            p.restart = False
+            p.stop(grace)
 
     def __enter__(self) -> "ProcessGroup":
         return self
@@ -200,26 +307,36 @@ def python_argv(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-def start_redis(group: ProcessGroup, port: int, name: str = "redis") -> ManagedProcess:
+def start_redis(
+    group: ProcessGroup, port: int, name: str = "redis", *, restart: bool = False, extra: Sequence[str] = ()
+) -> ManagedProcess:
     p = group.start(
         name,
         [
             redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(group.log_dir),
+            "--dir", str(group.log_dir), *extra,
         ],
+        restart=restart,
     )
-    p.wait_ready(lambda: port_open(port), 10, f"listening on 127.0.0.1:{port}")
+    if port:
+        p.wait_ready(lambda: port_open(port), 10, f"listening on 127.0.0.1:{port}")
     return p
 
 
-def start_envoy(group: ProcessGroup, config_path: Path, admin_port: int, name: str = "envoy", concurrency: int = 1) -> ManagedProcess:
+def start_envoy(
+    group: ProcessGroup, config_path: Path, admin_port: int, name: str = "envoy", concurrency: int = 1,
+    *, restart: bool = False,
+) -> ManagedProcess:
     p = group.start(
         name,
         [
             envoy_binary(), "-c", str(config_path), "--concurrency", str(concurrency),
             # No shared-memory hot-restart region: several Envoys (tests, demo) coexist on one host.
             "--disable-hot-restart", "-l", "warning",
+            # Access log lines within a second (the default is 10 s), for operators and tests reading it.
+            "--file-flush-interval-msec", "500",
         ],
+        restart=restart,
     )
     p.wait_ready(lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready", expect=b"LIVE"), 30, "admin /ready LIVE")
     return p

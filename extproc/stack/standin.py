@@ -64,12 +64,21 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate chain (PEM)")
+    ap.add_argument("--tls-key", default=None, help="... and this private key")
     args = ap.parse_args()
-    print(f"standin {args.name} on http://{args.host}:{args.port}", flush=True)
+    ssl_context = None
+    if args.tls_cert:
+        import ssl  # noqa: PLC0415
+
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+    scheme = "https" if ssl_context else "http"
+    print(f"standin {args.name} on {scheme}://{args.host}:{args.port}", flush=True)
     # Record bodies exactly as they arrived: no transparent gzip decoding.
     web.run_app(
         make_app(args.name), host=args.host, port=args.port, print=None, access_log=None,
-        auto_decompress=False,
+        auto_decompress=False, ssl_context=ssl_context,
     )
 
 
