@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from extproc.compression.settings import CompressionSettings
 from extproc.contract import SITE_NAME
 from extproc.trust.settings import ClientTls, ServerTls, TrustSettings
-from extproc.observe.settings import ObservabilitySettings
+from extproc.config.observability import ObservabilitySettings
 
 HostPort = Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]
 
