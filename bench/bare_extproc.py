@@ -10,6 +10,7 @@ import argparse
 import asyncio
 
 import grpc
+from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -17,7 +18,21 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 _BUFFER = processing_mode_pb2.ProcessingMode(request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED)
 
 
+def _mutate(common: ep.CommonResponse) -> None:
+    """The same header mutations the gateway sends with its routing answer (site, a reason string of
+    typical length), so `--mutate` separates the cost of the answer's shape from the gateway's logic."""
+    for key, value in (("x-aigrid-site", "edge"), ("x-aigrid-decision", "standard: home edge (p=0.30) affinity none")):
+        opt = common.header_mutation.set_headers.add()
+        opt.header.key = key
+        opt.header.raw_value = value.encode()
+        opt.append_action = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    common.clear_route_cache = True
+
+
 class Bare(ep_grpc.ExternalProcessorServicer):
+    def __init__(self, mutate: bool = False) -> None:
+        self.mutate = mutate
+
     async def Process(self, request_iterator, context):  # noqa: N802
         async for req in request_iterator:
             resp = ep.ProcessingResponse()
@@ -28,14 +43,16 @@ class Bare(ep_grpc.ExternalProcessorServicer):
                     resp.mode_override.CopyFrom(_BUFFER)
             elif which == "request_body":
                 resp.request_body.SetInParent()
+                if self.mutate:
+                    _mutate(resp.request_body.response)
             else:
                 getattr(resp, which).SetInParent()
             yield resp
 
 
-async def main(listen: str) -> None:
+async def main(listen: str, mutate: bool) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 9 * 1024 * 1024)])
-    ep_grpc.add_ExternalProcessorServicer_to_server(Bare(), server)
+    ep_grpc.add_ExternalProcessorServicer_to_server(Bare(mutate), server)
     server.add_insecure_port(listen)
     await server.start()
     print(f"bare ext_proc on {listen}", flush=True)
@@ -45,4 +62,6 @@ async def main(listen: str) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", required=True)
-    asyncio.run(main(ap.parse_args().listen))
+    ap.add_argument("--mutate", action="store_true", help="answer the body with the gateway's header mutations")
+    a = ap.parse_args()
+    asyncio.run(main(a.listen, a.mutate))

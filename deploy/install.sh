@@ -4,12 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# Debian packages the tests run for real: redis-server, and prometheus (+ promtool) for the metrics test.
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
   else
-    echo "install.sh: redis-server is missing; run 'sudo apt-get install redis-server' and retry" >&2
+    echo "install.sh: missing Debian packages:$missing; run 'sudo apt-get install$missing' and retry" >&2
     exit 1
   fi
 fi
@@ -18,5 +23,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned (in pyproject) to the CPU build; an unpinned torch would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q -e '.[compress,dev]'
+.venv/bin/python -m pip install -q -e '.[compress,dev,otel]'
 echo "install.sh: ready (.venv)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from extproc.agent.config import AgentConfig
 from extproc.agent.runner import Agent
+from extproc.config.load import REDIS_URL_ENV_VAR
 from extproc.loadreport.codec import encode_report
 from extproc.redisconn import redacted_url
 
@@ -32,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML file with the same keys (flags override it)")
     p.add_argument("--site", help="site name (required here or in --config)")
     p.add_argument("--node", help="node name (default: host name)")
-    p.add_argument("--redis-url", help="redis://, rediss://, redis+sentinel://, redis+cluster:// URL")
+    p.add_argument("--redis-url", help="redis://, rediss://, redis+sentinel://, redis+cluster:// URL "
+                   "(default: $AIGRID_REDIS_URL, where a secret store can put the password)")
     p.add_argument("--key-prefix", help="Redis key prefix (default aigrid)")
     p.add_argument("--vllm-url", action="append", default=None, metavar="URL",
                    help="vLLM server (base URL or /metrics URL); repeatable")
@@ -67,8 +70,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     }
     data.update({k: v for k, v in flags.items() if v is not None})
     redis = dict(data.get("redis") or {})
+    env_url = os.environ.get(REDIS_URL_ENV_VAR, "").strip()
     if args.redis_url:
         redis["url"] = args.redis_url
+    elif env_url:
+        redis["url"] = env_url
     if args.key_prefix:
         redis["key_prefix"] = args.key_prefix
     if redis:

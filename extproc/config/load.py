@@ -1,7 +1,11 @@
-"""Reading aigrid.yaml: --config, else $AIGRID_CONFIG, else ./aigrid.yaml. Errors name the key and reason."""
+"""Reading aigrid.yaml: --config, else $AIGRID_CONFIG, else ./aigrid.yaml. Errors name the key and reason.
+
+$AIGRID_REDIS_URL, when set, replaces `redis.url`: the URL carries the Redis password, which belongs in a
+secret store (a Kubernetes Secret as an environment variable), not in the config file or a ConfigMap."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -11,6 +15,7 @@ from pydantic import ValidationError
 from extproc.config.schema import GatewayConfig
 
 ENV_VAR = "AIGRID_CONFIG"
+REDIS_URL_ENV_VAR = "AIGRID_REDIS_URL"
 
 
 class ConfigError(Exception):
@@ -60,4 +65,17 @@ def load_config(explicit: str | None = None) -> GatewayConfig:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    return load_config_text(text, str(path))
+    return with_env_overrides(load_config_text(text, str(path)))
+
+
+def with_env_overrides(config: GatewayConfig) -> GatewayConfig:
+    """The config with `redis.url` taken from $AIGRID_REDIS_URL when that is set and not empty."""
+    url = os.environ.get(REDIS_URL_ENV_VAR, "").strip()
+    if not url:
+        return config
+    return config.model_copy(update={"redis": config.redis.model_copy(update={"url": url})})
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    """The --config option every command that reads aigrid.yaml takes."""
+    p.add_argument("--config", "-c", help=f"aigrid.yaml (default: ${ENV_VAR}, else ./aigrid.yaml)")

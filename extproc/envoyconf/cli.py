@@ -8,7 +8,7 @@ from pathlib import Path
 
 from extproc.config import ConfigError, load_config
 from extproc.envoyconf.render import render_envoy_yaml
-from extproc.server.cli import add_config_arg
+from extproc.config.load import add_config_arg
 
 
 def _run(args: argparse.Namespace) -> int:

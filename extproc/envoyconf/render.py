@@ -22,8 +22,9 @@ from typing import Any
 import yaml
 
 from extproc.config.schema import GatewayConfig, SiteConfig
+from extproc.contract import DECISION_HEADER, SITE_HEADER
 from extproc.envoyconf import tls, trust
-from extproc.server.gateway import DECISION_HEADER, SITE_HEADER
+from extproc.envoyconf.observe import apply_observability
 
 EXTPROC_CLUSTER = "aigrid_extproc"
 HCM_STAT_PREFIX = "aigrid"
@@ -302,6 +303,7 @@ def _hcm(cfg: GatewayConfig, *, trusted_peer: bool) -> dict[str, Any]:
                 },
             }
         ]
+    apply_observability(hcm, cfg, EXTPROC_CLUSTER)
     return hcm
 
 

@@ -14,7 +14,8 @@ from extproc.config.schema import GatewayConfig
 from extproc.loadmap.model import LoadSnapshot
 from extproc.loadmap.reader import LoadMapReader
 from extproc.operator.table import status_table
-from extproc.server.cli import add_config_arg
+from extproc.config.load import add_config_arg
+from extproc.redisconn import redacted_url
 
 
 def _config(args: argparse.Namespace, cmd: str) -> GatewayConfig | None:
@@ -49,7 +50,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         snap = asyncio.run(read_snapshot(config))
     except Exception as exc:  # Redis errors come in many classes; the operator needs the message
-        print(f"aigrid status: cannot read the load map from {config.redis.url}: {exc}", file=sys.stderr)
+        print(f"aigrid status: cannot read the load map from {redacted_url(config.redis.url)}: {exc}", file=sys.stderr)
         return 1
     console.print(status_table(config, snap, time.monotonic()))
     return 0
@@ -69,7 +70,7 @@ def _drain(args: argparse.Namespace, drained: bool) -> int:
         print(f"aigrid site {verb}: unknown site {args.site!r} (configured: {names})", file=sys.stderr)
         return 2
     except Exception as exc:
-        print(f"aigrid site {verb}: cannot reach Redis at {config.redis.url}: {exc}", file=sys.stderr)
+        print(f"aigrid site {verb}: Redis at {redacted_url(config.redis.url)} refused or failed: {exc}", file=sys.stderr)
         return 1
     state = "drained" if drained else "undrained"
     print(f"site {args.site} {state}" + ("" if changed else " (no change)"))

@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from extproc.config import ConfigError, load_config
+from extproc.config.load import add_config_arg
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -16,10 +17,18 @@ def _serve(args: argparse.Namespace) -> int:
     # No request text in the logs unless AIGRID_LOG_REQUEST_TEXT=1 (exception messages may quote it).
     redact.install()
 
+    from extproc.routing.registry import ProfileError, check_profiles  # noqa: PLC0415
+
     try:
         config = load_config(args.config)
+        # Profiles are built from registered step types, which the config schema does not know: every
+        # configured profile is built once here, so a bad step is refused before anything listens.
+        check_profiles(config)
     except ConfigError as exc:
         print(f"aigrid serve: {exc}", file=sys.stderr)
+        return 2
+    except ProfileError as exc:
+        print(f"aigrid serve: {args.config or 'aigrid.yaml'}: invalid configuration\n  {exc}", file=sys.stderr)
         return 2
     try:
         asyncio.run(serve(config))
@@ -27,10 +36,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"aigrid serve: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def add_config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="aigrid.yaml (default: $AIGRID_CONFIG, else ./aigrid.yaml)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

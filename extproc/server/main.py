@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import signal
+import uuid
 import threading
 
 import grpc
@@ -15,10 +16,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from extproc.config.schema import GatewayConfig
+from extproc.loadmap.peers import PeerTable
 from extproc.loadmap.reader import LoadMapReader
 from extproc.rewrite import BodyRewriter
 from extproc.server.gateway import Gateway
-from extproc.server.metrics import GatewayMetrics
+from extproc.server.peers import InFlightPublisher
+from extproc.server.metrics import GatewayMetrics, LoadMapCollector
+from extproc.server.observer import ResponseObserver
 from extproc.server.processor import ExternalProcessor
 
 log = logging.getLogger(__name__)
@@ -105,14 +109,40 @@ async def serve(
         gw = holder.get("gw")
         if gw is not None:
             gw.on_snapshot(snap)
-        metrics.reports_accepted.set(reader.reports_accepted)
-        metrics.reports_rejected.set(reader.reports_rejected)
 
-    reader = LoadMapReader(config.redis, on_change=on_change)
+    publish_s = config.gateway.in_flight_publish_ms / 1000.0
+    gateway_id = config.gateway.id or uuid.uuid4().hex[:12]
+    peers = PeerTable(gateway_id, peer_ttl_s=max(1.0, 4 * publish_s)) if publish_s > 0 else None
+
+    def on_peers(totals: dict[str, int]) -> None:
+        gw = holder.get("gw")
+        if gw is not None:
+            gw.router.set_peer_in_flight(totals)
+
+    reader = LoadMapReader(config.redis, on_change=on_change, peers=peers, on_peers=on_peers)
     if rewriter is None:
         rewriter = build_rewriter(config, metrics)
     gw = Gateway(config, lambda: reader.snapshot, rewriter=rewriter, metrics=metrics)
     holder["gw"] = gw
+    publisher = None
+    if peers is not None:
+        def on_tick() -> None:
+            # Silent peers expire here too, and the gauges follow both sides.
+            totals = reader.peer_totals()
+            gw.router.set_peer_in_flight(totals)
+            own = gw.router.sent_since_report
+            for s in config.sites:
+                metrics.site_in_flight.labels(s.name, "self").set(own.get(s.name, 0))
+                metrics.site_in_flight.labels(s.name, "peers").set(totals.get(s.name, 0))
+
+        publisher = InFlightPublisher(config.redis, gateway_id, lambda: gw.router.sent_since_report, publish_s, on_tick=on_tick)
+    metrics.registry.register(
+        LoadMapCollector(
+            lambda: (reader.reports_accepted, reader.reports_rejected), lambda: reader.snapshot,
+            [s.name for s in config.sites],
+        )
+    )
+    observer = ResponseObserver(config.observability, metrics.registry, [s.name for s in config.sites]) if config.observability.usage else None
 
     max_msg = config.gateway.max_body_bytes + _MESSAGE_OVERHEAD
     server = grpc.aio.server(
@@ -124,7 +154,18 @@ async def serve(
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
     )
-    ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw), server)
+    tracer = None
+    if config.observability.otlp_traces_endpoint:
+        from extproc.server.tracing import DecisionTracer  # noqa: PLC0415
+
+        tracer = DecisionTracer(config.observability.otlp_traces_endpoint)
+    ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(gw, observer, tracer), server)
+    if observer is not None and config.observability.usage_via == "access_log":
+        from envoy.service.accesslog.v3 import als_pb2_grpc  # noqa: PLC0415
+
+        from extproc.server.als import AccessLogReceiver  # noqa: PLC0415
+
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogReceiver(observer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = _add_port(server, config)
@@ -134,6 +175,8 @@ async def serve(
     metrics_http = _MetricsHttp(config.gateway.metrics_listen, metrics) if config.gateway.metrics_listen else None
 
     reader.start()
+    if publisher is not None:
+        publisher.start()
     probe = None
     if config.gateway.rtt_probe_interval_s > 0:
         from extproc.loadmap.rtt import RttProbe  # noqa: PLC0415
@@ -171,8 +214,12 @@ async def serve(
         await server.stop(config.gateway.drain_grace_s)
         if probe is not None:
             await probe.stop()
+        if publisher is not None:
+            await publisher.stop()
         await reader.stop()
         if metrics_http is not None:
             metrics_http.close()
         if rewriter is not None:
             await rewriter.close()
+        if tracer is not None:
+            tracer.shutdown()

@@ -44,6 +44,6 @@ def test_foreign_and_bad_keys_do_not_poison_the_map(stack_factory):
     st.publish_load("edge", kv=0.95, waiting=40)
     st.publish_load("remote", kv=0.05)
     wait_pressure(gw, "edge", lambda p: p > 0.9)
-    wait_until(lambda: (gw.metric("aigrid_loadmap_reports_rejected") or 0) >= 2, 10, "rejections counted")
+    wait_until(lambda: (gw.metric("aigrid_loadmap_reports_rejected_total") or 0) >= 2, 10, "rejections counted")
     assert gw.serve.alive()
     c.close()

@@ -1,0 +1,1 @@
+"""Shared helpers for the deployment tests: paths, rendering with the real kubectl, loading scripts."""
