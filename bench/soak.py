@@ -97,6 +97,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=None, help="seconds before the RSS baseline (default 10%% of duration, at least 5)")
     ap.add_argument("--sample", type=float, default=5, help="RSS sampling interval, s (default 5)")
     ap.add_argument("--compression-model", default=None, help="LLMLingua-2 checkpoint directory (default: a tiny built one)")
+    ap.add_argument("--no-compression", action="store_true", help="routing only: no compressor worker (faster start, for CI)")
     ap.add_argument("--workdir", default=None, help="grid config and logs (default: a temporary directory)")
     ap.add_argument("--json", default=None, help="write the result here as JSON")
     args = ap.parse_args()
@@ -106,7 +107,7 @@ def main() -> int:
     install_tiktoken_cache()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="aigrid-soak-"))
     model = args.compression_model
-    if model is None:
+    if model is None and not args.no_compression:
         from extproc.compression.tinymodel import build_tiny_model  # noqa: PLC0415
 
         model = str(build_tiny_model(work / "models" / "tiny-bert-base-multilingual-cased"))
@@ -121,8 +122,9 @@ def main() -> int:
 
     stack = LocalStack(
         work / "grid", envoy_port=free_port(), admin_port=free_port(), upstream="sim",
-        compression={"enabled": True, "model_path": model, "ranker": "bm25", "break_even": False, "min_prompt_tokens": 300,
-                     "fixed_rate": 0.6, "deadline_ms": 1000},
+        compression={} if args.no_compression else {
+            "enabled": True, "model_path": model, "ranker": "bm25", "break_even": False, "min_prompt_tokens": 300,
+            "fixed_rate": 0.6, "deadline_ms": 1000},
     )
     samples: list[dict] = []
     with stack:

@@ -26,16 +26,10 @@ class PartitionableProxy:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            self._server = await asyncio.start_server(self._client, "127.0.0.1", self.listen_port)
-            self._ready.set()
-            await self._server.serve_forever()
-
-        try:
-            self._loop.run_until_complete(main())
-        except (asyncio.CancelledError, RuntimeError):
-            pass
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", self.listen_port))
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
 
     async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
@@ -59,7 +53,7 @@ class PartitionableProxy:
             cw.close()
             return
         self._writers.add(uw)
-        await asyncio.gather(self._pipe(cr, uw), self._pipe(ur, cw))
+        await asyncio.gather(self._pipe(cr, uw), self._pipe(ur, cw), return_exceptions=True)
         self._writers.discard(cw)
         self._writers.discard(uw)
 
@@ -76,12 +70,16 @@ class PartitionableProxy:
         self._loop.call_soon_threadsafe(close_all)
 
     def stop(self) -> None:
-        def shut() -> None:
+        async def shut() -> None:
             self._server.close()
             for w in list(self._writers):
                 w.close()
-            for t in asyncio.all_tasks(self._loop):
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks(self._loop) if t is not me]
+            for t in tasks:
                 t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        self._loop.call_soon_threadsafe(shut)
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 def test_extproc_sigkill_then_restart_loses_no_request(grid) -> None:
     st = grid()
     old = st.serve_proc
-    run = run_fault(st, "ext_proc SIGKILL", old.kill)
+    run = run_fault(st, "ext_proc SIGKILL", old.kill, before_s=1.5, after_s=4)
     assert old.restarts == 1 and old.alive()  # the supervisor brought it back
     assert run.summary.errors == 0, run.summary.error_kinds
     assert run.summary.no_site == 0
@@ -25,7 +25,7 @@ def test_extproc_sigkill_then_restart_loses_no_request(grid) -> None:
 def test_extproc_rolling_restart_loses_and_unroutes_no_request(grid) -> None:
     st = grid()
     old = st.serve_proc
-    run = run_fault(st, "ext_proc rolling restart", st.rolling_restart_serve, after_s=8)
+    run = run_fault(st, "ext_proc rolling restart", st.rolling_restart_serve, before_s=1.5, after_s=6)
     assert not old.alive() and st.serve_proc is not old and st.serve_proc.alive()
     assert run.summary.errors == 0, run.summary.error_kinds
     assert run.summary.no_site == 0
