@@ -81,6 +81,8 @@ class Outcome:
     comp_after: int = 0
     # Each document's text after compression ("" when dropped, the stub for a whole-message document).
     doc_texts_after: list[str] = field(default_factory=list)
+    # What bounded the coarse step: "rate" (the budget), "floor" (flat ranking: kept more), "" (none ran).
+    coarse_decision: str = ""
 
 
 def _atom_units(piece: Piece) -> int:
@@ -211,6 +213,7 @@ class CompressionPipeline:
                         dropped.add(di)
                         _drop(seg, di, repl)
                 out.kept_docs = [i for i in range(len(seg.documents)) if i not in dropped]
+                out.coarse_decision = "rate"
 
         # -- fine: the model on what is left
         targets = [(si, pi) for si, pi in seg.compressible() if (si, pi) not in repl]
