@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from extproc.compression.coarse import MAX_RANK_CHARS, CoarseRanker, coarse_budget, select_documents
+from extproc.compression.coarse import MAX_RANK_CHARS, CoarseRanker, choose_documents, coarse_budget
 from extproc.compression.fine import FineCompressor, FineResult, Skipped
 from extproc.compression.rate import RateInputs, RatePolicy, decide_rate
 from extproc.compression.segment import (
@@ -32,6 +32,7 @@ from extproc.compression.segment import (
     restore,
     script_of,
     segment,
+    unit_spans,
     units,
     with_atoms,
 )
@@ -51,6 +52,10 @@ THREAD_BODY_BYTES = 64 * 1024
 STUB_UNITS = 24
 # Speed assumed for a coarse-only pass (BM25/MiniLM over the documents), for the break-even rule.
 COARSE_TOKENS_PER_S = 50_000.0
+# The coarse step fills unspent budget with the head of the best dropped document only when at least this
+# much fits (a few words of a document help no one).
+MIN_FILL_TOKENS = 16
+MIN_FILL_UNITS = 8
 # Below this the fine step is not worth a model call.
 MIN_FINE_RATE_GAIN = 0.02
 # The rewriter's own deadline is this share of compression.deadline_ms, so it answers (with a reason)
@@ -83,6 +88,8 @@ class Outcome:
     doc_texts_after: list[str] = field(default_factory=list)
     # What bounded the coarse step: "rate" (the budget), "floor" (flat ranking: kept more), "" (none ran).
     coarse_decision: str = ""
+    # Dropped documents whose head was brought back to fill the budget (not counted in kept_docs).
+    cut_docs: list[int] = field(default_factory=list)
 
 
 def _atom_units(piece: Piece) -> int:
@@ -127,6 +134,56 @@ def _drop(seg: Segmentation, di: int, out: dict[tuple[int, int], str]) -> None:
             stubbed = True
         elif not d.whole_message or p.compress:
             out[(d.slot, pi)] = ""
+
+
+def _stub_tokens(seg: Segmentation, di: int) -> int:
+    """Tokens a dropped document still costs: its stub if it is a whole message, else nothing."""
+    d = seg.documents[di]
+    if not d.whole_message or not _droppable(seg, di):
+        return 0
+    slot = seg.slots[d.slot]
+    for pi in d.pieces:
+        if slot.pieces[pi].compress:
+            return estimate_tokens(restore(slot.pieces[pi].text, None, keep_units=STUB_UNITS) or "")
+    return 0
+
+
+def _fill(seg: Segmentation, di: int, room: int, out: dict[tuple[int, int], str]) -> bool:
+    """Bring back the head of dropped document `di` (its marker and tags as they were, then the first
+    units of its text) in about `room` tokens. False (and no change) for a whole-message document or when
+    not even a few units fit."""
+    d = seg.documents[di]
+    if d.whole_message:
+        return False
+    slot = seg.slots[d.slot]
+    fixed = sum(estimate_tokens(slot.pieces[pi].text) for pi in d.pieces if not slot.pieces[pi].compress)
+    left = room - fixed
+    new: dict[tuple[int, int], str] = {}
+    for pi in d.pieces:
+        p = slot.pieces[pi]
+        if not p.compress:
+            new[(d.slot, pi)] = p.text
+            continue
+        if left <= 0:
+            new[(d.slot, pi)] = ""
+            continue
+        # A token is at least one character: only the first 8 x left characters can matter.
+        head = p.text[: max(0, left) * 8]
+        spans = unit_spans(head)
+        lo, hi = 0, len(spans)  # the most units whose text fits in `left` tokens
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if estimate_tokens(head[: spans[mid - 1][1]]) <= left:
+                lo = mid
+            else:
+                hi = mid - 1
+        text = (restore(p.text, None, keep_units=lo) or "") if lo else ""
+        new[(d.slot, pi)] = text
+        left -= estimate_tokens(text)
+    if sum(len(units(t)) for k, t in new.items() if slot.pieces[k[1]].compress) < MIN_FILL_UNITS:
+        return False
+    out.update(new)
+    return True
 
 
 def _prepare(pieces: list[Piece]) -> list[Piece]:
@@ -207,13 +264,31 @@ class CompressionPipeline:
                 budget = coarse_budget(
                     out.doc_tokens_before, rate, fine is not None, self.settings.coarse_slack
                 )
-                keep = set(select_documents(ranking.scores, tokens, budget, self.settings.coarse_min_docs))
+                final = ranking.final_scores()
+                sel = choose_documents(final, tokens, budget, self.settings.coarse_min_docs,
+                                       self.settings.coarse_flat_margin, self.settings.coarse_floor_max_factor)
+                # A dropped whole-message document stays as a stub, which the budget must pay for: choose
+                # once more with what the stubs of the first choice cost taken off.
+                stubs = sum(_stub_tokens(seg, di) for di in range(len(tokens)) if di not in sel.kept)
+                if stubs:
+                    budget = max(0, budget - stubs)
+                    sel = choose_documents(final, tokens, budget, self.settings.coarse_min_docs,
+                                           self.settings.coarse_flat_margin, self.settings.coarse_floor_max_factor)
+                keep = set(sel.kept)
                 for di in range(len(seg.documents)):
                     if di not in keep and _droppable(seg, di):
                         dropped.add(di)
                         _drop(seg, di, repl)
+                if fine is None and sel.decision == "rate":
+                    # Coarse only: whole documents leave the budget partly unspent; the best dropped one
+                    # fills it with its head, so the rate is met, not undershot by up to a document.
+                    room = budget - sum(tokens[i] for i in range(len(tokens)) if i not in dropped)
+                    order = sorted(dropped, key=lambda i: (-final[i], i))
+                    # Only a document the ranker found relevant at all (an unrelated 1 MB log is not).
+                    if order and final[order[0]] > 0 and room >= MIN_FILL_TOKENS and _fill(seg, order[0], room, repl):
+                        out.cut_docs = [order[0]]
                 out.kept_docs = [i for i in range(len(seg.documents)) if i not in dropped]
-                out.coarse_decision = "rate"
+                out.coarse_decision = sel.decision
 
         # -- fine: the model on what is left
         targets = [(si, pi) for si, pi in seg.compressible() if (si, pi) not in repl]
@@ -221,6 +296,10 @@ class CompressionPipeline:
             left = sum(estimate_tokens(seg.slots[si].pieces[pi].text) for si, pi in targets)
             want = rate * seg.compressible_tokens
             fine_rate = min(1.0, want / left) if left else 1.0
+            if out.coarse_decision == "floor":
+                # The floor kept more because the ranking was flat; squeezing the survivors harder to meet
+                # the rate anyway would undo it. Compress them as hard as after a normal coarse pass only.
+                fine_rate = max(fine_rate, min(1.0, rate / min(1.0, rate * self.settings.coarse_slack)))
             if fine_rate < 1.0 - MIN_FINE_RATE_GAIN:
                 pieces = [seg.slots[si].pieces[pi] for si, pi in targets]
                 if left * 4 > THREAD_BODY_BYTES or any(script_of(p.text) == "ja" for p in pieces):
@@ -312,6 +391,11 @@ class CompressionMetrics:
         )
         self.docs_dropped = Counter(
             "aigrid_compression_documents_dropped", "Documents dropped by the coarse step", registry=r
+        )
+        self.coarse_decisions = Counter(
+            "aigrid_compression_coarse_decisions",
+            "Coarse-step selections by what bounded them: rate (the budget) or floor (a flat ranking: more kept)",
+            ["decision"], registry=r,
         )
 
 
@@ -442,9 +526,14 @@ class CompressionRewriter:
         if out.fine_s:
             m.seconds.labels("fine").observe(out.fine_s)
         m.docs_dropped.inc(out.docs_before - len(out.kept_docs))
+        if out.coarse_decision:
+            m.coarse_decisions.labels(out.coarse_decision).inc()
         h = f"tokens={out.tokens_before}->{out.tokens_after} ratio={ratio:.2f} ms={ms:.0f} rate={decision.rate:.2f} pressure={p}"
         if out.docs_before:
-            h += f" docs={out.docs_before}->{len(out.kept_docs)}"
+            h += f" docs={out.docs_before}->{len(out.kept_docs)}" + (f"+{len(out.cut_docs)}cut" if out.cut_docs else "")
+        if out.coarse_decision:
+            # "floor": the ranking was flat at the cut, so more documents were kept than the rate asks.
+            h += f" coarse={out.coarse_decision}"
         if out.ranker:
             h += f" ranker={out.ranker}"
         h += f" fine={out.fine}"

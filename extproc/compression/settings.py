@@ -72,6 +72,11 @@ class CompressionSettings(BaseModel):
     coarse_slack: float = Field(default=1.5, ge=1, le=10)
     # Never keep fewer documents than this (the best ranked).
     coarse_min_docs: int = Field(default=1, ge=1)
+    # Quality floor: documents scoring within this share of the ranking's spread of the last kept one are
+    # kept too, beyond the rate (the ranker cannot separate them); 0 turns the floor off but for all-flat.
+    coarse_flat_margin: float = Field(default=0.12, ge=0, le=1)
+    # ... but never more than this many times the rate's document budget.
+    coarse_floor_max_factor: float = Field(default=2.0, ge=1, le=10)
 
     @model_validator(mode="after")
     def _check(self) -> "CompressionSettings":

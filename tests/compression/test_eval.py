@@ -131,8 +131,12 @@ def test_cli_coarse_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert r["segmented_ok"] == 1.0
         # BM25 with identifier terms finds the gold passage of this set (a regression guard).
         assert r["gold_top1"] >= 0.9 and r["gold_retention"] >= 0.9
-        # Coarse-only meets the rate by dropping whole documents: never more than asked, within a document.
-        assert r["achieved_rate"] <= r["rate"] + 0.02
+        # Coarse-only meets the rate (whole documents, the last one cut to fill the budget) where the floor
+        # did not bind; where it did (sibling documents tied at the cut), never more than twice the rate.
+        # (At 0.7 the best dropped document is often unrelated, score 0, and is not brought back: 0.65.)
+        if r["achieved_rate_unfloored"] is not None:
+            assert abs(r["achieved_rate_unfloored"] - r["rate"]) <= 0.06
+        assert r["achieved_rate"] <= 2 * r["rate"] + 0.05
     assert len(rep["items"]) == 2 * rep["meta"]["items"]
 
 
@@ -153,3 +157,54 @@ def test_cli_with_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert all(i["fine"].startswith("ok") for i in rep["items"])
     for r in rep["summary"]:
         assert 0.3 <= r["achieved_rate"] <= 0.75
+
+
+def _hard_rankings(kind: str) -> list[tuple[dict, list[float], list[float], tuple, list[int]]]:
+    from extproc.compression.coarse import lexical_scores  # noqa: PLC0415
+    from extproc.compression.segment import script_of  # noqa: PLC0415
+
+    out = []
+    for it in load_items(HARD_DATA):
+        if it["kind"] != kind:
+            continue
+        seg = segment("/v1/chat/completions", build_request(it))
+        docs = [d.text for d in seg.documents]
+        lang = script_of(seg.question + " " + " ".join(d[:200] for d in docs[:3]))
+        plain, _ = lexical_scores(seg.question, docs, lang, prf=False)
+        prf, links = lexical_scores(seg.question, docs, lang)
+        out.append((it, plain, prf, links, [d.tokens for d in seg.documents]))
+    return out
+
+
+def test_the_hard_set_fails_a_per_document_ranker() -> None:
+    """The evidence that the check can fail: BM25 ranking each document alone, cut at the budget (the coarse
+    step before issue 13), loses a gold document of most two-document answers at keep-rate 0.33; the
+    coarse step with feedback, links and the floor keeps them."""
+    from extproc.compression.coarse import choose_documents, promote_linked, select_documents  # noqa: PLC0415
+
+    rows = _hard_rankings("bridge")
+    plain_ok = new_ok = 0
+    for it, plain, prf, links, tokens in rows:
+        budget = int(sum(tokens) * 0.33)
+        plain_ok += all(g in select_documents(plain, tokens, budget) for g in gold_docs(it))
+        new_ok += all(g in choose_documents(promote_linked(prf, links), tokens, budget).kept for g in gold_docs(it))
+    assert plain_ok / len(rows) < 0.5
+    assert new_ok / len(rows) >= 0.9
+
+
+def test_cli_hard_set_per_kind(tmp_path: Path) -> None:
+    """The default set through the CLI (BM25): rows per kind and language; regression guards at the levels
+    measured when the coarse step was built (docs/compression.md has the table)."""
+    out = tmp_path / "r.json"
+    assert aigrid(["eval-compression", "--ranker", "bm25", "--rates", "0.33,0.5", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    rows = {(r["kind"], r["lang"], r["rate"]): r for r in rep["summary"]}
+    for kind in ("bridge", "distractor", "version", "paraphrase"):
+        for lang in ("en", "ja"):
+            r33, r50 = rows[(kind, lang, 0.33)], rows[(kind, lang, 0.5)]
+            assert r33["answer_retention"] >= 0.9 and r50["answer_retention"] >= 0.96, (kind, lang)
+            assert r50["gold_retention"] >= 0.93, (kind, lang)
+            # Where the floor did not bind, the rate is met (whole documents: a little under, never over).
+            for r in (r33, r50):
+                if r["achieved_rate_unfloored"] is not None:
+                    assert abs(r["achieved_rate_unfloored"] - r["rate"]) <= 0.05, (kind, lang, r["rate"])
