@@ -133,6 +133,11 @@ class SegmentOptions:
     min_segment_tokens: int = 48
     # A compressible piece with fewer units than this between protected blocks stays as it is.
     min_piece_units: int = 8
+    # Prefix caching: every message before the last assistant message was sent to a site before (the
+    # conversation so far) and sits in its prefix cache; rewriting it would turn those hits into a full
+    # prefill. So only the newest turn (what follows the last assistant message: the new user message, tool
+    # results) is compressible, unless this is set.
+    rewrite_earlier_turns: bool = False
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -178,6 +183,9 @@ class Segmentation:
     question: str
     total_tokens: int
     compressible_tokens: int
+    # Slots of user/tool text in earlier turns (before the last assistant message), protected here; the
+    # pipeline sends each as it was sent the first time (see CompressionPipeline.replay).
+    earlier_slots: tuple[int, ...] = ()
 
     @property
     def rag(self) -> bool:
@@ -391,11 +399,16 @@ def segment(path: str, body: Mapping[str, Any], opts: SegmentOptions = SegmentOp
     """Split a parsed request body into slots and pieces. Never raises on a dict body of any shape."""
     b = _Builder(opts)
     question = ""
+    earlier: list[int] = []
     if path.endswith("/chat/completions"):
         messages = body.get("messages")
         if isinstance(messages, list):
             last_user = max(
                 (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
+                default=-1,
+            )
+            last_assistant = -1 if opts.rewrite_earlier_turns else max(
+                (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
                 default=-1,
             )
             for i, m in enumerate(messages):
@@ -404,7 +417,9 @@ def segment(path: str, body: Mapping[str, Any], opts: SegmentOptions = SegmentOp
                 role = m.get("role")
                 texts = _text_slots(m.get("content"), ("messages", i, "content"))
                 for k, (p, t) in enumerate(texts):
-                    if role not in _CONTEXT_ROLES:
+                    if role not in _CONTEXT_ROLES or i < last_assistant:
+                        if role in _CONTEXT_ROLES:
+                            earlier.append(len(b.slots))
                         b.keep(p, t)
                         continue
                     is_last = i == last_user and k == len(texts) - 1
@@ -423,7 +438,7 @@ def segment(path: str, body: Mapping[str, Any], opts: SegmentOptions = SegmentOp
     slots = tuple(b.slots)
     total = sum(estimate_tokens(s.text) for s in slots)
     comp = sum(estimate_tokens(p.text) for s in slots for p in s.pieces if p.compress)
-    return Segmentation(slots, tuple(b.docs), question.strip(), total, comp)
+    return Segmentation(slots, tuple(b.docs), question.strip(), total, comp, tuple(earlier))
 
 
 # ---- compressed text back onto the original ---------------------------------------------------------------

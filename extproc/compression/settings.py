@@ -59,6 +59,14 @@ class CompressionSettings(BaseModel):
     # ---- segmentation (segment.py) ----
     # A message or text part shorter than this is never compressed.
     min_segment_tokens: int = Field(default=48, ge=1)
+    # Prefix caching: only the newest turn (after the last assistant message) is rewritten; the
+    # conversation so far is in the site's prefix cache. True rewrites earlier turns too (no prefix cache).
+    rewrite_earlier_turns: bool = False
+
+    # ---- determinism (cache.py): same content, same bytes ----
+    cache_max_documents: int = Field(default=4096, ge=0)
+    cache_max_chars: int = Field(default=32 * 1024 * 1024, ge=0)
+    cache_max_rankings: int = Field(default=1024, ge=0)
 
     # ---- coarse step (coarse.py) ----
     coarse: bool = True
