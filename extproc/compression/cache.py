@@ -85,6 +85,11 @@ class DocumentCache:
 
     def __init__(self, max_entries: int = 4096, max_chars: int = 32 * 1024 * 1024) -> None:
         self._lru: BoundedLRU[str] = BoundedLRU(max_entries, max_chars)
+        # Digests of texts compressed at some rate (for the break-even rule: their cost is a lookup).
+        self._seen: BoundedLRU[bool] = BoundedLRU(max_entries, max_entries)
+
+    def known(self, text: str) -> bool:
+        return self._seen.get(digest("seen", text)) is not None
 
     @staticmethod
     def key(text: str, model_rate: float) -> str:
@@ -95,6 +100,7 @@ class DocumentCache:
 
     def put(self, text: str, model_rate: float, compressed: str) -> None:
         self._lru.put(self.key(text, model_rate), compressed, len(compressed))
+        self._seen.put(digest("seen", text), True, 1)
 
     @property
     def stats(self) -> tuple[int, int, int]:

@@ -569,6 +569,12 @@ class CompressionRewriter:
             prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(site, s.prefill_tokens_per_s),
             compressor_tokens_per_s=fine.tokens_per_second() if fine is not None else COARSE_TOKENS_PER_S,
             deadline_s=deadline_s,
+            # Pieces compressed before cost a lookup, not model time. No compressible token is in the site's
+            # cached prefix: earlier turns are never compressed anew (cached_compressible_tokens = 0).
+            precomputed_tokens=sum(
+                estimate_tokens(seg.slots[si].pieces[pi].text) for si, pi in seg.compressible()
+                if self.pipeline.doc_cache.known(seg.slots[si].pieces[pi].text)
+            ),
         )
         coarse_ok = self.pipeline.ranker is not None and s.coarse and seg.rag
         # A coarse-only pass reads a capped prefix of each document, whatever their size.
@@ -576,6 +582,7 @@ class CompressionRewriter:
             inputs,
             compressor_tokens_per_s=COARSE_TOKENS_PER_S,
             cost_tokens=sum(min(d.tokens, MAX_RANK_CHARS // 4) for d in seg.documents),
+            precomputed_tokens=0,
         )
         use_fine = fine is not None
         decision = decide_rate(self.policy, inputs if use_fine else coarse_inputs)
