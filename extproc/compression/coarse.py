@@ -166,6 +166,7 @@ _EN_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
 _EN_NAME_RUN = re.compile(r"\b[A-Z][a-z]{2,}(?:\s+[A-Z][a-z]{2,})+\b")
 _EN_ENTITY_IDENT = re.compile(r"\b(?=[A-Za-z0-9-]*[A-Za-z])(?=[A-Za-z0-9-]*[0-9])[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+\b|\b[0-9]{5,}\b")
 _KATAKANA_RUN = re.compile(r"[\u30a1-\u30fa\u30fc]{2,}")
+_KANA_MARU = re.compile(r"[\u3041-\u3096\u30a1-\u30fa\u30fc]{1,5}丸")
 _MARU_NAME = re.compile(r"[\u3041-\u3096\u30a1-\u30fa\u30fc\u4e00-\u9fff]{1,5}丸")
 
 
@@ -341,6 +342,45 @@ def proper_noun_spans(text: str) -> list[tuple[int, int]]:
 
 
 _SHORT_NUMBER = re.compile(r"[0-9]{1,4}")
+
+
+def morpheme_spans_of(text: str) -> list[tuple[int, int]]:
+    """Char spans of the analyser's morphemes (fine-step groups: a kept span never splits one)."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for w in _tagger()(text):
+        start = text.find(w.surface, pos)
+        if start < 0:
+            break  # the analyser normalised something: stop rather than guess offsets
+        pos = start + len(w.surface)
+        if w.surface.strip():
+            spans.append((start, pos))
+    return spans
+
+
+def unknown_name_spans(text: str) -> list[tuple[int, int]]:
+    """Char spans of names the dictionary does not know, which it would cut into fragments: katakana runs
+    that are names (`katakana_name`: ニダノ, カサネ, トホリリスタット) and names ending in 丸 (さたま丸, whose
+    kana the analyser reads as さた/ま/丸). Kept whole by the fine step, like proper nouns."""
+    out = [m.span() for m in _KATAKANA_RUN.finditer(text) if katakana_name(m.group())]
+    # X丸: the kana right before 丸 (at most 5), minus particles the run starts with (港をみずほ丸 gives
+    # みずほ丸; ほしな丸, read ほし/な/丸, stays whole).
+    particles: dict[int, int] = {}
+    pos = 0
+    for w in _tagger()(text):
+        start = text.find(w.surface, pos)
+        if start < 0:
+            break
+        pos = start + len(w.surface)
+        if getattr(w.feature, "pos1", "") == "助詞":
+            particles[start] = pos
+    for m in _KANA_MARU.finditer(text):
+        a, b = m.span()
+        while a in particles and particles[a] < b - 1:
+            a = particles[a]
+        if b - a >= 2:
+            out.append((a, b))
+    return sorted(out)
 
 
 def terms(text: str, lang: str, *, query: bool = False) -> list[str]:

@@ -190,17 +190,24 @@ def _fill(seg: Segmentation, di: int, room: int, out: dict[tuple[int, int], str]
 
 
 def _prepare(pieces: list[Piece]) -> list[Piece]:
-    """The pieces bound for the model, with their atoms; Japanese pieces also get their proper nouns as
-    atoms (kept whole). Name detection is best effort: without fugashi, or on any analyser error, a piece
+    """The pieces bound for the model, with their atoms; Japanese pieces also get their names as atoms
+    (proper nouns, and kana names the dictionary does not know: kept whole) and their morphemes as groups
+    (a kept span never splits one). Name detection is best effort: without fugashi, or on any analyser error, a piece
     keeps its regex atoms only."""
     out = []
     for p in pieces:
         p = with_atoms(p)
         if script_of(p.text) == "ja":
             try:
-                from extproc.compression.coarse import proper_noun_spans  # noqa: PLC0415
+                from extproc.compression.coarse import (  # noqa: PLC0415
+                    morpheme_spans_of,
+                    proper_noun_spans,
+                    unknown_name_spans,
+                )
 
-                p = Piece(p.text, p.compress, p.doc, tuple(sorted((*p.atoms, *proper_noun_spans(p.text)))), p.header)
+                names = (*proper_noun_spans(p.text), *unknown_name_spans(p.text))
+                p = Piece(p.text, p.compress, p.doc, tuple(sorted((*p.atoms, *names))), p.header,
+                          tuple(morpheme_spans_of(p.text)))
             except Exception:
                 log.warning("japanese name detection failed; compressing without it", exc_info=True)
         out.append(p)
@@ -215,7 +222,7 @@ async def _fine_call(fine: FineCompressor, texts: list[str], rate: float, remain
 
 
 def _restore_all(pieces: list[Piece], kept: tuple[str, ...]) -> list[str | None]:
-    return [restore(p.text, k, p.atoms) for p, k in zip(pieces, kept)]
+    return [restore(p.text, k, p.atoms, groups=p.groups) for p, k in zip(pieces, kept)]
 
 
 class CompressionPipeline:

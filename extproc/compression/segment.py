@@ -151,6 +151,8 @@ class Piece:
     atoms: tuple[tuple[int, int], ...] = ()
     # A document's marker ("Document [3]: "): dropped with its document, never merged with other text.
     header: bool = False
+    # Char ranges kept or dropped whole (Japanese morphemes): a kept span never splits one.
+    groups: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,16 +495,34 @@ def _align_chars(toks: Sequence[str], kept: str, keep: list[bool]) -> bool:
     return True
 
 
+def _mark(spans: Sequence[tuple[int, int]], keep: list[bool], ranges: Sequence[tuple[int, int]], when) -> None:
+    """Set keep[] on every unit overlapping a char range of `ranges` for which when(unit indices) holds."""
+    j = 0
+    for a, b in sorted(ranges):
+        while j < len(spans) and spans[j][1] <= a:
+            j += 1
+        k = j
+        idx = []
+        while k < len(spans) and spans[k][0] < b:
+            idx.append(k)
+            k += 1
+        if idx and when(idx):
+            for i in idx:
+                keep[i] = True
+
+
 def restore(
     original: str,
     kept: str | None,
     atoms: Sequence[tuple[int, int]] = (),
     *,
     keep_units: int | None = None,
+    groups: Sequence[tuple[int, int]] = (),
 ) -> str | None:
     """The original text with only the units the compressor kept (plus every atom), separated the way the
     original was (a newline where a newline was dropped, a space where a space was, nothing between CJK
-    characters). `kept=None, keep_units=n` keeps the first n units instead (a stub).
+    characters). `kept=None, keep_units=n` keeps the first n units instead (a stub). Atoms are always
+    kept; a group (a Japanese morpheme or name) with any unit kept is kept whole.
 
     Leading and trailing whitespace of `original` is kept as it is, so neighbouring protected pieces join
     exactly as before. Returns None when `kept` is not a subsequence of the original units (the caller
@@ -519,14 +539,10 @@ def restore(
     elif not _align_units(toks, units(kept), keep) and not _align_chars(toks, kept, keep):
         return None
     if atoms:
-        j = 0
-        for a, b in sorted(atoms):
-            while j < len(spans) and spans[j][1] <= a:
-                j += 1
-            k = j
-            while k < len(spans) and spans[k][0] < b:
-                keep[k] = True
-                k += 1
+        _mark(spans, keep, atoms, lambda idx: True)
+    if groups:
+        # A group (a morpheme) with any unit kept is kept whole: no kept span ends inside one.
+        _mark(spans, keep, groups, lambda idx: any(keep[i] for i in idx))
     lead = original[: spans[0][0]]
     trail = original[spans[-1][1] :]
     out: list[str] = [lead]
