@@ -43,6 +43,9 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[str]:
         "--gpus-per-replica", str(args.tp), "--replicas", "1", "--host", "127.0.0.1", "--port", str(port),
         "--max-num-seqs", str(max(args.levels)), "--speed-factor", str(args.speed_factor), "--ignore-eos",
         "--stream-interval", str(args.stream_interval),
+        # Every client sends the same prompt: with the prefix cache on, prefill would be almost free and
+        # the load not comparable with earlier runs. Off unless asked for.
+        "--prefix-caching" if args.prefix_caching else "--no-prefix-caching",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -149,6 +152,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--stream-interval", type=int, default=1, help="tokens per SSE write (vLLM --stream-interval)")
+    ap.add_argument("--prefix-caching", action="store_true", help="leave the simulator's prefix cache on (identical prompts all hit)")
     ap.add_argument("--url", default=None, help="measure an already running simulator instead of starting one")
     args = ap.parse_args()
     asyncio.run(amain(args))

@@ -54,10 +54,27 @@ def _dig(d: Mapping[str, Any], *path: str) -> Any:
     return cur
 
 
+def _validity_cell(r: LoadResult) -> str:
+    if r.sim_timing is None:
+        return "–"
+    return "yes" if r.valid else "NO: run invalid"
+
+
+def report_validity(results: Mapping[str, LoadResult]) -> dict[str, Any]:
+    """The report's verdict: invalid if any run's simulated sites fell behind real time. Such a run
+    measured the host's CPU, not the modelled GPUs, and must not be quoted."""
+    reasons = [f"{name}: {why}" for name, r in results.items() for why in (r.sim_timing or {}).get("reasons", [])]
+    checked = any(r.sim_timing is not None for r in results.values())
+    return {"valid": not reasons, "checked": checked, "reasons": reasons}
+
+
 def summary_rows(results: Mapping[str, LoadResult]) -> list[tuple[str, list[str]]]:
     """(label, one cell per result): the table as plain strings, for rich and for tests/README."""
     rs = list(results.values())
-    rows: list[tuple[str, list[str]]] = [
+    rows: list[tuple[str, list[str]]] = []
+    if any(r.sim_timing is not None for r in rs):
+        rows.append(("simulator kept real time", [_validity_cell(r) for r in rs]))
+    rows += [
         ("requests ok / sent", [f"{r.summary['ok']} / {r.summary['requests']}" for r in rs]),
         ("errors", [", ".join(f"{k}: {v}" for k, v in r.summary["errors"].items()) or "0" for r in rs]),
         ("dropped (client in-flight cap)", [str(r.summary["dropped"]) for r in rs]),
@@ -118,6 +135,9 @@ def render_summary(results: Mapping[str, LoadResult], console: Console | None = 
         for name, r in results.items():
             for n in r.notes:
                 console.print(f"[dim]{name}: {n}[/dim]")
+        verdict = report_validity(results)
+        if not verdict["valid"]:
+            console.print("[bold red]REPORT INVALID, do not quote it:[/bold red] " + "; ".join(verdict["reasons"]))
     return t
 
 
@@ -277,6 +297,7 @@ def write_report(results: Mapping[str, LoadResult], out_dir: str | Path, baselin
     use_base = baseline if baseline in results and len(results) > 1 else None
     doc = {
         "format": FORMAT_VERSION,
+        "validity": report_validity(results),
         "baseline": use_base,
         "results": {k: v.to_dict() for k, v in results.items()},
         "comparison": compare(results, use_base) if use_base else None,

@@ -64,6 +64,13 @@ class LoadResult:
     summary: dict[str, Any]
     retention: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    # The simulated sites' own timing verdict over the run (stats.sim_validity); None: not checked.
+    sim_timing: dict[str, Any] | None = None
+
+    @property
+    def valid(self) -> bool:
+        """False when a simulated site fell behind real time during the run: do not quote it."""
+        return self.sim_timing is None or bool(self.sim_timing.get("valid", True))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,6 +324,8 @@ async def run_loadtest(spec: LoadSpec, endpoints: Endpoints, *, name: str = "run
             await _probe(session, f"site {n} metrics", u)
         snapshot_failures: list[str] = []
         before_gw, before_sites = await _counters(session, ep, snapshot_failures)
+        # Scope the simulators' timing verdict to this run (sites that are not simulators ignore it).
+        await fetch_sim_timing(session, ep.site_metrics, reset=True)
 
         records: list[dict[str, Any]] = []
         site_samples: list[dict[str, Any]] = []
@@ -393,6 +402,7 @@ async def run_loadtest(spec: LoadSpec, endpoints: Endpoints, *, name: str = "run
         await sampler
         after_envoy = await _envoy_stats(session, ep.admin)
         after_gw, after_sites = await _counters(session, ep, snapshot_failures)
+        timings = await fetch_sim_timing(session, ep.site_metrics)
 
     diff = S.diff_counters(before_envoy, after_envoy)
     clusters = ep.site_clusters or S.discover_site_clusters(after_envoy)
@@ -408,13 +418,53 @@ async def run_loadtest(spec: LoadSpec, endpoints: Endpoints, *, name: str = "run
         notes.append("counter snapshots incomplete: " + "; ".join(snapshot_failures))
     if sampler_errors:
         notes.append("metrics sampling failures: " + ", ".join(f"{k} x{v}" for k, v in sorted(sampler_errors.items())))
-    return LoadResult(
+    result = LoadResult(
         name=name, spec=spec.model_dump(), endpoints=asdict(ep), started_unix=started_unix, window_s=window,
         records=records, dropped=dropped, site_clusters=dict(clusters), envoy_sites=envoy_sites,
         envoy_extproc=S.extproc_counters(diff), gateway_counters=S.diff_counters(before_gw, after_gw),
         site_counters=site_counters, site_samples=site_samples, gateway_samples=gw_samples,
         sampler_errors=sampler_errors, summary=summary, notes=notes,
     )
+    return attach_sim_validity(result, timings)
+
+
+# ---- the simulators' own timing verdict -----------------------------------------------------------------
+def sim_base_url(metrics_url: str) -> str:
+    """A site's base URL from its /metrics URL (``http://h:p/metrics`` -> ``http://h:p``)."""
+    base = metrics_url.rstrip("/")
+    for tail in ("/metrics/dcgm", "/metrics"):
+        if base.endswith(tail):
+            return base[: -len(tail)]
+    return base
+
+
+async def fetch_sim_timing(session: aiohttp.ClientSession, site_urls: dict[str, str], *, reset: bool = False) -> dict[str, dict[str, Any]]:
+    """{site: its ``GET /sim/timing`` answer} (``?reset=1`` starts a new window). A site that is not a
+    simulator (404) or does not answer gets ``{"error": ...}``: no verdict, never a crash."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, url in site_urls.items():
+        target = sim_base_url(url) + "/sim/timing" + ("?reset=1" if reset else "")
+        try:
+            async with session.get(target, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as r:
+                if r.status != 200:
+                    out[name] = {"error": f"GET {target}: HTTP {r.status} (not a simulator?)"}
+                    continue
+                body = orjson.loads(await r.read())
+                out[name] = body if isinstance(body, dict) else {"error": f"GET {target}: not a JSON object"}
+        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+            out[name] = {"error": f"GET {target}: {type(exc).__name__}: {exc}"}
+    return out
+
+
+def attach_sim_validity(result: LoadResult, timings: dict[str, dict[str, Any]]) -> LoadResult:
+    """Mark ``result`` invalid when a simulated site fell behind real time ({site: /sim/timing})."""
+    verdict = S.sim_validity(timings)
+    result.sim_timing = verdict
+    for reason in verdict["reasons"]:
+        note = "INVALID: " + reason
+        if note not in result.notes:
+            result.notes.append(note)
+    return result
 
 
 # ---- answer retention (needs a view of the prompt as it arrived at the site) ---------------------------

@@ -293,3 +293,40 @@ def compare_summaries(summaries: Mapping[str, Mapping[str, Any]], baseline: str)
         base = dig(summaries[baseline], path)
         out[label] = {name: {"value": dig(s, path), "ratio": ratio(dig(s, path), base)} for name, s in summaries.items()}
     return out
+
+
+def sim_validity(timings: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Whether a run may be quoted, from each simulated site's ``/sim/timing`` after it. PURE.
+
+    A site whose simulator fell behind real time (step lateness p99 or clock slip past the bound it
+    states) measured the host's CPU, not the modelled GPU: the run is invalid and each reason names the
+    site, the figure and the bound. A site with no verdict (a real engine, or unreachable: ``error``)
+    does not invalidate the run; it is listed under ``unchecked``.
+    """
+    reasons: list[str] = []
+    sites: dict[str, Any] = {}
+    unchecked: dict[str, str] = {}
+    for name in sorted(timings):
+        t = timings[name]
+        if "error" in t:
+            unchecked[name] = str(t["error"])
+            continue
+        p99, bound = t.get("lateness_p99_s"), t.get("lateness_p99_bound_s")
+        slip, max_slip = t.get("slip_seconds"), t.get("max_slip_s")
+        site_reasons = []
+        if isinstance(p99, (int, float)) and isinstance(bound, (int, float)) and p99 > bound:
+            site_reasons.append(
+                f"simulator fell behind real time: site {name} lateness p99 {p99 * 1e3:.1f} ms > bound {bound * 1e3:.1f} ms"
+            )
+        if isinstance(slip, (int, float)) and isinstance(max_slip, (int, float)) and slip > max_slip:
+            site_reasons.append(
+                f"simulator fell behind real time: site {name} clock slip {slip:.3f} s > bound {max_slip:.3f} s"
+            )
+        if not site_reasons and t.get("valid") is False:  # a verdict without the figures behind it
+            site_reasons.append(f"simulator fell behind real time: site {name} ({t.get('reason') or 'no reason given'})")
+        reasons += site_reasons
+        sites[name] = {
+            "valid": not site_reasons, "lateness_p99_s": p99, "lateness_p99_bound_s": bound,
+            "slip_seconds": slip, "max_slip_s": max_slip, "steps": t.get("steps"),
+        }
+    return {"valid": not reasons, "reasons": reasons, "sites": sites, "unchecked": unchecked}

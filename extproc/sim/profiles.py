@@ -7,6 +7,7 @@ site can point at another YAML file with the same shape (``--profiles FILE``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +33,11 @@ class GPUProfile:
     bf16_tflops: float
     link_gb_s: float  # one direction, per GPU, for tensor-parallel all-reduce traffic
     allreduce_latency_us: float
+    fp8_tflops: float = 0.0  # dense FP8 tensor peak; 0 = no FP8 tensor cores (an FP8 model runs at bf16 rate)
+    # Per-GPU efficiency, when calibration says the engine-wide figure does not fit this GPU (None = use
+    # the engine's). docs/simulator.md lists the points each one was fitted on.
+    mfu: float | None = None
+    mem_efficiency: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -53,6 +59,7 @@ class ModelProfile:
     dtype_bytes: int
     max_context: int
     min_gpus_hint: int = 1
+    kv_dtype_bytes: int = 0  # KV cache element size; 0 = the weights' (vLLM's kv_cache_dtype "auto")
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -67,19 +74,22 @@ class ModelProfile:
     @property
     def kv_bytes_per_token(self) -> int:
         # K and V, per layer, per KV head.
-        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+        return 2 * self.layers * self.kv_heads * self.head_dim * (self.kv_dtype_bytes or self.dtype_bytes)
 
 
 @dataclass(frozen=True)
 class EngineDefaults:
     mem_efficiency: float = 0.85
     mfu: float = 0.5
-    step_overhead_ms: float = 1.0
+    step_overhead_ms: float = 1.0  # CPU/launch cost of a step with one sequence
+    cpu_per_seq_us: float = 10.0  # CPU cost of each further sequence in the batch (scheduler, sampler, I/O)
     non_kv_reserve_gb: float = 1.5
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
+    # vLLM V1 turns automatic prefix caching on by default (--no-enable-prefix-caching turns it off).
+    enable_prefix_caching: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,8 +127,8 @@ def _numbers(cls: type, entry: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(f"expected a mapping, got {type(entry).__name__}")
     out = dict(entry)
     for f in fields(cls):
-        if f.name in out and f.type in ("float", "int"):
-            out[f.name] = float(out[f.name]) if f.type == "float" else int(float(out[f.name]))
+        if f.name in out and out[f.name] is not None and f.type in ("float", "int", "float | None"):
+            out[f.name] = int(float(out[f.name])) if f.type == "int" else float(out[f.name])
     return out
 
 
@@ -138,6 +148,20 @@ def load_profiles(path: str | Path | None = None) -> Profiles:
     except (TypeError, ValueError) as exc:
         raise ProfileError(f"{p}: bad profile entry: {exc}") from exc
     return Profiles(gpus=gpus, models=models, engine=engine)
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """One step's time by operator, in seconds (see ``ReplicaHardware.step_cost``)."""
+
+    linear: float
+    attention: float
+    comm: float
+    cpu: float
+
+    @property
+    def total(self) -> float:
+        return self.linear + self.attention + self.comm + self.cpu
 
 
 @dataclass(frozen=True)
@@ -216,36 +240,70 @@ class ReplicaHardware:
         return self.weight_bytes_per_gpu + self.kv_pool_bytes_per_gpu + self.engine.non_kv_reserve_gb * GB
 
     # ---- time ---------------------------------------------------------------------------------------
-    def step_time(self, num_tokens: int, kv_read_tokens: int, attn_ctx_sum: int) -> float:
-        """Seconds one engine step takes on this replica.
+    def step_cost(self, num_tokens: int, kv_read_tokens: int, attn_ctx_sum: int, num_seqs: int = 1) -> "StepCost":
+        """Seconds one engine step takes on this replica, per operator (Vidur's approach: a step's time
+        is the sum of its operators' times, each from a roofline, plus the CPU's share).
 
         num_tokens: tokens computed this step (prefill chunk tokens + one per decoding sequence).
-        kv_read_tokens: KV entries read by attention (sum of the context lengths of the scheduled seqs).
+        kv_read_tokens: cached KV entries attention reads (sum of the scheduled sequences' contexts
+            before this step) -- the decode-attention term: a decoding sequence reads its whole context.
         attn_ctx_sum: sum over computed tokens of the context each token attends to (attention FLOPs).
+        num_seqs: sequences in the batch (the CPU's per-sequence work).
 
-        Roofline: the step takes the longer of its memory time and its compute time, plus the
-        tensor-parallel all-reduces and a fixed per-step overhead.
+        * linear layers (QKV/O projections, MLP, LM head): stream the weights once per step and multiply
+          every token: max(weight bytes / bandwidth, 2 x params x tokens / FLOP rate). FP8 weights use
+          the GPU's FP8 tensor rate;
+        * attention: read the cached KV of every scheduled sequence and write the new tokens' KV, and
+          compute QK^T and AV: max(KV bytes / bandwidth, 4 x layers x heads x head_dim x attn_ctx_sum /
+          bf16 FLOP rate) (attention runs in bf16 whatever the weights);
+        * tensor-parallel all-reduces (tp > 1): two per layer;
+        * CPU: ``step_overhead_ms`` for a batch of one plus ``cpu_per_seq_us`` for each further sequence.
+
+        The kernels run one after another, so their times add (a chunked-prefill step pays its decode
+        sequences' KV reads on top of its GEMMs, not hidden under them).
         """
         if num_tokens <= 0:
-            return 0.0
+            return StepCost(0.0, 0.0, 0.0, 0.0)
+        return StepCost(*self._terms(num_tokens, kv_read_tokens, attn_ctx_sum, num_seqs))
+
+    @functools.cached_property
+    def _rates(self) -> tuple[float, ...]:
+        """Per-step constants of the cost model (computed once; the engine calls it every step)."""
         m, g, e = self.model, self.gpu, self.engine
         s = self.speed_factor
-        # Memory: stream all (non-embedding) weights once, read the KV of every scheduled sequence,
-        # write the KV of the new tokens.
-        mem_bytes = m.streamed_params * m.dtype_bytes + (kv_read_tokens + num_tokens) * m.kv_bytes_per_token
-        t_mem = mem_bytes / (self.tp * g.mem_bw_gb_s * GB * e.mem_efficiency * s)
-        # Compute: 2 FLOPs per parameter per token for the dense layers, plus attention scores and
-        # weighted sum (QK^T and AV: 2 x 2 FLOPs per head-dim per context position per layer).
-        flops = 2.0 * m.streamed_params * num_tokens + 4.0 * m.layers * m.heads * m.head_dim * attn_ctx_sum
-        t_cmp = flops / (self.tp * g.bf16_tflops * 1e12 * e.mfu * s)
-        t_comm = 0.0
+        bw = self.tp * g.mem_bw_gb_s * GB * (g.mem_efficiency or e.mem_efficiency) * s
+        mfu = g.mfu or e.mfu
+        bf16 = self.tp * g.bf16_tflops * 1e12 * mfu * s
+        dense = self.tp * g.fp8_tflops * 1e12 * mfu * s if m.dtype_bytes == 1 and g.fp8_tflops else bf16
+        weight_time = m.streamed_params * m.dtype_bytes / bw
+        flops_per_token = 2.0 * m.streamed_params / dense
+        kv_time_per_token = m.kv_bytes_per_token / bw
+        attn_time_per_ctx = 4.0 * m.layers * m.heads * m.head_dim / bf16
+        comm_fixed = comm_per_token = 0.0
         if self.tp > 1:
             # Two all-reduces per layer (after attention and after the MLP) of num_tokens x hidden
-            # activations; ring all-reduce moves 2(tp-1)/tp of the message over each GPU's link.
-            msg = num_tokens * m.hidden * m.dtype_bytes
-            per_ar = g.allreduce_latency_us * 1e-6 + 2 * (self.tp - 1) / self.tp * msg / (g.link_gb_s * GB)
-            t_comm = 2 * m.layers * per_ar / s
-        return max(t_mem, t_cmp) + t_comm + e.step_overhead_ms * 1e-3 / s
+            # activations (bf16); ring all-reduce moves 2(tp-1)/tp of the message over each GPU's link.
+            comm_fixed = 2 * m.layers * g.allreduce_latency_us * 1e-6 / s
+            comm_per_token = 2 * m.layers * 2 * (self.tp - 1) / self.tp * m.hidden * 2 / (g.link_gb_s * GB) / s
+        cpu_base = e.step_overhead_ms * 1e-3 / s
+        cpu_per_seq = e.cpu_per_seq_us * 1e-6 / s
+        return (weight_time, flops_per_token, kv_time_per_token, attn_time_per_ctx, comm_fixed, comm_per_token,
+                cpu_base, cpu_per_seq)
+
+    def _terms(self, num_tokens: int, kv_read_tokens: int, attn_ctx_sum: int, num_seqs: int) -> tuple[float, float, float, float]:
+        w, fpt, kvt, apc, cf, cpt, cb, cps = self._rates
+        t_linear = max(w, fpt * num_tokens)
+        t_attn = max(kvt * (kv_read_tokens + num_tokens), apc * attn_ctx_sum)
+        t_comm = cf + cpt * num_tokens if self.tp > 1 else 0.0
+        t_cpu = cb + cps * (num_seqs - 1 if num_seqs > 1 else 0)
+        return t_linear, t_attn, t_comm, t_cpu
+
+    def step_time(self, num_tokens: int, kv_read_tokens: int, attn_ctx_sum: int, num_seqs: int = 1) -> float:
+        """Seconds one engine step takes: the sum of :meth:`step_cost`'s terms."""
+        if num_tokens <= 0:
+            return 0.0
+        a, b, c, d = self._terms(num_tokens, kv_read_tokens, attn_ctx_sum, num_seqs)
+        return a + b + c + d
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -302,6 +360,7 @@ __all__ = [
     "ProfileError",
     "Profiles",
     "ReplicaHardware",
+    "StepCost",
     "ceil_div",
     "load_profiles",
     "make_hardware",
