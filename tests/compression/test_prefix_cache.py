@@ -6,9 +6,7 @@ compressor that is not deterministic itself (int8 batches, a saturated worker)."
 
 from __future__ import annotations
 
-import random
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -16,11 +14,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakes import EveryOther, make_request  # noqa: E402
+from fakes import RandomKeep, make_request  # noqa: E402
 
 from extproc.compression.cache import BoundedLRU, DocumentCache, TurnMemory, digest, quantize_rate  # noqa: E402
 from extproc.compression.coarse import CoarseRanker  # noqa: E402
-from extproc.compression.fine import FineResult, Skipped  # noqa: E402
 from extproc.compression.rewriter import HEADER, CompressionRewriter  # noqa: E402
 from extproc.compression.segment import is_subsequence, units  # noqa: E402
 from extproc.compression.settings import CompressionSettings  # noqa: E402
@@ -28,21 +25,6 @@ from extproc.rewrite import Rewrite  # noqa: E402
 
 FILL = ("The quarterly review covered staffing, the new warehouse lease and the migration of the ticketing "
         "system to a managed service, which the operations team expects to finish before the summer. ")
-
-
-class RandomKeep(EveryOther):
-    """Keeps a different random subset of units on every call: a compressor whose output depends on more
-    than its input (like int8 activations quantised per batch)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rng = random.Random(1)
-
-    async def compress(self, texts: Sequence[str], rate: float, deadline_s: float) -> FineResult | Skipped:
-        self.calls.append((list(texts), rate))
-        out = tuple(" ".join(u for u in units(t) if self.rng.random() < rate) for t in texts)
-        n = tuple(len(units(t)) for t in texts)
-        return FineResult(out, n, tuple(len(units(o)) for o in out), 0.001, 0.0)
 
 
 def _settings(**kw) -> CompressionSettings:
