@@ -67,7 +67,9 @@ async def _run(args: argparse.Namespace) -> int:
         console.print("[red]no items to evaluate[/red]")
         return 2
     settings = CompressionSettings(
-        enabled=True, model_path=args.model, ranker=args.ranker, coarse=not args.no_coarse, min_prompt_tokens=0
+        enabled=True, model_path=args.model, ranker=args.ranker, coarse=not args.no_coarse, min_prompt_tokens=0,
+        # Each item and rate is measured cold: no ranking or compressed piece reused from another rate.
+        cache_max_documents=0, cache_max_chars=0, cache_max_rankings=0,
     )
     ranker = None if args.no_coarse else CoarseRanker(args.ranker, settings.embedding_model_path)
     if ranker is not None and args.ranker != "bm25":
