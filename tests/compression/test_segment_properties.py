@@ -113,6 +113,12 @@ def test_compressed_request_invariants(body: dict, rate: float) -> None:
         for m in PROTECTED_BLOCK.finditer(t):
             assert m.group() in t2
         assert is_subsequence(units(t2), units(t))
+    # 5. Earlier turns (before the last assistant message) are not rewritten anew: each goes as written,
+    #    or exactly as the pipeline sent it before (remembered by content), never a fresh compression.
+    last_a = max((i for i, m in enumerate(body["messages"]) if m["role"] == "assistant"), default=-1)
+    for path, t in before.items():
+        if path[0] == "messages" and path[1] < last_a:
+            assert after[path] in (t, PIPE.turns.get(t))
     seg = segment(CHAT, body, PIPE.seg_opts)
     if seg.question:
         assert any(seg.question in t2 for t2 in after.values())
