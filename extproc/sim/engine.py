@@ -17,15 +17,33 @@ the saturation study run thousands of steps in milliseconds, deterministically);
 * when a running sequence needs a KV block and none is free, the most recently admitted sequence is
   preempted (its blocks freed, put back at the head of the queue, recomputed later), as vLLM's
   recompute preemption does; no admissions happen in a step that preempted.
+
+Prefix caching (vLLM V1's automatic prefix caching, on by default; ``kvcache.py`` holds the block pool):
+
+* a caller that wants cache hits gives each request ``block_hashes``, the hash chain of its prompt's
+  full 16-token blocks (``kvcache.hash_blocks(token_ids)``; any hashables with the chain property do:
+  equal hash at block i <=> equal tokens in blocks 0..i). ``None`` (the default) = never looked up,
+  never cached, costs nothing extra;
+* when a request is admitted with nothing computed (new, or back after a preemption), the longest run of
+  cached blocks from its start is shared and those tokens skip prefill (at most ``(tokens - 1) // 16``
+  blocks: the last prompt token is always computed). ``req.num_cached_tokens`` is the hit of its first
+  admission (what ``usage.prompt_tokens_details.cached_tokens`` reports);
+* counters, in tokens, as vLLM's ``vllm:prefix_cache_queries`` / ``vllm:prefix_cache_hits``:
+  ``stats.prefix_cache_queries`` (+ the request's tokens at each admission of a request with
+  ``block_hashes``) and ``stats.prefix_cache_hits`` (+ the tokens found cached);
+* freed blocks stay cached (LRU over free blocks) until their memory is reused; ``kv_usage`` counts only
+  referenced blocks, as vLLM's does. ``EngineCore(hw, prefix_caching=False)`` (or the profile's
+  ``enable_prefix_caching: false``) turns it off; requests' hashes are then ignored.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
-from .profiles import ReplicaHardware, ceil_div
+from .kvcache import KVCacheManager
+from .profiles import ReplicaHardware
 from .stats import EngineStats
 
 WAITING, RUNNING, FINISHED, ABORTED = "waiting", "running", "finished", "aborted"
@@ -49,6 +67,13 @@ class SimRequest:
     first_token_time: float | None = None
     last_token_time: float | None = None
     preemptions: int = 0
+    # Prefix caching: the hash chain of the prompt's full blocks (None = not cacheable), the prompt
+    # tokens found cached at the first admission, the KV block ids held, and how many of them are
+    # registered in the cache.
+    block_hashes: Sequence[Hashable] | None = None
+    num_cached_tokens: int = 0
+    block_ids: list[int] = field(default_factory=list)
+    num_registered_blocks: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -80,11 +105,12 @@ class StepPlan:
 class EngineCore:
     """Continuous-batching scheduler and KV block accounting for one replica."""
 
-    def __init__(self, hw: ReplicaHardware) -> None:
+    def __init__(self, hw: ReplicaHardware, *, prefix_caching: bool | None = None) -> None:
         self.hw = hw
         self.block_size = hw.engine.block_size
         self.total_blocks = hw.num_blocks
-        self.free_blocks = hw.num_blocks
+        self.prefix_caching = hw.engine.enable_prefix_caching if prefix_caching is None else prefix_caching
+        self.kv = KVCacheManager(hw.num_blocks, hw.engine.block_size, self.prefix_caching)
         self.max_num_seqs = hw.engine.max_num_seqs
         self.max_batched = hw.engine.max_num_batched_tokens
         self.waiting: deque[SimRequest] = deque()
@@ -98,6 +124,8 @@ class EngineCore:
             raise ValueError("a request needs at least one prompt token and one output token")
         if req.prompt_len + req.max_output > self.hw.effective_max_model_len:
             raise ValueError("request exceeds max_model_len")  # the API layer rejects these first
+        if req.block_hashes is not None and len(req.block_hashes) > req.prompt_len // self.block_size:
+            raise ValueError("block_hashes has more entries than the prompt has full blocks")
         req.status = WAITING
         self.waiting.append(req)
 
@@ -123,11 +151,32 @@ class EngineCore:
         return len(self.waiting)
 
     @property
+    def free_blocks(self) -> int:
+        """KV blocks no request references (cached-but-free blocks included: they are evictable)."""
+        return self.kv.num_free
+
+    @property
     def kv_usage(self) -> float:
         """Fraction of KV blocks in use (vLLM's ``kv_cache_usage_perc`` is this fraction, 0..1)."""
-        if not self.total_blocks:
-            return 0.0
-        return (self.total_blocks - self.free_blocks) / self.total_blocks
+        return self.kv.usage
+
+    def _release(self, r: SimRequest) -> None:
+        self.kv.free(r.block_ids, r.num_blocks)
+        r.block_ids = []
+        r.num_blocks = 0
+        r.num_registered_blocks = 0
+
+    def _grow(self, r: SimRequest, need: int, computed_after: int) -> None:
+        """Give ``r`` ``need`` more blocks; register its prompt blocks that are full after this step."""
+        kv = self.kv
+        if need > 0:
+            kv.allocate(r.block_ids, need)
+            r.num_blocks += need
+        hashes = r.block_hashes
+        if hashes is not None and r.num_registered_blocks < len(hashes) and self.prefix_caching:
+            full = min(len(hashes), computed_after // self.block_size)
+            if full > r.num_registered_blocks:
+                r.num_registered_blocks = kv.cache_blocks(r.block_ids, hashes, r.num_registered_blocks, full)
 
     # ---- one step -----------------------------------------------------------------------------------
     def _purge_aborted(self) -> None:
@@ -137,8 +186,7 @@ class EngineCore:
         keep: list[SimRequest] = []
         for r in self.running:
             if r.status == ABORTED:
-                self.free_blocks += r.num_blocks
-                r.num_blocks = 0
+                self._release(r)
             else:
                 keep.append(r)
         self.running = keep
@@ -146,8 +194,7 @@ class EngineCore:
             self.waiting = deque(r for r in self.waiting if r.status != ABORTED)
 
     def _preempt(self, victim: SimRequest) -> None:
-        self.free_blocks += victim.num_blocks
-        victim.num_blocks = 0
+        self._release(victim)
         victim.num_computed = 0  # recompute preemption: prompt and generated tokens are prefilled again
         victim.status = WAITING
         victim.preemptions += 1
@@ -162,6 +209,9 @@ class EngineCore:
         bs = self.block_size
         running = self.running
         items = plan.items
+        kv = self.kv
+        caching = self.prefix_caching
+        stats = self.stats
         idx = 0
         while idx < len(running) and budget > 0:
             r = running[idx]
@@ -171,7 +221,7 @@ class EngineCore:
                 n = budget  # chunked prefill: the rest of the prompt goes in later steps
             need = (c0 + n + bs - 1) // bs - r.num_blocks
             self_preempted = False
-            while need > self.free_blocks:
+            while need > kv.num_free:
                 victim = running.pop()
                 self._preempt(victim)
                 plan.preempted += 1
@@ -180,9 +230,8 @@ class EngineCore:
                     break
             if self_preempted:
                 break
-            if need > 0:
-                self.free_blocks -= need
-                r.num_blocks += need
+            if need > 0 or (r.block_hashes is not None and r.num_registered_blocks < len(r.block_hashes)):
+                self._grow(r, need, c0 + n)
             items.append((r, n))
             budget -= n
             idx += 1
@@ -190,17 +239,31 @@ class EngineCore:
             waiting = self.waiting
             while waiting and budget > 0 and len(running) < self.max_num_seqs:
                 r = waiting[0]
-                n = min(r.num_tokens - r.num_computed, budget)
-                need = ceil_div(r.num_computed + n, bs) - r.num_blocks
-                if need > self.free_blocks:
+                hashes = r.block_hashes
+                # A waiting request has nothing computed (new, or preempted: recompute from scratch).
+                hit = kv.lookup(hashes, r.num_tokens) if caching and hashes is not None else []
+                cached = len(hit) * bs
+                n = min(r.num_tokens - cached, budget)
+                need = (cached + n + bs - 1) // bs - len(hit)
+                if not kv.can_admit(hit, need):
                     break  # head-of-line waits for KV space, as in vLLM (FCFS)
                 waiting.popleft()
-                self.free_blocks -= need
-                r.num_blocks += need
+                if hit:
+                    kv.touch(hit)
+                    r.block_ids = hit
+                    r.num_blocks = len(hit)
+                    r.num_registered_blocks = len(hit)
+                    r.num_computed = cached
+                if caching and hashes is not None:
+                    # Counted once per admission (vLLM counts each lookup, also a head-of-line retry).
+                    stats.prefix_cache_queries += r.num_tokens
+                    stats.prefix_cache_hits += cached
+                self._grow(r, need, cached + n)
                 r.status = RUNNING
                 if r.first_scheduled is None:
                     r.first_scheduled = now
-                    self.stats.queue.observe(now - r.arrival)
+                    r.num_cached_tokens = cached
+                    stats.queue.observe(now - r.arrival)
                 running.append(r)
                 items.append((r, n))
                 budget -= n
@@ -262,8 +325,7 @@ class EngineCore:
             st.generation_tokens += 1
             if r.num_generated >= r.max_output:
                 r.status = FINISHED
-                self.free_blocks += r.num_blocks
-                r.num_blocks = 0
+                self._release(r)
                 st.finished[r.finish_reason] = st.finished.get(r.finish_reason, 0) + 1
                 st.e2e.observe(t - r.arrival)
                 any_finished = True

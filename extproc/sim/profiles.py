@@ -80,6 +80,8 @@ class EngineDefaults:
     block_size: int = 16
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
+    # vLLM V1 turns automatic prefix caching on by default (--no-enable-prefix-caching turns it off).
+    enable_prefix_caching: bool = True
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,10 @@ class EngineStats:
     preemptions: int = 0
     steps: int = 0
     busy_seconds: float = 0.0  # modelled GPU-busy time (sum of step durations)
+    # Prefix cache, in tokens (vLLM's vllm:prefix_cache_queries / vllm:prefix_cache_hits): prompt tokens
+    # looked up at admission, and how many of them were found cached.
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
     finished: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0, "abort": 0})
     ttft: Hist = field(default_factory=lambda: Hist(TTFT_BUCKETS))
     itl: Hist = field(default_factory=lambda: Hist(ITL_BUCKETS))
