@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "extproc.sim.cli",  # sim
     "extproc.compression.cli",  # eval-compression
     "extproc.loadtest.cli",  # loadtest
+    "extproc.twin.cli",  # twin
 )
 
 
@@ -39,6 +40,7 @@ COMMAND_OWNERS: dict[str, str] = {
     "sim": "extproc.sim.cli",
     "eval-compression": "extproc.compression.cli",
     "loadtest": "extproc.loadtest.cli",
+    "twin": "extproc.twin.cli",
 }
 
 

@@ -20,7 +20,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import functools
+import zlib
+
 from extproc.sim.engine import FINISHED, EngineCore, SimRequest
+from extproc.sim.kvcache import ROOT_HASH
 from extproc.sim.profiles import load_profiles, make_hardware
 from extproc.twin.arms import Arm
 from extproc.twin.gateway_adapter import CompressionModel, Router
@@ -30,6 +34,38 @@ from extproc.workload.generate import Request, generate_open_loop, rag_segments
 from extproc.workload.rag import build_corpus
 
 ARRIVE, SITE_IN, STEP_END, REPORT, DELIVER = 0, 1, 2, 3, 4
+BLOCK = 16
+
+
+@functools.lru_cache(maxsize=65536)
+def _key_id(key: str) -> int:
+    return zlib.crc32(key.encode())
+
+
+@functools.lru_cache(maxsize=8192)
+def block_hashes(segments: tuple[tuple[str, int], ...], bs: int = BLOCK) -> tuple[int, ...]:
+    """The prompt's hash chain over full blocks (the engine's prefix-cache key), from its segments: a
+    segment key names fixed content, so (key, offset) pairs identify each block's tokens. Same segments
+    in the same order give the same chain in every request, at every site, in every process."""
+    out: list[int] = []
+    h = ROOT_HASH
+    cur: list[int] = []
+    fill = 0
+    for key, n in segments:
+        kid = _key_id(key)
+        off = 0
+        while off < n:
+            take = min(n - off, bs - fill)
+            cur.append(kid)
+            cur.append(off)
+            off += take
+            fill += take
+            if fill == bs:
+                h = hash((h, *cur))
+                out.append(h)
+                cur = []
+                fill = 0
+    return tuple(out)
 
 
 @dataclass(slots=True)
@@ -50,6 +86,8 @@ class Flight:
     done: float | None = None
     retained: bool | None = None  # RAG: every gold document still in the prompt the GPU got
     measured: bool = False
+    segments: tuple[tuple[str, int], ...] = ()
+    cached: int = 0  # prompt tokens found in the site's prefix cache
 
 
 @dataclass
@@ -163,6 +201,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
                 fl: Flight = sr.sink
                 if sr.num_generated == 1:
                     fl.first = now + site.half_rtt
+                    fl.cached = sr.num_cached_tokens
                 if sr.status == FINISHED:
                     fl.done = now + site.half_rtt
                     outstanding -= 1
@@ -186,18 +225,21 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
                 res.keep_rates.append((now, c.rate))
             if c.kept is not None:
                 segs = rag_segments(corpus, req.item, c.kept)
+                fl.segments = segs
                 fl.prompt_gpu = sum(x for _, x in segs)
                 gold = corpus.items[req.item].gold
                 fl.retained = all(g in c.kept for g in gold)
             else:
                 fl.prompt_gpu = req.prompt_tokens
+                fl.segments = req.segments
                 fl.retained = True if req.kind == "rag" else None
             push(now + c.cpu_s + sites[routed.site].half_rtt, SITE_IN, fl)
         elif code == SITE_IN:
             fl = obj
             site = sites[fl.site]
             rep = site.pick()
-            sr = SimRequest(str(fl.req.rid), fl.prompt_gpu, fl.req.output_tokens, now, sink=fl)
+            sr = SimRequest(str(fl.req.rid), fl.prompt_gpu, fl.req.output_tokens, now, sink=fl,
+                            block_hashes=block_hashes(fl.segments))
             rep.core.add(sr)
             if not rep.busy:
                 start_step(rep, site)
@@ -229,6 +271,8 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
             "prompt_tokens_computed": sum(x.prompt_tokens for x in st),
             "generation_tokens": sum(x.generation_tokens for x in st),
             "busy_seconds": sum(x.busy_seconds for x in st),
+            "prefix_cache_queries": sum(x.prefix_cache_queries for x in st),
+            "prefix_cache_hits": sum(x.prefix_cache_hits for x in st),
             "replicas": len(s.replicas),
         }
     return res

@@ -72,10 +72,14 @@ def summarize(sc: Scenario, res: Any, rate: float) -> dict[str, Any]:
         "output_tokens_per_s": sum(f.req.output_tokens for f in done) / window if window > 0 else None,
         "ttft_p95_ms": _ms(percentile(ttft_all, 95)),
         # Prompt tokens, side by side: as the clients sent them, as they reached the GPUs (after
-        # compression), and as the GPUs computed them (all runs, warm-up included; no prefix cache yet).
+        # compression), and (below) as the GPUs processed them (after prefix-cache hits).
         "prompt_tokens_sent": sum(f.req.prompt_tokens for f in fl),
         "prompt_tokens_to_gpu": sum(f.prompt_gpu for f in fl),
         "prompt_tokens_computed_all": sum(s["prompt_tokens_computed"] for s in sites.values()),
+        # Prefill the GPUs actually did for the measured requests: what reached them minus prefix-cache hits.
+        "prompt_tokens_processed": sum(f.prompt_gpu - f.cached for f in fl if f.first is not None),
+        "prefix_cache_hit_rate": (sum(s["prefix_cache_hits"] for s in sites.values())
+                                  / max(1, sum(s["prefix_cache_queries"] for s in sites.values()))),
         "preemptions": sum(s["preemptions"] for s in sites.values()),
         "rewrites": len(comp),
         "rag_requests": len(rag),
