@@ -98,7 +98,8 @@ class SessionSource:
     def next_session(self) -> list[Request]:
         s = self.spec
         kind = self._kinds.choices(("rag", "chat"), (s.mix.rag, s.mix.chat))[0]
-        sla = self._kinds.choices(SLA_CLASSES, s.sla.weights())[0]
+        mix = (s.rag_sla if kind == "rag" else s.chat_sla) or s.sla
+        sla = self._kinds.choices(SLA_CLASSES, mix.weights())[0]
         c = self._content
         if kind == "rag":
             e = c.choices(self._ents, self._ent_w)[0]

@@ -115,6 +115,9 @@ class WorkloadSpec(_Strict):
     arrivals: ArrivalSpec = ArrivalSpec()
     mix: KindMix = KindMix()
     sla: SlaMix = SlaMix()
+    # Per kind, overriding `sla` (e.g. interactive chat realtime, document QA standard/batch).
+    rag_sla: SlaMix | None = None
+    chat_sla: SlaMix | None = None
     rag: RagSpec = RagSpec()
     chat: ChatSpec = ChatSpec()
     # Output length of every request, fixed per request (sent as max_tokens with ignore_eos), so a request
