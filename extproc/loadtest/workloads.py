@@ -15,6 +15,7 @@ cl100k on this text); the report counts tokens from the server's `usage`, never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -144,6 +145,10 @@ class LoadSpec(_Strict):
     chat: ChatSpec = ChatSpec()
     sla: SlaMix = SlaMix()
     max_tokens: LengthDist = LengthDist(median=128, sigma=0.7, min=16, max=512)
+    # Every request carries a `seed` (request_seed), so a server draws the same answer length for it
+    # everywhere. fixed_output_length: also send vLLM's `ignore_eos`, so every answer is exactly
+    # max_tokens long (no natural end at all).
+    fixed_output_length: bool = False
     # Per-request deadline; also how long in-flight requests may drain after the duration ends.
     request_timeout_s: float = Field(default=120.0, gt=0, le=3_600)
     # Bound on requests in flight in open loop: past it, arrivals are counted as dropped, not queued
@@ -388,6 +393,15 @@ class _Conversation:
     done: int = 0
 
 
+def request_seed(workload_seed: int, index: int) -> int:
+    """The ``seed`` request ``index`` of a workload sends: a stable function of the two, so the n-th
+    request has the same seed at every site, in every arm and at every rate. An OpenAI-compatible
+    server samples with it (vLLM; the simulator draws the answer's natural length from it), so the
+    same request gets the same output length wherever it is routed. 31 bits: any server's int fits."""
+    h = hashlib.blake2s(f"{workload_seed}:{index}".encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little") & 0x7FFF_FFFF
+
+
 def plan(spec: LoadSpec) -> Iterator[PlannedRequest]:
     """Requests in send order. Infinite only when bounded by duration alone; the runner stops it.
 
@@ -448,7 +462,12 @@ def plan(spec: LoadSpec) -> Iterator[PlannedRequest]:
             messages = list(conv.messages)
             if conv.done >= conv.turns:
                 open_convs.remove(conv)
-        body: dict[str, Any] = {"model": spec.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        body: dict[str, Any] = {
+            "model": spec.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+            "seed": request_seed(spec.seed, i),
+        }
+        if spec.fixed_output_length:
+            body["ignore_eos"] = True
         if spec.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}

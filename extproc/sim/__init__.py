@@ -13,7 +13,8 @@ The engine model is usable without any event loop: ``extproc.sim.engine`` (``Eng
 
 from .engine import EngineCore, SimRequest, VirtualSim, run_closed_loop, run_open_loop
 from .profiles import ProfileError, ReplicaHardware, load_profiles, make_hardware
-from .server import SimSite, SiteConfig, start_sim_site, start_sim_sites
+from .config import SiteConfig
+from .server import SimSite, start_sim_site, start_sim_sites
 
 __all__ = [
     "EngineCore",

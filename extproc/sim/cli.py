@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from .profiles import ProfileError, load_profiles
-from .server import SiteConfig, start_sim_sites
+from .config import SiteConfig
+from .server import start_sim_sites
 
 log = logging.getLogger("aigrid.sim")
 
@@ -49,6 +50,8 @@ _SITE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("natural_output_max", int, "longest natural (EOS) answer in tokens"),
     ("seed", int, "seed for natural lengths and jitter"),
     ("slip_threshold_ms", float, "beyond this lateness the clock re-anchors (reported as slip)"),
+    ("lateness_p99_bound_ms", float, "a run is invalid if step lateness p99 exceeds this (GET /sim/timing; default 20)"),
+    ("max_slip_s", float, "a run is invalid if clock slip exceeds this many seconds (default 0)"),
     ("stream_interval", int, "stream tokens in groups of N (vLLM --stream-interval; default 1)"),
     ("record_prompts", int, "keep the last N request bodies at GET /_aigrid/records (evaluation; 0 = off)"),
 )
@@ -64,6 +67,10 @@ def register(subparsers: Any) -> None:
     for dest, typ, help_ in _SITE_FLAGS:
         p.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=help_)
     p.add_argument("--ignore-eos", action="store_true", default=None, help="always generate exactly max_tokens")
+    p.add_argument(
+        "--prefix-caching", dest="prefix_caching", action=argparse.BooleanOptionalAction, default=None,
+        help="vLLM V1 automatic prefix caching (default on, as in vLLM; --no-prefix-caching turns it off)",
+    )
     p.add_argument("--sites-file", default=None, help="YAML list of sites to host in this process")
     p.add_argument("--list-profiles", action="store_true", help="print the GPU and model profiles and exit")
     p.set_defaults(func=run)

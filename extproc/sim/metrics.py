@@ -2,7 +2,8 @@
 
 * vLLM (``/metrics`` of ``vllm serve``): ``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
   ``vllm:kv_cache_usage_perc`` and its older name ``vllm:gpu_cache_usage_perc`` (a 0..1 fraction despite
-  the name, as in vLLM), token counters, TTFT / inter-token / end-to-end / queue-time histograms. One
+  the name, as in vLLM), token counters, prefix-cache ``vllm:prefix_cache_queries`` /
+  ``vllm:prefix_cache_hits`` (tokens), TTFT / inter-token / end-to-end / queue-time histograms. One
   label set per replica: ``model_name`` and ``engine`` (the replica index), as vLLM labels its engines.
 * DCGM exporter (``dcgm-exporter``, normally its own port 9400): ``DCGM_FI_DEV_GPU_UTIL`` (percent),
   ``DCGM_FI_DEV_FB_USED`` / ``DCGM_FI_DEV_FB_FREE`` (MiB), one series per simulated GPU with the
@@ -55,6 +56,8 @@ class VllmCollector(Collector):
         kv_old = GaugeMetricFamily("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage (deprecated name).", labels=lbl)
         prompt = CounterMetricFamily("vllm:prompt_tokens", "Number of prefill tokens processed.", labels=lbl)
         gen = CounterMetricFamily("vllm:generation_tokens", "Number of generation tokens processed.", labels=lbl)
+        pc_queries = CounterMetricFamily("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", labels=lbl)
+        pc_hits = CounterMetricFamily("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", labels=lbl)
         preempt = CounterMetricFamily("vllm:num_preemptions", "Cumulative number of preemption from the engine.", labels=lbl)
         success = CounterMetricFamily("vllm:request_success", "Count of successfully processed requests.", labels=[*lbl, "finished_reason"])
         ttft = HistogramMetricFamily("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", labels=lbl)
@@ -64,7 +67,7 @@ class VllmCollector(Collector):
         queue = HistogramMetricFamily("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", labels=lbl)
         cache_info = GaugeMetricFamily(
             "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
-            labels=["block_size", "num_gpu_blocks", "gpu_memory_utilization", "engine"],
+            labels=["block_size", "num_gpu_blocks", "gpu_memory_utilization", "enable_prefix_caching", "engine"],
         )
         late = HistogramMetricFamily("aigrid_sim_step_lateness_seconds", "How late each simulated step released its tokens versus the modelled time.", labels=["engine"])
         slip = CounterMetricFamily("aigrid_sim_clock_slip_seconds", "Wall time the simulator gave up after falling behind by more than its slip threshold.", labels=["engine"])
@@ -81,6 +84,8 @@ class VllmCollector(Collector):
             prompt.add_metric(v, st.prompt_tokens)
             gen.add_metric(v, st.generation_tokens)
             preempt.add_metric(v, st.preemptions)
+            pc_queries.add_metric(v, st.prefix_cache_queries)
+            pc_hits.add_metric(v, st.prefix_cache_hits)
             for reason, n in st.finished.items():
                 success.add_metric([*v, reason], n)
             _hist(ttft, v, st.ttft)
@@ -90,14 +95,15 @@ class VllmCollector(Collector):
             _hist(queue, v, st.queue)
             hw = site.hw
             cache_info.add_metric(
-                [str(hw.engine.block_size), str(hw.num_blocks), str(hw.engine.gpu_memory_utilization), str(rep.index)], 1.0
+                [str(hw.engine.block_size), str(hw.num_blocks), str(hw.engine.gpu_memory_utilization),
+                 str(core.prefix_caching), str(rep.index)], 1.0
             )
             e = [str(rep.index)]
             _hist(late, e, rep.lateness)
             slip.add_metric(e, rep.slip_seconds)
             steps.add_metric(e, st.steps)
             busy.add_metric(e, st.busy_seconds)
-        yield from (running, waiting, kv, kv_old, prompt, gen, preempt, success, ttft, itl, tpot, e2e, queue, cache_info)
+        yield from (running, waiting, kv, kv_old, prompt, gen, pc_queries, pc_hits, preempt, success, ttft, itl, tpot, e2e, queue, cache_info)
         yield from (late, slip, steps, busy)
         info = GaugeMetricFamily(
             "aigrid_sim_info", "Simulated site description (value is always 1).",

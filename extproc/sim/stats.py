@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 # Bucket boundaries as vLLM's own metrics use them (vllm/v1/metrics/loggers.py), so dashboards and
 # agents written for vLLM read the simulator unchanged.
@@ -78,3 +78,39 @@ class EngineStats:
     itl: Hist = field(default_factory=lambda: Hist(ITL_BUCKETS))
     e2e: Hist = field(default_factory=lambda: Hist(E2E_BUCKETS))
     queue: Hist = field(default_factory=lambda: Hist(E2E_BUCKETS))
+
+
+def timing_summary(
+    lateness: Sequence[float], slip_seconds: float, *, lateness_p99_bound_s: float, max_slip_s: float
+) -> dict[str, Any]:
+    """The simulator's timing error and its verdict. PURE.
+
+    A run is ``valid`` only if the simulator kept real time: step lateness p99 within the bound and no
+    more clock slip than allowed. Past either, the figures measured against this site describe the
+    host's CPU, not the modelled GPU; ``reason`` says which bound broke.
+    """
+    samples = sorted(lateness)
+    n = len(samples)
+
+    def q(p: float) -> float:
+        return samples[min(n - 1, int(p * n))] if n else 0.0
+
+    p99 = q(0.99)
+    reasons = []
+    if p99 > lateness_p99_bound_s:
+        reasons.append(f"lateness p99 {p99 * 1e3:.1f} ms > bound {lateness_p99_bound_s * 1e3:.1f} ms")
+    if slip_seconds > max_slip_s:
+        reasons.append(f"clock slip {slip_seconds:.3f} s > bound {max_slip_s:.3f} s")
+    return {
+        "steps": n,
+        "lateness_mean_s": sum(samples) / n if n else 0.0,
+        "lateness_p50_s": q(0.50),
+        "lateness_p90_s": q(0.90),
+        "lateness_p99_s": p99,
+        "lateness_max_s": samples[-1] if n else 0.0,
+        "slip_seconds": slip_seconds,
+        "lateness_p99_bound_s": lateness_p99_bound_s,
+        "max_slip_s": max_slip_s,
+        "valid": not reasons,
+        "reason": "; ".join(reasons),
+    }

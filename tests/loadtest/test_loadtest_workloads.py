@@ -172,3 +172,25 @@ def test_reference_workload_parses():
     assert spec.concurrency and spec.duration_s and spec.stream
     ps = list(itertools.islice(plan(spec), 50))
     assert {p.kind for p in ps} == {"rag", "chat"}
+
+
+def test_every_request_carries_a_seed_stable_across_rates_and_arms():
+    from extproc.loadtest.workloads import request_seed
+
+    slow = list(plan(_spec(requests=200, rate=5.0)))
+    fast = list(plan(_spec(requests=200, rate=80.0)))
+    seeds = [p.body["seed"] for p in slow]
+    assert all(isinstance(s, int) and 0 <= s < 2**31 for s in seeds)
+    assert len(set(seeds)) == len(seeds)  # one per request, not one per workload
+    # The n-th request has the same seed whatever the rate (the arms of a comparison differ in rate
+    # and routing, never in the requests they send).
+    assert [p.body["seed"] for p in fast] == seeds
+    assert seeds[:3] == [request_seed(7, 0), request_seed(7, 1), request_seed(7, 2)]
+    other = [p.body["seed"] for p in plan(_spec(requests=200, rate=5.0, seed=8))]
+    assert len(set(other) & set(seeds)) < 3  # a different workload seed, different request seeds
+    assert all("ignore_eos" not in p.body for p in slow)
+
+
+def test_fixed_output_length_sends_ignore_eos():
+    ps = list(plan(_spec(requests=20, fixed_output_length=True)))
+    assert all(p.body["ignore_eos"] is True and "seed" in p.body for p in ps)
