@@ -57,6 +57,7 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo(
             Path(args.workdir), Path(args.out), envoy_port=args.port, admin_port=args.admin_port, long=args.long,
             arms=arms, seeds=args.seeds, live_seconds=args.live_seconds, live=not args.no_live,
+            twin_duration_s=args.twin_duration,
         )
     except StackError as exc:
         print(f"aigrid demo: {exc}", file=sys.stderr)
@@ -74,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seeds", type=int, default=5, help="seeds per arm (default 5)")
     d.add_argument("--live-seconds", type=float, default=12.0, help="seconds of live load per rate (default 12)")
     d.add_argument("--no-live", action="store_true", help="skip the live confirmation")
+    d.add_argument("--twin-duration", type=float, default=None, help="simulated seconds per twin run (default: the scenario's 20, 40 with --long)")
     d.add_argument("--port", type=int, default=10000, help="Envoy listener port (default 10000)")
     d.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
     d.add_argument("--workdir", default=".aigrid/demo", help="config and logs (default .aigrid/demo)")

@@ -25,12 +25,14 @@ MAIN_ARMS = ("B1", "B2", "R", "C", "R+C")
 ALL_ARMS = ("B0", "B1", "B2", "R", "C", "R+C", "R+C-noSLA", "R+C-noAff", "R+C-fixed", "R-base", "R-noAff")
 
 
-def _twin(arms: tuple[str, ...], seeds: int, long: bool, console: Console) -> tuple[Any, dict[str, Any]]:
+def _twin(arms: tuple[str, ...], seeds: int, long: bool, console: Console, duration_s: float | None = None) -> tuple[Any, dict[str, Any]]:
     from extproc.twin.experiment import run_experiment  # noqa: PLC0415
     from extproc.twin.scenario import REFERENCE_SCENARIO, load_scenario  # noqa: PLC0415
 
     sc = load_scenario(REFERENCE_SCENARIO)
-    sw = sc.sweep.model_copy(update={"seeds": list(range(1, seeds + 1)), **({"duration_s": 40.0} if long else {})})
+    dur = duration_s or (40.0 if long else sc.sweep.duration_s)
+    sw = sc.sweep.model_copy(update={"seeds": list(range(1, seeds + 1)), "duration_s": dur,
+                                     "warmup_s": min(sc.sweep.warmup_s, dur / 4)})
     sc = sc.model_copy(update={"sweep": sw, "arms": list(arms)})
     doc = run_experiment(sc, arms, progress=lambda m: console.print(f"  twin: {m}"))
     return sc, doc
@@ -51,24 +53,59 @@ def _live(stack: LocalStack, sc: Any, rates: tuple[float, ...], seconds: float, 
                           gateway_metrics=[f"http://127.0.0.1:{stack.metrics_port}/metrics"],
                           site_metrics={s.name: f"http://127.0.0.1:{stack.site_ports[s.name]}/metrics" for s in stack.sites})
     out: dict[str, Any] = {"arm": "B1", "seconds": seconds, "warmup_s": warm, "rates": {}}
+    site_urls = {s.name: f"http://127.0.0.1:{stack.site_ports[s.name]}" for s in stack.sites}
     for rate in rates:
         reqs = generate_open_loop(sc.workload, rate, seconds, 1)
         wait_ready_and_idle(stack)
+        sim_timing(site_urls, reset=True)
         spec = LoadSpec(rate=rate, duration_s=seconds + 30, request_timeout_s=60, model="llama-3.1-8b")
         res = asyncio.run(run_loadtest(spec, endpoints, name=f"live-{rate:g}", progress=False,
                                        planned_requests=planned_requests(sc.workload, reqs, "llama-3.1-8b")))
         live = live_figures(res.records, reqs, warm, seconds)
         twin = twin_figures(run_grid(lsc, ARMS["B1"], rate, 1, requests=reqs).flights, warm, seconds)
         cmp_ = compare_side(live, twin)
-        out["rates"][str(rate)] = {"live": live, "twin": twin, **cmp_}
+        # The simulated sites' own verdict: a site that fell behind real time measured the host's CPU.
+        timing = sim_timing(site_urls)
+        valid = all(t.get("valid", False) for t in timing.values())
+        out["rates"][str(rate)] = {"live": live, "twin": twin, **cmp_, "live_valid": valid, "sim_timing": timing}
+        if not valid:
+            console.print(f"  [yellow]live run at {rate:g} req/s is INVALID (simulator fell behind real time): "
+                          + "; ".join(f"{k}: {v.get('reason')}" for k, v in timing.items() if not v.get("valid")))
         console.print(f"  live vs twin at {rate:g} req/s: requests/s {live['requests_per_s']:.2f} vs {twin['requests_per_s']:.2f}; "
                       f"p95 TTFT {live['ttft_p95_ms']} vs {twin['ttft_p95_ms']} ms")
     return out
 
 
+def burst_trace(sc: Any, arm: str, doc: dict[str, Any]) -> dict[str, Any] | None:
+    """One traced run of `arm` with bursty arrivals (Gamma, CV 2) at 80% of its goodput: site pressure as
+    the gateway saw it, and the keep-rate chosen per RAG request, over time."""
+    from extproc.twin.burst import traced_burst  # noqa: PLC0415
+
+    v = doc["arms"].get(arm, {})
+    if "goodput" not in v or v["goodput"]["value"] <= 0:
+        return None
+    return traced_burst(sc, arm, 0.8 * v["goodput"]["value"])
+
+
+def sim_timing(site_urls: dict[str, str], reset: bool = False) -> dict[str, Any]:
+    """Each simulated site's timing verdict (GET /sim/timing), or why it could not be read."""
+    import urllib.request  # noqa: PLC0415
+
+    out: dict[str, Any] = {}
+    for name, base in site_urls.items():
+        try:
+            with urllib.request.urlopen(base + "/sim/timing" + ("?reset=1" if reset else ""), timeout=5) as r:  # noqa: S310
+                t = json.loads(r.read())
+            out[name] = {"valid": t["valid"], "reason": t["reason"], "lateness_p99_ms": round(1000 * t["lateness_p99_s"], 2),
+                         "slip_seconds": t["slip_seconds"]}
+        except (OSError, ValueError, KeyError) as exc:
+            out[name] = {"valid": False, "reason": f"no timing verdict: {exc}"}
+    return out
+
+
 def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_port: int = 9901, long: bool = False,
              arms: tuple[str, ...] | None = None, seeds: int = 5, live_rates: tuple[float, ...] = (2.0, 4.0),
-             live_seconds: float = 12.0, live: bool = True) -> dict[str, Any]:
+             live_seconds: float = 12.0, live: bool = True, twin_duration_s: float | None = None) -> dict[str, Any]:
     from extproc.twin.gateway_adapter import measure_coarse_speed  # noqa: PLC0415
     from extproc.twin.plots import write_charts  # noqa: PLC0415
     from extproc.workload.rag import build_corpus  # noqa: PLC0415
@@ -80,7 +117,8 @@ def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_por
         stack._check_ports()  # a taken port is a clear error before minutes of twin work
     arms = arms or (ALL_ARMS if long else MAIN_ARMS)
     console.rule("[bold]twin: goodput at SLO per arm (virtual time)")
-    sc, doc = _twin(arms, seeds, long, console)
+    sc, doc = _twin(arms, seeds, long, console, twin_duration_s)
+    burst_doc = burst_trace(sc, "R+C" if "R+C" in arms else arms[-1], doc)
     measured_speed = measure_coarse_speed(build_corpus(sc.workload.rag))
     summary: dict[str, Any] = {
         "scenario": "extproc/twin/reference.yaml" + (" (--long: 40 s per run)" if long else ""),
@@ -112,6 +150,11 @@ def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_por
         }
     out_dir.mkdir(parents=True, exist_ok=True)
     summary["charts"] = write_charts(doc, out_dir)
+    if burst_doc is not None:
+        from extproc.twin.plots import burst  # noqa: PLC0415
+
+        summary["charts"]["burst"] = str(burst(burst_doc, out_dir / "burst.png"))
+        summary["burst"] = {k: v for k, v in burst_doc.items() if k not in ("timeline", "keep_rates")}
     (out_dir / "twin.json").write_text(json.dumps(doc, indent=1))
     if live:
         console.rule("[bold]live confirmation through Envoy (B1 arm)")

@@ -30,7 +30,7 @@ from extproc.twin.arms import Arm
 from extproc.twin.gateway_adapter import CompressionModel, Router
 from extproc.twin.reports import Agent, LoadMap
 from extproc.twin.scenario import Scenario
-from extproc.workload.generate import Request, generate_open_loop, rag_segments
+from extproc.workload.generate import Request, SessionSource, generate_open_loop, rag_segments
 from extproc.workload.rag import build_corpus
 
 ARRIVE, SITE_IN, STEP_END, REPORT, DELIVER = 0, 1, 2, 3, 4
@@ -42,8 +42,12 @@ def _key_id(key: str) -> int:
     return zlib.crc32(key.encode())
 
 
-@functools.lru_cache(maxsize=8192)
 def block_hashes(segments: tuple[tuple[str, int], ...], bs: int = BLOCK) -> tuple[int, ...]:
+    """Cached: RAG prompts repeat (chat prompts do not, and skip the cache)."""
+    return _block_hashes_cached(segments, bs)
+
+
+def _block_hashes(segments: tuple[tuple[str, int], ...], bs: int = BLOCK) -> tuple[int, ...]:
     """The prompt's hash chain over full blocks (the engine's prefix-cache key), from its segments: a
     segment key names fixed content, so (key, offset) pairs identify each block's tokens. Same segments
     in the same order give the same chain in every request, at every site, in every process."""
@@ -66,6 +70,9 @@ def block_hashes(segments: tuple[tuple[str, int], ...], bs: int = BLOCK) -> tupl
                 cur = []
                 fill = 0
     return tuple(out)
+
+
+_block_hashes_cached = functools.lru_cache(maxsize=8192)(_block_hashes)
 
 
 @dataclass(slots=True)
@@ -133,7 +140,7 @@ class RunResult:
 
 def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = False,
              requests: list[Request] | None = None) -> RunResult:
-    """Simulate one arm at one request rate with one seed."""
+    """Simulate one arm at one request rate (closed loop: that many users) with one seed."""
     sw = sc.sweep
     prof = load_profiles()
     rng = random.Random(f"{seed}:grid")
@@ -151,8 +158,10 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
         hw = make_hardware(prof, s.gpu, s.model, s.gpus_per_replica)
         sites[s.name] = Site(s.name, s.rtt_ms / 2000.0, [Replica(EngineCore(hw)) for _ in range(s.replicas)],
                              Agent(s.name, sc.report_interval_ms))
+    closed = sc.workload.loop == "closed" and requests is None
+    source = SessionSource(sc.workload, seed) if closed else None
     if requests is None:
-        requests = generate_open_loop(sc.workload, rate, sw.duration_s, seed)
+        requests = [] if closed else generate_open_loop(sc.workload, rate, sw.duration_s, seed)
     # Chat: turn k+1 waits for turn k (and its own planned time).
     next_turn: dict[int, Request] = {}
     heap: list[tuple[float, int, int, Any]] = []
@@ -179,6 +188,24 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
     gw_rr = 0
     events = 0
     outstanding = len(requests)
+
+    def start_session(user: int, t: float) -> None:
+        # Closed loop: the user's next session starts now; its turns are planned relative to now.
+        nonlocal outstanding
+        assert source is not None
+        for r in source.next_session():
+            r.at += t
+            r.user = user
+            outstanding += 1
+            if r.kind == "chat" and r.turn > 1:
+                by_conv_turn[(r.conv, r.turn)] = r
+            else:
+                push(r.at, ARRIVE, r)
+
+    if closed:
+        users = max(1, int(rate))
+        for u in range(users):
+            start_session(u, u * 1.0 / users)  # starts spread over the first second
 
     def start_step(rep: Replica, site: Site) -> None:
         plan = rep.core.schedule(now)
@@ -209,6 +236,8 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
                     if req.kind == "chat" and req.turn < req.turns:
                         nxt = by_conv_turn.pop((req.conv, req.turn + 1))
                         push(max(nxt.at, fl.done), ARRIVE, nxt)
+                    elif closed and fl.done < sw.duration_s:
+                        start_session(req.user, fl.done)
             start_step(rep, site)
         elif code == ARRIVE:
             req = obj
@@ -238,8 +267,9 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
             fl = obj
             site = sites[fl.site]
             rep = site.pick()
-            sr = SimRequest(str(fl.req.rid), fl.prompt_gpu, fl.req.output_tokens, now, sink=fl,
-                            block_hashes=block_hashes(fl.segments))
+            segs = fl.segments
+            hashes = block_hashes(segs) if fl.req.kind == "rag" else _block_hashes(segs)
+            sr = SimRequest(str(fl.req.rid), fl.prompt_gpu, fl.req.output_tokens, now, sink=fl, block_hashes=hashes)
             rep.core.add(sr)
             if not rep.busy:
                 start_step(rep, site)

@@ -12,6 +12,7 @@ has the same key in every request, so a prefix cache, or a compressor dropping i
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -48,13 +49,27 @@ class Request:
         return f"p:rag:{self.item}" if self.kind == "rag" else f"p:chat:{self.conv}"
 
 
+@functools.lru_cache(maxsize=1)
 def _tokens_sys() -> tuple[int, int]:
     from extproc.sim.tokens import count_text  # noqa: PLC0415
 
     return count_text(SYSTEM_PROMPT), count_text(INSTRUCTION)
 
 
+_SEGMENTS: dict[tuple[int, int, tuple[int, ...] | None], tuple[tuple[str, int], ...]] = {}
+
+
 def rag_segments(corpus: Corpus, item: int, kept: tuple[int, ...] | None = None) -> tuple[tuple[str, int], ...]:
+    """The prompt's segments (cached by the corpus' identity: a corpus is immutable and kept alive by
+    build_corpus' cache; hashing it whole per call would cost more than building the segments)."""
+    key = (id(corpus), item, kept)
+    hit = _SEGMENTS.get(key)
+    if hit is None:
+        hit = _SEGMENTS[key] = _rag_segments(corpus, item, kept)
+    return hit
+
+
+def _rag_segments(corpus: Corpus, item: int, kept: tuple[int, ...] | None) -> tuple[tuple[str, int], ...]:
     it = corpus.items[item]
     sys_t, instr_t = _tokens_sys()
     segs: list[tuple[str, int]] = [("rag:sys", sys_t + PER_MESSAGE), ("rag:instr", instr_t + PER_MESSAGE)]

@@ -123,5 +123,7 @@ class WorkloadSpec(_Strict):
     # Output length of every request, fixed per request (sent as max_tokens with ignore_eos), so a request
     # has the same length at every site and in every arm.
     output_tokens: LengthDist = LengthDist(median=128, sigma=0.6, min=16, max=512)
-    # Closed loop instead of open loop: this many users, each sending the next session when the last ends.
-    closed_loop_users: int | None = Field(default=None, ge=1, le=100_000)
+    # open: sessions arrive at the swept rate. closed: the swept value is a number of users, each starting
+    # its next session when the last one's final answer arrives (Little's law ties load to latency: an
+    # option for comparison with closed-loop benchmarks, not the default).
+    loop: Literal["open", "closed"] = "open"

@@ -24,7 +24,7 @@ def test_short_demo_writes_report_and_leaves_nothing_running(tmp_path):
     port, admin = free_port(), free_port()
     out = tmp_path / "report"
     r = subprocess.run(
-        [sys.executable, "-m", "extproc.cli", "demo", "--arms", "B1,R+C", "--seeds", "2", "--live-seconds", "4",
+        [sys.executable, "-m", "extproc.cli", "demo", "--arms", "B1,R+C", "--seeds", "2", "--twin-duration", "6", "--live-seconds", "4",
          "--port", str(port), "--admin-port", str(admin), "--workdir", str(tmp_path / "work"), "--out", str(out)],
         capture_output=True, text=True, timeout=900,
     )

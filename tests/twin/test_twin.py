@@ -119,3 +119,17 @@ def test_cli_bad_arm_exits_nonzero(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "arms: unknown arm XX" in r.stderr
+
+
+def test_closed_loop_option(sc):
+    closed = sc.model_copy(update={"workload": sc.workload.model_copy(update={"loop": "closed"})})
+    res = run_grid(closed, ARMS["B1"], 8, 1)  # 8 users
+    assert {f.req.user for f in res.flights} == set(range(8))
+    # A user never has two sessions in flight: each next session starts after the last one's answer.
+    by_user: dict[int, list] = {}
+    for f in res.flights:
+        by_user.setdefault(f.req.user, []).append(f)
+    for fs in by_user.values():
+        fs.sort(key=lambda f: f.sent)
+        for a, b in zip(fs, fs[1:]):
+            assert a.done is not None and b.sent >= a.done - 1e-9
