@@ -1,11 +1,21 @@
-"""CPU cost per request of `aigrid serve` on the routing-only path, next to a bare grpc.aio pass-through
-(bench/bare_extproc.py) measured in the same run, through real Envoy, and their ratio.
+"""CPU cost per request of `aigrid serve` on its two routing paths, next to a bare grpc.aio pass-through
+(bench/bare_extproc.py) measured in the same run, through real Envoy, and their ratios.
 
-Both servers sit behind their own Envoy with the same rendered config; a separate client process drives
+- headers only: profile `least_loaded` reads no body, so the gateway answers in the request-headers
+  phase (one gRPC message, nothing buffered);
+- body: the default profile `aigrid` (affinity reads the body): headers, then the buffered body;
+- baseline: the bare servicer answering the same two messages (headers → ask for the body; body →
+  continue), with no parsing, no policy and no header mutation. Both ratios use it, so the headers-only
+  ratio can fall below 1 (the gateway skips a message the baseline handles).
+- `--envoy-data-plane` adds an opt-in row: the same bare pass-through on betterproto2 + grpclib
+  (bench/bare_extproc_edp.py; `pip install envoy-data-plane grpclib`).
+
+Every server sits behind its own Envoy with the same rendered config; a separate client process drives
 each in alternating rounds. The figure is the server process's user+system CPU time (from /proc) divided
-by the requests it served, so the noisy shared machine's wall-clock speed does not enter the ratio.
+by the requests it served, so the noisy shared machine's wall-clock speed does not enter the ratio. The
+last line is JSON with `ratio_headers_only` and `ratio_body` (goals <= 1.0 and <= 1.15).
 
-Usage: .venv/bin/python bench/extproc_overhead.py [--requests 3000] [--rounds 3] [--concurrency 32]
+Usage: .venv/bin/python bench/extproc_overhead.py [--requests 3000] [--rounds 3] [--concurrency 32] [--envoy-data-plane]
 """
 
 from __future__ import annotations
@@ -55,29 +65,32 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--envoy-data-plane", action="store_true", help="add the betterproto2/grpclib pass-through row")
     args = ap.parse_args()
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="aigrid-overhead-"))
     st = make_stack(root)
     try:
-        ours = st.add_gateway()
+        body_gw = st.add_gateway()
+        headers_gw = st.add_gateway(extra={"routing": {"profile": "least_loaded"}})
         st.publish_load("edge", kv=0.3, ttl_ms=600_000)
         st.publish_load("remote", kv=0.1, ttl_ms=600_000)
-        wait_pressure(ours, "edge", lambda p: p > 0.2)
+        for g in (body_gw, headers_gw):
+            wait_pressure(g, "edge", lambda p: p > 0.2)
 
-        # The baseline: same Envoy config, ext_proc cluster pointing at the bare servicer.
-        bare_port = free_port()
-        bare = st.group.start("bare-extproc", python_argv(str(REPO / "bench" / "bare_extproc.py"), "--listen", f"127.0.0.1:{bare_port}"))
-        bare.wait_ready(lambda: port_open(bare_port), 30, "bare ext_proc listening")
-        cfg = yaml.safe_load(ours.config_path.read_text())
-        envoy_port, admin_port = free_port(), free_port()
-        cfg["gateway"]["listen"] = f"127.0.0.1:{bare_port}"
-        cfg["envoy"].update(listen_port=envoy_port, admin_port=admin_port)
-        bare_cfg = root / "bare.yaml"
-        bare_cfg.write_text(yaml.safe_dump(cfg))
-        bare_envoy = root / "bare-envoy.yaml"
-        bare_envoy.write_text(render_envoy_yaml(load_config(str(bare_cfg))))
-        start_envoy(st.group, bare_envoy, admin_port, name="envoy-bare")
+        def bare_server(name: str, script: str) -> tuple[int, str]:
+            """A bare servicer behind its own Envoy (same config, ext_proc cluster pointing at it)."""
+            port = free_port()
+            proc = st.group.start(name, python_argv(str(REPO / "bench" / script), "--listen", f"127.0.0.1:{port}"))
+            proc.wait_ready(lambda: port_open(port), 30, f"{name} listening")
+            cfg = yaml.safe_load(body_gw.config_path.read_text())
+            envoy_port, admin_port = free_port(), free_port()
+            cfg["gateway"]["listen"] = f"127.0.0.1:{port}"
+            cfg["envoy"].update(listen_port=envoy_port, admin_port=admin_port)
+            (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+            (root / f"{name}-envoy.yaml").write_text(render_envoy_yaml(load_config(str(root / f"{name}.yaml"))))
+            start_envoy(st.group, root / f"{name}-envoy.yaml", admin_port, name=f"envoy-{name}")
+            return proc.pid, f"http://127.0.0.1:{envoy_port}/v1/chat/completions"
 
         body = root / "body.json"
         body.write_text(json.dumps({
@@ -86,9 +99,12 @@ def main() -> int:
                          {"role": "user", "content": "Summarise the benefits of edge inference for carriers. " * 8}],
         }))
         targets = {
-            "aigrid serve": (ours.serve.pid, f"http://127.0.0.1:{ours.envoy_port}/v1/chat/completions"),
-            "bare pass-through": (bare.pid, f"http://127.0.0.1:{envoy_port}/v1/chat/completions"),
+            "aigrid serve, headers only": (headers_gw.serve.pid, f"http://127.0.0.1:{headers_gw.envoy_port}/v1/chat/completions"),
+            "aigrid serve, body": (body_gw.serve.pid, f"http://127.0.0.1:{body_gw.envoy_port}/v1/chat/completions"),
+            "bare pass-through (grpcio, 2 messages)": bare_server("bare", "bare_extproc.py"),
         }
+        if args.envoy_data_plane:
+            targets["bare pass-through (envoy-data-plane, 2 messages)"] = bare_server("bare-edp", "bare_extproc_edp.py")
         # Warm both (imports, connections, JIT-free but cache-warm).
         for _, (pid, url) in targets.items():
             drive(url, 300, args.concurrency, body)
@@ -113,9 +129,17 @@ def main() -> int:
         for k in targets:
             t.add_row(k, f"{med[k]:.0f}", f"{statistics.median(rps[k]):.0f}")
         console.print(t)
-        ratio = med["aigrid serve"] / med["bare pass-through"]
-        console.print(f"ratio aigrid serve / bare = {ratio:.2f} (goal <= 1.2)")
-        print(json.dumps({"cpu_us_per_request": med, "ratio": ratio}))
+        base = med["bare pass-through (grpcio, 2 messages)"]
+        result = {
+            "cpu_us_per_request": med,
+            "ratio_headers_only": med["aigrid serve, headers only"] / base,
+            "ratio_body": med["aigrid serve, body"] / base,
+        }
+        if args.envoy_data_plane:
+            result["ratio_envoy_data_plane_bare"] = med["bare pass-through (envoy-data-plane, 2 messages)"] / base
+        console.print(f"headers only / bare = {result['ratio_headers_only']:.2f} (goal <= 1.0); "
+                      f"body / bare = {result['ratio_body']:.2f} (goal <= 1.15)")
+        print(json.dumps(result))
     finally:
         st.group.stop_all()
     return 0

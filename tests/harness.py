@@ -130,13 +130,15 @@ class Stack:
         p.wait_ready(lambda: port_open(port), 20, f"stand-in {name} listening")
         self.site_procs[name] = p
 
-    def config_dict(self, gw_ports: tuple[int, int, int, int], **policy: object) -> dict:
+    def config_dict(self, gw_ports: tuple[int, int, int, int], site_overrides: dict[str, dict] | None = None,
+                    **policy: object) -> dict:
         extproc, metrics, envoy, admin = gw_ports
+        over = site_overrides or {}
         return {
             "sites": [
-                {"name": "edge", "role": "edge", "endpoints": [f"127.0.0.1:{self.sites['edge']}"], "rtt_ms": 1},
+                {"name": "edge", "role": "edge", "endpoints": [f"127.0.0.1:{self.sites['edge']}"], "rtt_ms": 1, **over.get("edge", {})},
                 *[
-                    {"name": n, "role": "remote", "endpoints": [f"127.0.0.1:{p}"], "rtt_ms": 8 + i}
+                    {"name": n, "role": "remote", "endpoints": [f"127.0.0.1:{p}"], "rtt_ms": 8 + i, **over.get(n, {})}
                     for i, (n, p) in enumerate(self.sites.items())
                     if n != "edge"
                 ],
@@ -148,10 +150,12 @@ class Stack:
             "envoy": {"listen_address": "127.0.0.1", "listen_port": envoy, "admin_port": admin, "health_check_interval_ms": 500},
         }
 
-    def add_gateway(self, extra: dict | None = None, rewriter: object | None = None, **policy: object) -> Gateway:
-        """A gateway: `aigrid serve` as a process, or in this process (a thread) when a rewriter is given."""
+    def add_gateway(self, extra: dict | None = None, rewriter: object | None = None,
+                    site_overrides: dict[str, dict] | None = None, **policy: object) -> Gateway:
+        """A gateway: `aigrid serve` as a process, or in this process (a thread) when a rewriter is given.
+        `extra` merges into top-level sections; `site_overrides` into each named site."""
         ports = (free_port(), free_port(), free_port(), free_port())
-        cfg = self.config_dict(ports, **policy)
+        cfg = self.config_dict(ports, site_overrides, **policy)
         for k, v in (extra or {}).items():
             cfg.setdefault(k, {}).update(v)
         name = f"gw{len(self.gateways)}"

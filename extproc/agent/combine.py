@@ -6,7 +6,8 @@ Rules (docs/load-agents.md repeats them):
 - GPUs: the fresh GPU sources in configured order (NVML first, then DCGM endpoints); a GPU already seen
   (same UUID) is not counted twice, so NVML and a DCGM exporter on the same node do not double the GPUs.
 - Engine: over the fresh engine endpoints, running and waiting requests and capacity hints are summed;
-  KV-cache usage is the worst endpoint's (one full engine queues its requests whatever the others do).
+  KV-cache usage is the worst endpoint's (one full engine queues its requests whatever the others do);
+  the models served are the union of the endpoints' /v1/models.
 - Health: with engine endpoints configured, the node is healthy only while at least one of them answers
   (vLLM and SGLang serve /metrics from the serving process, so silence means it cannot serve). Without
   any engine endpoint the node is healthy when some source answered, or when none is configured at all
@@ -130,6 +131,7 @@ def combine(
         kvs = [x.kv_cache_usage for x in fresh_engines if x.kv_cache_usage is not None]
         if kvs:
             e.kv_cache_usage = max(kvs)
+        e.models.extend(sorted({m for x in fresh_engines for m in x.models}))
 
     if engines:
         r.healthy = bool(fresh_engines)

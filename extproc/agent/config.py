@@ -8,7 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from extproc.config.schema import SITE_NAME, RedisSettings
+from extproc.config.schema import RedisSettings
+from extproc.contract import SITE_NAME
 
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 

@@ -79,6 +79,8 @@ class EngineSample:
     kv_cache_usage: float | None
     # Capacity hint (max concurrent sequences); 0 = unknown.
     max_running: int = 0
+    # Model ids from the endpoint's /v1/models (polled less often than metrics); empty = not known.
+    models: tuple[str, ...] = ()
 
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]

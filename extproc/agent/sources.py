@@ -14,7 +14,10 @@ from collections.abc import Callable
 import aiohttp
 
 from extproc.agent.combine import SourceKind, SourceState
+from dataclasses import replace
+
 from extproc.agent.dcgm import parse_dcgm
+from extproc.agent.models import models_url, parse_models
 from extproc.agent.nvml import NvmlReader
 from extproc.agent.prometheus import MAX_TEXT_BYTES, EngineFlavour, MetricsRejected, parse_engine
 
@@ -80,12 +83,31 @@ class Source:
 
 
 class EngineSource(Source):
+    # Model lists change on a redeploy, not per report: fetched this often, the last good one reused.
+    MODELS_INTERVAL_S = 30.0
+
     def __init__(
         self, url: str, flavour: EngineFlavour, session: aiohttp.ClientSession, timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(f"{flavour.value}:{url}", SourceKind.engine, clock)
         self.url, self.flavour, self._session, self._timeout = url, flavour, session, timeout_s
+        self._models_url = models_url(url)
+        self._models: tuple[str, ...] = ()
+        self._models_at: float | None = None
+
+    async def _refresh_models(self) -> None:
+        now = self._clock()
+        if self._models_at is not None and now - self._models_at < self.MODELS_INTERVAL_S:
+            return
+        self._models_at = now
+        try:
+            models = parse_models((await fetch_text(self._session, self._models_url, self._timeout)).encode())
+        except ScrapeError as exc:
+            log.info("source %s: model list unavailable (%s); keeping %d known", self.name, exc, len(self._models))
+            return
+        if models is not None:
+            self._models = models
 
     async def poll(self) -> None:
         try:
@@ -94,7 +116,9 @@ class EngineSource(Source):
         except (ScrapeError, MetricsRejected) as exc:
             self._failed(str(exc))
             return
-        self._ok(engine=sample)
+        # A model list that cannot be read leaves the load figures valid: never a reason to fail.
+        await self._refresh_models()
+        self._ok(engine=replace(sample, models=self._models))
 
 
 class DcgmSource(Source):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from extproc.compression.settings import CompressionSettings
+from extproc.contract import SITE_NAME
 
-# Site names end up in Redis keys, Envoy cluster names and a routing header: keep them to a safe alphabet.
-SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 HostPort = Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]
 
 
@@ -21,7 +19,12 @@ class _Strict(BaseModel):
 
 
 class SiteRole(str, Enum):
+    """Where a site sits in the carrier's network; breaks RTT ties (closer tiers first)."""
+
     edge = "edge"
+    regional = "regional"
+    far = "far"
+    # The original name for any non-edge site (kept: same tier as far).
     remote = "remote"
 
 
@@ -43,6 +46,11 @@ class SiteConfig(_Strict):
     # admits up to max_num_seqs (hundreds) while TTFT climbs long before, so KV usage and the waiting
     # queue alone see a compute-bound site as idle.
     running_capacity: int = Field(default=64, ge=1)
+    # Models this site serves (the `model` of requests). Empty: whatever its agents report from the
+    # engine's /v1/models, and with no report either, any model.
+    models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
+    # Prompt tokens per second one request's prefill runs at here: the transport-aware TTFT estimate.
+    prefill_tokens_per_s: float = Field(default=10_000.0, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -92,6 +100,58 @@ class PolicySettings(_Strict):
         return self
 
 
+class StepSpec(_Strict):
+    """One step of a routing profile: its registered type, optional instance name, weight (scorers
+    only) and parameters (checked against the step type's own schema when the profile is built)."""
+
+    type: str = Field(min_length=1)
+    name: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    weight: float | None = Field(default=None, gt=0, le=1000)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+StepRef = str | StepSpec
+
+
+class ProfileSpec(_Strict):
+    """filters → rules (first decision wins) → weighted scorers → picker. `filters` omitted: the default
+    ones (not_drained, not_unhealthy, known_load). Scorers without a picker get max_score."""
+
+    filters: list[StepRef] | None = None
+    rules: list[StepRef] = Field(default_factory=list)
+    scorers: list[StepRef] = Field(default_factory=list)
+    picker: StepRef | None = None
+
+
+class RoutingSettings(_Strict):
+    # The active profile; unset: policy.strategy (the older spelling of the same choice).
+    profile: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Profiles of your own, or overrides of the built-in ones by name (extproc/routing/profiles.py).
+    profiles: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ProfileSpec] = Field(default_factory=dict)
+    # Draw a conversation's random split from its key (hash) instead of a random number: every gateway
+    # replica then sends the same conversation to the same site under the same load, without talking.
+    keyed_draw: bool = True
+    # One decision in this many records per-step latency (aigrid_routing_step_seconds).
+    step_timing_sample: int = Field(default=16, ge=1, le=1_000_000)
+
+
+class ClassSlo(_Strict):
+    # Time to first token and time per output token (p99 targets), ms; tpot None: no TPOT target.
+    ttft_ms: float = Field(gt=0, le=3_600_000)
+    tpot_ms: float | None = Field(default=None, gt=0, le=60_000)
+
+
+class SloSettings(_Strict):
+    """Service-level objectives per SLA class: the budgets the TTFT scorer and every report use."""
+
+    realtime: ClassSlo = ClassSlo(ttft_ms=300, tpot_ms=40)
+    standard: ClassSlo = ClassSlo(ttft_ms=1000, tpot_ms=60)
+    batch: ClassSlo = ClassSlo(ttft_ms=10_000, tpot_ms=None)
+
+    def for_class(self, sla: Any) -> ClassSlo:
+        return getattr(self, str(getattr(sla, "value", sla)))
+
+
 class RedisSettings(_Strict):
     # redis://, rediss:// (TLS), with user:password for AUTH/ACL.
     url: str = "redis://127.0.0.1:6379/0"
@@ -115,6 +175,11 @@ class GatewaySettings(_Strict):
     rtt_probe_interval_s: float = Field(default=2.0, ge=0, le=3600)
     # Header a client may use to keep a conversation together; otherwise a prefix hash is used.
     conversation_header: str = "x-aigrid-conversation"
+    # How often this gateway publishes its per-site in-flight counts for its replicas (0: never, and
+    # peers' counts are not read either). Replicas sharing one map then count each other's bursts.
+    in_flight_publish_ms: int = Field(default=50, ge=0, le=10_000)
+    # This replica's id in those messages; default: random per process.
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class EnvoySettings(_Strict):
@@ -145,6 +210,8 @@ class GatewayConfig(_Strict):
     gateway: GatewaySettings = GatewaySettings()
     envoy: EnvoySettings = EnvoySettings()
     compression: CompressionSettings = CompressionSettings()
+    routing: RoutingSettings = RoutingSettings()
+    slo: SloSettings = SloSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "GatewayConfig":
@@ -153,8 +220,9 @@ class GatewayConfig(_Strict):
         if dup:
             raise ValueError(f"site names must be unique; repeated: {', '.join(dup)}")
         clusters = [s.cluster_name for s in self.sites]
-        if len(set(clusters)) != len(clusters):
-            raise ValueError("site cluster names must be unique")
+        dup = sorted({c for c in clusters if clusters.count(c) > 1})
+        if dup:
+            raise ValueError(f"site cluster names must be unique; repeated: {', '.join(dup)}")
         if self.policy.default_site is not None and self.policy.default_site not in names:
             raise ValueError(
                 f"policy.default_site {self.policy.default_site!r} is not a configured site ({', '.join(names)})"

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from extproc.config.schema import GatewayConfig, SiteConfig
-from extproc.server.gateway import DECISION_HEADER, SITE_HEADER
+from extproc.contract import DECISION_HEADER, SITE_HEADER
 
 EXTPROC_CLUSTER = "aigrid_extproc"
 HCM_STAT_PREFIX = "aigrid"

@@ -34,7 +34,9 @@ def aggregate_site(site: str, nodes: Iterable[NodeLoad]) -> SiteLoad | None:
     waiting: int | None = None
     max_running = 0
     stale: list[str] = []
+    models: set[str] = set()
     for n in healthy:
+        models.update(n.models)
         gpus += len(n.gpus)
         for g in n.gpus:
             if g.utilization is not None:
@@ -66,6 +68,7 @@ def aggregate_site(site: str, nodes: Iterable[NodeLoad]) -> SiteLoad | None:
         max_running=max_running,
         updated_at=max(n.received_at for n in nodes),
         stale_sources=tuple(sorted(set(stale))),
+        models=tuple(sorted(models)),
     )
 
 

@@ -31,6 +31,8 @@ class NodeLoad:
     received_at: float = 0.0
     ttl_s: float = 10.0
     stale_sources: tuple[str, ...] = ()
+    # Model ids the node's engines serve (from their /v1/models); empty = not known.
+    models: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -57,6 +59,8 @@ class SiteLoad:
     # Newest receive time among the site's nodes (gateway monotonic clock).
     updated_at: float
     stale_sources: tuple[str, ...] = ()
+    # Models the site's healthy nodes report serving (their engine's /v1/models), sorted.
+    models: tuple[str, ...] = ()
 
     @property
     def healthy(self) -> bool:

@@ -41,6 +41,7 @@ def node_from_report(r: NodeLoadReport, received_at: float) -> NodeLoad:
         received_at=received_at,
         ttl_s=ttl_ms / 1000.0,
         stale_sources=tuple(r.stale_sources),
+        models=tuple(e.models) if has_engine else (),
     )
 
 

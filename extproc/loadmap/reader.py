@@ -18,6 +18,7 @@ from extproc.config.schema import RedisSettings
 from extproc.loadmap.aggregate import aggregate
 from extproc.loadmap.model import LoadSnapshot, NodeLoad
 from extproc.loadmap.nodes import age_from_ttl, apply_report, drop_expired, is_newer, node_from_report
+from extproc.loadmap.peers import PeerMessageRejected, PeerTable, decode_in_flight
 from extproc.loadreport.codec import ReportRejected, decode_report
 from extproc.loadreport.keys import RedisKeys
 from extproc.redisconn import make_async_client, redacted_url
@@ -32,8 +33,13 @@ class LoadMapReader:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[LoadSnapshot], None] | None = None,
+        peers: PeerTable | None = None,
+        on_peers: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         self._settings = settings
+        # Other gateways' in-flight counts (subscribed only when a table is given).
+        self._peers = peers
+        self._on_peers = on_peers
         self._keys = RedisKeys(settings.key_prefix)
         self._clock = clock
         self._on_change = on_change
@@ -116,6 +122,21 @@ class LoadMapReader:
             self.reports_accepted += 1
         return changed
 
+    def _ingest_peer(self, data: bytes) -> None:
+        assert self._peers is not None
+        try:
+            gid, counts = decode_in_flight(data)
+        except PeerMessageRejected as exc:
+            self._rejected("inflight", str(exc))
+            return
+        now = self._clock()
+        if self._peers.update(gid, counts, now) and self._on_peers is not None:
+            self._on_peers(self._peers.totals(now))
+
+    def peer_totals(self) -> dict[str, int]:
+        """Live peers' summed counts now (silent peers expire even when no message arrives)."""
+        return {} if self._peers is None else self._peers.totals(self._clock())
+
     # -- Redis side -------------------------------------------------------------------------------------
     async def _run(self) -> None:
         backoff = 0.1
@@ -149,7 +170,10 @@ class LoadMapReader:
     async def _session(self, client) -> None:  # type: ignore[no-untyped-def]
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(self._keys.reports_channel, self._keys.control_channel)
+            channels = [self._keys.reports_channel, self._keys.control_channel]
+            if self._peers is not None:
+                channels.append(self._keys.in_flight_channel)
+            await pubsub.subscribe(*channels)
             await self.resync(client)
             if not self._connected:
                 log.info("redis connected: %s", redacted_url(self._settings.url))
@@ -169,6 +193,8 @@ class LoadMapReader:
                     elif channel == self._keys.control_channel:
                         await self._read_drained(client)
                         self._publish_snapshot()
+                    elif channel == self._keys.in_flight_channel:
+                        self._ingest_peer(msg["data"])
                 if self._clock() >= next_resync:
                     await self.resync(client)
                     self._publish_snapshot()

@@ -11,7 +11,7 @@ import math
 
 from google.protobuf.message import DecodeError
 
-from extproc.config.schema import SITE_NAME
+from extproc.contract import SITE_NAME
 from extproc.loadreport.load_report_pb2 import NodeLoadReport
 
 SCHEMA_VERSION = 1

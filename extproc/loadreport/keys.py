@@ -31,3 +31,9 @@ class RedisKeys:
     def control_channel(self) -> str:
         """Pub/sub channel announcing a change of the drained set."""
         return f"{self.prefix}:control"
+
+    @property
+    def in_flight_channel(self) -> str:
+        """Pub/sub channel where each gateway publishes the requests it sent to each site since that
+        site's last report, so replicas sharing the map count each other's bursts (no herding)."""
+        return f"{self.prefix}:inflight"

@@ -27,18 +27,20 @@ class GpuStats(_message.Message):
     def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., name: _Optional[str] = ..., utilization: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., power_watts: _Optional[float] = ..., temperature_c: _Optional[float] = ...) -> None: ...
 
 class EngineStats(_message.Message):
-    __slots__ = ("endpoints", "requests_running", "requests_waiting", "kv_cache_usage", "max_running")
+    __slots__ = ("endpoints", "requests_running", "requests_waiting", "kv_cache_usage", "max_running", "models")
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_RUNNING_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_WAITING_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     endpoints: int
     requests_running: int
     requests_waiting: int
     kv_cache_usage: float
     max_running: int
-    def __init__(self, endpoints: _Optional[int] = ..., requests_running: _Optional[int] = ..., requests_waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_running: _Optional[int] = ...) -> None: ...
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, endpoints: _Optional[int] = ..., requests_running: _Optional[int] = ..., requests_waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_running: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeLoadReport(_message.Message):
     __slots__ = ("schema_version", "site", "node", "agent_id", "sequence", "sent_unix_ms", "interval_ms", "ttl_ms", "gpus", "engine", "healthy", "stale_sources")

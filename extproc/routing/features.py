@@ -35,3 +35,9 @@ class RequestFeatures:
     previous_site: str | None = None
     # Whether the body was understood; an unparsed request routes on load alone.
     parsed: bool = True
+    # Chained hashes of the prompt's leading 64-character blocks (GIE-style approximate prefix), filled
+    # only when a step of the active profile reads them.
+    prefix_blocks: tuple[int, ...] = ()
+    # Whether the request runs inference on a GPU (counted in flight): true for the inspected POST paths,
+    # parsed or not; false for GET /v1/models and other pass-through traffic.
+    inference: bool = True

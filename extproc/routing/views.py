@@ -10,7 +10,7 @@ With no engine view it falls back to GPU utilisation; with neither, the load is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from extproc.config.schema import GatewayConfig, SiteRole
@@ -30,6 +30,15 @@ class SiteView:
     # Running requests that make pressure 1.0 (engine hint, else configured): turns requests this gateway
     # sent since the site's last report into pressure (see with_in_flight).
     capacity: float = 64.0
+    # The engine's own figures, for scorers that weigh them separately (GIE's queue and KV scorers).
+    waiting: int | None = None
+    kv_usage: float | None = None
+    # Requests this gateway sent since the site's last report (already folded into pressure).
+    in_flight: int = 0
+    # Models the site serves (configured, else reported by its agents); empty: unknown, any.
+    models: frozenset[str] = frozenset()
+    # Prefill speed (prompt tokens/s) for TTFT estimates: configured per site.
+    prefill_tokens_per_s: float = 10_000.0
 
     @property
     def known(self) -> bool:
@@ -51,12 +60,23 @@ def site_pressure(load: SiteLoad, queue_ref: int, running_capacity: int) -> floa
     return None
 
 
+def site_models(configured: Sequence[str], load: SiteLoad | None) -> frozenset[str]:
+    """What a site serves: the configured list when there is one (the operator's word), else what its
+    agents report from the engine's /v1/models; empty means unknown (any model may be sent)."""
+    if configured:
+        return frozenset(configured)
+    if load is not None and load.models:
+        return frozenset(load.models)
+    return frozenset()
+
+
 def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> list[SiteView]:
     stale_after = config.policy.stale_after_s
     views: list[SiteView] = []
     for site in config.sites:
         load = snapshot.sites.get(site.name)
         rtt = snapshot.measured_rtt_ms.get(site.name, site.rtt_ms)
+        models = site_models(site.models, load)
         if load is None or load.age_s(now) > stale_after:
             views.append(
                 SiteView(
@@ -68,6 +88,8 @@ def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> li
                     pressure=None,
                     age_s=None if load is None else load.age_s(now),
                     capacity=float(site.running_capacity),
+                    models=models,
+                    prefill_tokens_per_s=site.prefill_tokens_per_s,
                 )
             )
             continue
@@ -81,6 +103,10 @@ def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> li
                 pressure=site_pressure(load, config.policy.queue_ref, site.running_capacity) if load.healthy else None,
                 age_s=load.age_s(now),
                 capacity=float(load.max_running or site.running_capacity),
+                waiting=load.requests_waiting,
+                kv_usage=load.kv_cache_usage,
+                models=models,
+                prefill_tokens_per_s=site.prefill_tokens_per_s,
             )
         )
     return views
@@ -98,6 +124,6 @@ def with_in_flight(views: list[SiteView], sent_since_report: Mapping[str, int]) 
     for v in views:
         n = sent_since_report.get(v.name, 0)
         if n and v.pressure is not None:
-            v = replace(v, pressure=v.pressure + n / v.capacity)
+            v = replace(v, pressure=v.pressure + n / v.capacity, in_flight=n)
         out.append(v)
     return out

@@ -1,5 +1,9 @@
-"""The gateway's request logic, free of gRPC: inspect → features → route → (rewrite). State lives here
-(spill hysteresis, conversation affinity); every decision is delegated to the pure modules."""
+"""The gateway's request logic, free of gRPC: inspect → features → route → (rewrite) → Outcome.
+
+Routing state lives in the router and its steps (`extproc.routing.router`); this class adds what a
+serving process needs around it: the snapshot source and clock, metrics, the grid's model list, the
+body rewriter, and the answers the gateway gives itself (GET /v1/models, 404 for an unknown model).
+"""
 
 from __future__ import annotations
 
@@ -10,33 +14,54 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
 from extproc.config.schema import GatewayConfig
+from extproc.contract import DECISION_HEADER, PRIORITY_HEADER, SITE_HEADER
 from extproc.loadmap.model import LoadSnapshot
-from extproc.request.openai import PRIORITY_HEADER, Inspection, body_features, inspect_headers, parse_json_body
+from extproc.request.openai import Inspection, body_features, header_features, inspect_headers, parse_json_body
 from extproc.rewrite import BodyRewriter, Rewrite, RewriteRequest, Skip
-from extproc.routing.affinity import AffinityTable
 from extproc.routing.features import RequestFeatures, SlaClass
-from extproc.routing.pipeline import Decision, RoutingContext, decide
-from extproc.routing.spill import update_spill_states
-from extproc.routing.views import SiteView, build_views, with_in_flight
+from extproc.routing.framework import Decision
+from extproc.routing.router import VIEW_TTL_S, Router
+from extproc.routing.views import SiteView
 from extproc.server.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
-SITE_HEADER = "x-aigrid-site"
-# How long a request may reuse the site views built for an earlier one (bounds the error on report age).
-VIEW_TTL_S = 0.05
-DECISION_HEADER = "x-aigrid-decision"
+__all__ = ["DECISION_HEADER", "SITE_HEADER", "VIEW_TTL_S", "Gateway", "ImmediateAnswer", "Outcome"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImmediateAnswer:
+    """A response the gateway gives itself instead of forwarding (Envoy's ImmediateResponse)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
 
 
 @dataclass(slots=True)
 class Outcome:
-    """What to tell Envoy: the site, and a new body when the rewriter produced one."""
+    """What to tell Envoy: the site, and a new body when the rewriter produced one — or an answer."""
 
     site: str
     decision: Decision
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    immediate: ImmediateAnswer | None = None
+
+
+def model_not_found(model: str) -> bytes:
+    """vLLM's error body for an unknown model (its OpenAI-compatible ErrorResponse, HTTP 404)."""
+    return orjson.dumps({
+        "error": {
+            "message": f"The model `{model}` does not exist.",
+            "type": "NotFoundError",
+            "param": "model",
+            "code": 404,
+        }
+    })
 
 
 class Gateway:
@@ -49,55 +74,42 @@ class Gateway:
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        profile: str | None = None,
     ) -> None:
         self.config = config
         self._snapshot = snapshot_source
         self.rewriter = rewriter
         self.metrics = metrics or GatewayMetrics()
         self._clock = clock
-        self._rng = rng or random.Random()
-        self.spilling: dict[str, bool] = {}
-        self.affinity = AffinityTable(config.policy.affinity_max_entries, config.policy.affinity_ttl_s)
-        self._default = config.default_site
+        self.router = Router(config, profile=profile, rng=rng)
+        # The body is buffered only when a routing step or the rewriter reads it; otherwise the gateway
+        # answers in the request-headers phase (one gRPC message, nothing buffered).
+        self.needs_body = self.router.reads_body or rewriter is not None
+        self._conv_header = config.gateway.conversation_header.lower()
         # Headers the request path reads (everything else is never decoded).
         self.wanted_headers = frozenset(
-            {":method", ":path", "content-type", "content-encoding", "content-length", PRIORITY_HEADER,
-             config.gateway.conversation_header.lower()}
+            {":method", ":path", "content-type", "content-encoding", "content-length", PRIORITY_HEADER, self._conv_header}
         )
-        # Views depend on the snapshot and, through report age, on time: rebuilt when the snapshot object
-        # changes or after VIEW_TTL_S, not per request.
-        self._views: list[SiteView] = []
-        self._views_of: LoadSnapshot | None = None
-        self._views_at = -1e18
         self._decision_counters: dict[tuple[str, str, str], object] = {}
-        # Requests routed to each site since its last load report (see routing.views.with_in_flight),
-        # and that report's receive time, to notice the next one.
-        self._sent_since_report: dict[str, int] = {}
-        self._report_at: dict[str, float] = {}
+        self._timing_every = config.routing.step_timing_sample
+        self._decisions = 0
+        self._step_hist: dict[str, object] = {}
 
     # -- load map events ----------------------------------------------------------------------------------
     def on_snapshot(self, snap: LoadSnapshot) -> None:
-        """Called by the map reader on every change: advance the spill hysteresis, refresh gauges."""
-        for name, load in snap.sites.items():
-            if self._report_at.get(name) != load.updated_at:
-                self._report_at[name] = load.updated_at
-                self._sent_since_report[name] = 0
-        views = build_views(self.config, snap, self._clock())
-        self.spilling = update_spill_states(views, self.spilling, self.config.policy)
+        """Called by the map reader on every change: advance the router's state, refresh gauges."""
+        views = self.router.on_snapshot(snap, self._clock())
+        spilling = self.router.spilling
         m = self.metrics
         m.redis_connected.set(1 if snap.connected else 0)
         for v in views:
             m.site_pressure.labels(v.name).set(-1 if v.pressure is None else v.pressure)
             m.site_drained.labels(v.name).set(1 if v.drained else 0)
-            m.site_spilling.labels(v.name).set(1 if self.spilling.get(v.name) else 0)
+            m.site_spilling.labels(v.name).set(1 if spilling.get(v.name) else 0)
 
     # -- routing ------------------------------------------------------------------------------------------
     def views(self, now: float) -> list[SiteView]:
-        snap = self._snapshot()
-        if snap is not self._views_of or now - self._views_at > VIEW_TTL_S:
-            self._views = build_views(self.config, snap, now)
-            self._views_of, self._views_at = snap, now
-        return self._views
+        return self.router.views(self._snapshot(), now)
 
     def _count_decision(self, site: str, step: str, sla: str) -> None:
         key = (site, step, sla)
@@ -106,48 +118,85 @@ class Gateway:
             child = self._decision_counters[key] = self.metrics.decisions.labels(site, step, sla)
         child.inc()  # type: ignore[attr-defined]
 
+    def _time_step(self, step: str, seconds: float) -> None:
+        h = self._step_hist.get(step)
+        if h is None:
+            h = self._step_hist[step] = self.metrics.step_seconds.labels(step)
+        h.observe(seconds)  # type: ignore[attr-defined]
+
     def route(self, features: RequestFeatures) -> tuple[Decision, list[SiteView]]:
-        now = self._clock()
-        views = self.views(now)
-        spilling = self.spilling
-        if any(self._sent_since_report.values()):
-            views = with_in_flight(views, self._sent_since_report)
-            # The hysteresis state moves with the in-flight pressure too, for this decision only; the
-            # stored state advances on reports.
-            spilling = update_spill_states(views, self.spilling, self.config.policy)
-        if features.conversation_key is not None:
-            prev = self.affinity.get(features.conversation_key, now)
-            if prev is not None:
-                features = RequestFeatures(
-                    features.prompt_tokens, features.model, features.stream, features.sla,
-                    features.conversation_key, prev, features.parsed,
-                )
-        ctx = RoutingContext(features, views, spilling, self.config.policy, self._default, self._rng.random())
-        d = decide(ctx)
-        if features.parsed:  # inference requests only: a GET /v1/models puts no load on the GPUs
-            self._sent_since_report[d.site] = self._sent_since_report.get(d.site, 0) + 1
-        self.affinity.put(features.conversation_key, d.site, now)
+        self._decisions += 1
+        timer = self._time_step if self._decisions % self._timing_every == 0 else None
+        d, views = self.router.route(features, self._snapshot(), self._clock(), timer)
         self._count_decision(d.site, d.step, features.sla.value)
         return d, views
 
     def inspect(self, headers: Mapping[str, str]) -> Inspection:
         return inspect_headers(headers, self.config.gateway.max_body_bytes)
 
-    def route_unparsed(self, sla: SlaClass, reason: str) -> Outcome:
+    def route_unparsed(self, sla: SlaClass, reason: str, *, inference: bool = False) -> Outcome:
         """A request whose body we do not look at: routed on load alone, body untouched."""
         self.metrics.passthrough.labels(reason).inc()
-        d, _ = self.route(RequestFeatures(sla=sla, parsed=False))
+        d, _ = self.route(RequestFeatures(sla=sla, parsed=False, inference=inference))
         return Outcome(d.site, d)
 
+    def route_headers(self, insp: Inspection, headers: Mapping[str, str]) -> Outcome:
+        """The headers-only path: the active profile reads no body and nothing rewrites it."""
+        d, _ = self.route(header_features(insp, headers.get(self._conv_header)))
+        return Outcome(d.site, d)
+
+    # -- answers of the gateway's own ---------------------------------------------------------------------
+    def grid_models(self) -> frozenset[str] | None:
+        """Models served by the sites a request could go to now (not drained, not known unhealthy);
+        None when no site has a model list (configured or reported): the grid's models are unknown."""
+        views = self.views(self._clock())
+        if not any(v.models for v in views):
+            return None
+        out: set[str] = set()
+        for v in views:
+            if not v.drained and v.healthy is not False:
+                out |= v.models
+        return frozenset(out)
+
+    def list_models(self) -> Outcome | None:
+        """GET /v1/models: the union over the grid's usable sites (OpenAI's list shape), or None to let
+        the default site answer when the grid's models are unknown."""
+        models = self.grid_models()
+        if models is None:
+            return None
+        body = orjson.dumps({
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": 0, "owned_by": "aigrid"} for m in sorted(models)],
+        })
+        self.metrics.gateway_answers.labels("list_models").inc()
+        d = Decision(self.config.default_site, "gateway: model list of the grid", "gateway")
+        return Outcome(d.site, d, immediate=ImmediateAnswer(200, body))
+
+    def _unknown_model(self, features: RequestFeatures) -> Outcome | None:
+        model = features.model
+        if model is None:
+            return None
+        models = self.grid_models()
+        if models is None or model in models:
+            return None
+        self.metrics.gateway_answers.labels("model_not_found").inc()
+        d = Decision(self.config.default_site, f"gateway: no site serves model {model[:64]!r}", "gateway")
+        return Outcome(d.site, d, immediate=ImmediateAnswer(404, model_not_found(model)))
+
+    # -- the body path ------------------------------------------------------------------------------------
     async def route_body(
         self, insp: Inspection, body: bytes, headers: Mapping[str, str], *, rewrite: bool = True
     ) -> Outcome:
         parsed = parse_json_body(body)
         if parsed is None:
-            return self.route_unparsed(insp.sla, "invalid_json")
+            return self.route_unparsed(insp.sla, "invalid_json", inference=insp.inference)
         features = body_features(
-            insp.path, parsed, insp.sla, headers.get(self.config.gateway.conversation_header)
+            insp.path, parsed, insp.sla, headers.get(self._conv_header),
+            with_prefix_blocks=self.router.needs_prefix_blocks,
         )
+        missing = self._unknown_model(features)
+        if missing is not None:
+            return missing
         self.metrics.prompt_tokens_before.inc(features.prompt_tokens)
         d, views = self.route(features)
         out = Outcome(d.site, d)

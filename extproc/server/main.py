@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import signal
+import uuid
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -14,10 +15,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from extproc.config.schema import GatewayConfig
+from extproc.loadmap.peers import PeerTable
 from extproc.loadmap.reader import LoadMapReader
 from extproc.rewrite import BodyRewriter
 from extproc.server.gateway import Gateway
 from extproc.server.metrics import GatewayMetrics
+from extproc.server.peers import InFlightPublisher
 from extproc.server.processor import ExternalProcessor
 
 log = logging.getLogger(__name__)
@@ -55,11 +58,32 @@ async def serve(
         metrics.reports_accepted.set(reader.reports_accepted)
         metrics.reports_rejected.set(reader.reports_rejected)
 
-    reader = LoadMapReader(config.redis, on_change=on_change)
+    publish_s = config.gateway.in_flight_publish_ms / 1000.0
+    gateway_id = config.gateway.id or uuid.uuid4().hex[:12]
+    peers = PeerTable(gateway_id, peer_ttl_s=max(1.0, 4 * publish_s)) if publish_s > 0 else None
+
+    def on_peers(totals: dict[str, int]) -> None:
+        gw = holder.get("gw")
+        if gw is not None:
+            gw.router.set_peer_in_flight(totals)
+
+    reader = LoadMapReader(config.redis, on_change=on_change, peers=peers, on_peers=on_peers)
     if rewriter is None:
         rewriter = build_rewriter(config, metrics)
     gw = Gateway(config, lambda: reader.snapshot, rewriter=rewriter, metrics=metrics)
     holder["gw"] = gw
+    publisher = None
+    if peers is not None:
+        def on_tick() -> None:
+            # Silent peers expire here too, and the gauges follow both sides.
+            totals = reader.peer_totals()
+            gw.router.set_peer_in_flight(totals)
+            own = gw.router.sent_since_report
+            for s in config.sites:
+                metrics.site_in_flight.labels(s.name, "self").set(own.get(s.name, 0))
+                metrics.site_in_flight.labels(s.name, "peers").set(totals.get(s.name, 0))
+
+        publisher = InFlightPublisher(config.redis, gateway_id, lambda: gw.router.sent_since_report, publish_s, on_tick=on_tick)
 
     max_msg = config.gateway.max_body_bytes + _MESSAGE_OVERHEAD
     server = grpc.aio.server(
@@ -84,6 +108,8 @@ async def serve(
         httpd, _thread = start_http_server(int(mport), addr=host or "0.0.0.0", registry=metrics.registry)
 
     reader.start()
+    if publisher is not None:
+        publisher.start()
     probe = None
     if config.gateway.rtt_probe_interval_s > 0:
         from extproc.loadmap.rtt import RttProbe  # noqa: PLC0415
@@ -121,6 +147,8 @@ async def serve(
         await server.stop(config.gateway.drain_grace_s)
         if probe is not None:
             await probe.stop()
+        if publisher is not None:
+            await publisher.stop()
         await reader.stop()
         if httpd is not None:
             httpd.shutdown()

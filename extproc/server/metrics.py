@@ -30,6 +30,20 @@ class GatewayMetrics:
             "aigrid_rewrite_seconds", "Time spent in the rewriter per request",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
         )
+        self.step_seconds = Histogram(
+            "aigrid_routing_step_seconds", "Time one routing step took (sampled decisions)", ["step"],
+            buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3), registry=r,
+        )
+        self.messages = Counter(
+            "aigrid_processor_messages", "ext_proc messages received, by phase", ["phase"], registry=r
+        )
+        self.site_in_flight = Gauge(
+            "aigrid_site_in_flight", "Requests sent to the site since its last report, by this gateway (self) or its replicas (peers)",
+            ["site", "source"], registry=r,
+        )
+        self.gateway_answers = Counter(
+            "aigrid_gateway_answers", "Requests the gateway answered itself (model list, unknown model)", ["kind"], registry=r
+        )
         self.streams = Gauge("aigrid_active_streams", "ext_proc streams in progress", registry=r)
         self.redis_connected = Gauge("aigrid_loadmap_connected", "1 while the load map reader is connected to Redis", registry=r)
         self.site_pressure = Gauge("aigrid_site_pressure", "Site pressure as the policy sees it (-1 unknown)", ["site"], registry=r)

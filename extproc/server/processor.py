@@ -19,8 +19,9 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
+from extproc.contract import DECISION_HEADER, SITE_HEADER
 from extproc.request.openai import Inspection
-from extproc.server.gateway import DECISION_HEADER, SITE_HEADER, Gateway, Outcome
+from extproc.server.gateway import Gateway, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,16 @@ def _set(mut: ep.HeaderMutation, key: str, value: str) -> None:
     opt.append_action = _OVERWRITE
 
 
+def _immediate(resp: ep.ProcessingResponse, out: Outcome) -> None:
+    """Answer the client from the gateway (model list, unknown model): Envoy sends it, nothing upstream."""
+    assert out.immediate is not None
+    im = resp.immediate_response
+    im.status.code = out.immediate.status  # type: ignore[assignment]
+    im.body = out.immediate.body
+    _set(im.headers, "content-type", out.immediate.content_type)
+    _set(im.headers, DECISION_HEADER, out.decision.reason[:200])
+
+
 def _apply_outcome(common: ep.CommonResponse, out: Outcome) -> None:
     _set(common.header_mutation, SITE_HEADER, out.site)
     _set(common.header_mutation, DECISION_HEADER, out.decision.reason[:200])
@@ -67,6 +78,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self._wanted = gateway.wanted_headers
+        m = gateway.metrics.messages
+        # Children resolved once: a labelled lookup per message is measurable on the hot path.
+        self._msg_count = {p: m.labels(p) for p in ("request_headers", "request_body", "other")}
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context
@@ -78,20 +92,31 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         try:
             async for req in request_iterator:
                 which = req.WhichOneof("request")
+                self._msg_count.get(which or "other", self._msg_count["other"]).inc()
                 resp = ep.ProcessingResponse()
                 try:
                     if which == "request_headers":
                         headers = _header_map(req.request_headers, self._wanted)
                         insp = self.gw.inspect(headers)
-                        common = resp.request_headers.response
-                        resp.request_headers.SetInParent()
-                        if not insp.inspect:
-                            _apply_outcome(common, self.gw.route_unparsed(insp.sla, insp.reason))
-                        elif req.request_headers.end_of_stream:
-                            _apply_outcome(common, self.gw.route_unparsed(insp.sla, "no_body"))
+                        listing = self.gw.list_models() if insp.list_models else None
+                        if listing is not None:
+                            _immediate(resp, listing)
+                            insp = None
                         else:
-                            # Continue for now; the routing answer goes with the buffered body.
-                            resp.mode_override.CopyFrom(_BUFFER_BODY if insp.has_length else _BUFFER_PARTIAL)
+                            common = resp.request_headers.response
+                            resp.request_headers.SetInParent()
+                            if not insp.inspect:
+                                _apply_outcome(common, self.gw.route_unparsed(insp.sla, insp.reason, inference=insp.inference))
+                            elif req.request_headers.end_of_stream:
+                                _apply_outcome(common, self.gw.route_unparsed(insp.sla, "no_body", inference=insp.inference))
+                            elif not self.gw.needs_body:
+                                # Headers-only path: no step reads the body and nothing rewrites it, so
+                                # the answer goes now and the body is never sent to us.
+                                _apply_outcome(common, self.gw.route_headers(insp, headers))
+                                insp = None
+                            else:
+                                # Continue for now; the routing answer goes with the buffered body.
+                                resp.mode_override.CopyFrom(_BUFFER_BODY if insp.has_length else _BUFFER_PARTIAL)
                     elif which == "request_body":
                         resp.request_body.SetInParent()
                         body = req.request_body
@@ -102,8 +127,12 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                             else:
                                 # Only part of the body (should not happen in BUFFERED mode): never
                                 # rewrite a fragment; route on load alone.
-                                out = self.gw.route_unparsed(insp.sla, "partial_body")
-                            _apply_outcome(common, out)
+                                out = self.gw.route_unparsed(insp.sla, "partial_body", inference=True)
+                            if out.immediate is not None:
+                                resp = ep.ProcessingResponse()
+                                _immediate(resp, out)
+                            else:
+                                _apply_outcome(common, out)
                             insp = None  # answered once; later chunks (if any) just continue
                     else:
                         _continue(resp, which)

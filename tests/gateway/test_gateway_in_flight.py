@@ -50,12 +50,12 @@ def test_next_report_resets_the_count():
     gw, box = gateway("least_loaded", clock)
     for _ in range(8):
         gw.route(RequestFeatures())
-    assert sum(gw._sent_since_report.values()) == 8
+    assert sum(gw.router.sent_since_report.values()) == 8
     # A new report from each site (it already counts what we sent) resets its count.
     clock[0] = 0.4
     box["snap"] = LoadSnapshot(sites={"edge": idle("edge", 0.35), "remote": idle("remote", 0.36)}, connected=True)
     gw.on_snapshot(box["snap"])
-    assert sum(gw._sent_since_report.values()) == 0
+    assert sum(gw.router.sent_since_report.values()) == 0
 
 
 def test_with_in_flight_is_pure_and_scales_by_capacity():
