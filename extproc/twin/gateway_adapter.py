@@ -36,45 +36,52 @@ class ArmUnavailable(RuntimeError):
     """The arm needs a routing profile this build of the gateway does not have."""
 
 
-# Today's gateway (before the routing framework): profile -> (policy.strategy, affinity on, SLA classes on).
-_PROFILES_TODAY: dict[str, tuple[str, bool, bool]] = {
-    "least_loaded": ("least_loaded", True, True),
-    "aigrid": ("aigrid", True, True),
-    "aigrid_no_sla": ("aigrid", True, False),
-    "aigrid_no_affinity": ("aigrid", False, True),
-    "aigrid_no_sla_no_affinity": ("aigrid", False, False),
-    "default_only": ("default_only", True, True),
+# Profiles the evaluation needs beyond the built-in ones, written the way an operator would in
+# aigrid.yaml (`routing.profiles`): the waterfall's first step, spill routing with neither SLA classes nor
+# affinity.
+_EXTRA_PROFILES: dict[str, dict[str, Any]] = {
+    "aigrid_no_sla_no_affinity": {
+        "filters": ["not_drained", "not_unhealthy", "known_load", "serves_model"],
+        "rules": [{"type": "spill", "params": {"sla_aware": False}}],
+    },
 }
+# Profiles that treat every request as standard: the compressor's per-class floors are ablated with them.
+_NO_SLA = frozenset({"aigrid_no_sla", "aigrid_no_sla_no_affinity"})
 
 
 def routing_available(arm: Arm) -> bool:
-    return arm.profile == "round_robin" or arm.profile in _PROFILES_TODAY
+    from extproc.routing.profiles import BUILTIN_PROFILES  # noqa: PLC0415
+
+    return arm.profile in BUILTIN_PROFILES or arm.profile in _EXTRA_PROFILES
 
 
 def config_dict(sc: Scenario, arm: Arm) -> tuple[dict[str, Any], bool]:
-    """aigrid.yaml for the arm (as a mapping), and whether the gateway sees SLA classes."""
+    """aigrid.yaml for the arm (as a mapping), and whether the compressor sees SLA classes."""
     if not routing_available(arm):
         raise ArmUnavailable(f"arm {arm.key}: routing profile {arm.profile!r} is not in this gateway build")
-    strategy, affinity, sla = _PROFILES_TODAY.get(arm.profile, ("least_loaded", True, True))
     default = next((s.name for s in sc.sites if s.role == "edge"), sc.sites[0].name)
-    policy: dict[str, Any] = {"strategy": strategy, "default_site": default, **sc.policy}
-    if not affinity:
-        policy["affinity_max_entries"] = 0
+    routing: dict[str, Any] = {"profile": arm.profile}
+    if arm.profile in _EXTRA_PROFILES:
+        routing["profiles"] = {arm.profile: _EXTRA_PROFILES[arm.profile]}
     cfg: dict[str, Any] = {
         "sites": [
             {"name": s.name, "role": s.role, "endpoints": ["127.0.0.1:1"], "rtt_ms": s.rtt_ms,
              "running_capacity": s.running_capacity}
             for s in sc.sites
         ],
-        "policy": policy,
-        "gateway": {"metrics_listen": "", "rtt_probe_interval_s": 0},
+        "policy": {"default_site": default, **sc.policy},
+        "routing": routing,
+        # The scenario's SLOs are the gateway's too (the TTFT scorer budgets with them).
+        "slo": {k: v.model_dump(exclude_none=True) for k, v in sc.slo.items()},
+        "gateway": {"metrics_listen": "", "rtt_probe_interval_s": 0,
+                    "in_flight_publish_ms": int(sc.in_flight_publish_ms)},
     }
     if arm.compress:
         comp: dict[str, Any] = {"enabled": True, "ranker": "bm25", "deadline_ms": 1500, **sc.compression}
         if arm.fixed_rate is not None:
             comp["fixed_rate"] = arm.fixed_rate
         cfg["compression"] = comp
-    return cfg, sla
+    return cfg, arm.profile not in _NO_SLA
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,43 +93,44 @@ class Routed:
 
 
 class Router:
-    """One gateway: the real Gateway object on the twin's virtual clock, or plain round robin (B0)."""
+    """One gateway: the real Gateway object (the arm's routing profile) on the twin's virtual clock, and
+    its side of the in-flight exchange between gateway replicas (the real message codec and PeerTable)."""
 
     def __init__(self, sc: Scenario, arm: Arm, clock: Callable[[], float], seed: int, index: int) -> None:
+        from extproc.loadmap.peers import PeerTable  # noqa: PLC0415
+
         self.arm = arm
-        self._rr = index  # gateways start at different sites, as independent Envoys would
-        self._sites = [s.name for s in sc.sites]
         self.decision_seconds = 0.0  # wall time spent in route() (decision cost)
         self.decisions = 0
-        self.gateway: Gateway | None = None
-        if arm.profile == "round_robin":
-            self._sla = False
-            return
-        cfg, self._sla = config_dict(sc, arm)
+        cfg, _ = config_dict(sc, arm)
         config = load_config_text(yaml.safe_dump(cfg), f"twin arm {arm.key}")
         self.config = config
+        self.id = f"gw{index}"
+        self._clock = clock
         # GatewayMetrics registers on a private CollectorRegistry of its own (server/metrics.py).
         self.gateway = Gateway(config, self._snapshot, metrics=GatewayMetrics(), clock=clock,
                                rng=random.Random(f"{seed}:gateway:{index}"))
+        self._prefix = self.needs_prefix = self.gateway.router.needs_prefix_blocks
         self._snap = LoadSnapshot()
+        publish_s = config.gateway.in_flight_publish_ms / 1000.0
+        self.publish_s = publish_s
+        # As serve() builds it (server/main.py): peers forgotten after max(1 s, 4 publish intervals).
+        self.peers = PeerTable(self.id, peer_ttl_s=max(1.0, 4 * publish_s)) if publish_s > 0 else None
+        self._last_published: dict[str, int] = {}
+        self._last_sent = -1e18
 
     def _snapshot(self) -> LoadSnapshot:
         return self._snap
 
     def on_snapshot(self, snap: LoadSnapshot) -> None:
-        if self.gateway is None:
-            return
         self._snap = snap
         self.gateway.on_snapshot(snap)
 
-    def route(self, req: Request) -> Routed:
+    def route(self, req: Request, prefix_blocks: tuple[int, ...] = ()) -> Routed:
         t0 = time.perf_counter()
         try:
-            if self.gateway is None:
-                self._rr = (self._rr + 1) % len(self._sites)
-                return Routed(self._sites[self._rr], "round_robin", None, None)
-            sla = SlaClass(req.sla) if self._sla else SlaClass.standard
-            f = RequestFeatures(req.prompt_tokens, None, True, sla, req.conversation_key, None, True)
+            f = RequestFeatures(req.prompt_tokens, None, True, SlaClass(req.sla), req.conversation_key, None, True,
+                                prefix_blocks=prefix_blocks if self._prefix else (), inference=True)
             d, views = self.gateway.route(f)
             view = next((v for v in views if v.name == d.site), None)
             load = self._snap.sites.get(d.site)
@@ -131,6 +139,28 @@ class Router:
         finally:
             self.decision_seconds += time.perf_counter() - t0
             self.decisions += 1
+
+    # -- the in-flight exchange (server/peers.py's publisher loop, loadmap/peers.py's table) ----------
+    def publish_tick(self, keepalive_s: float = 0.5) -> bytes | None:
+        """One tick of the publisher: fold in the peers' counts, and the message to send, if any."""
+        from extproc.loadmap.peers import encode_in_flight  # noqa: PLC0415
+
+        now = self._clock()
+        if self.peers is not None:
+            self.gateway.router.set_peer_in_flight(self.peers.totals(now))
+        counts = {k: v for k, v in self.gateway.router.sent_since_report.items() if v}
+        if counts == self._last_published and not (counts and now - self._last_sent >= keepalive_s):
+            return None
+        self._last_published, self._last_sent = counts, now
+        return encode_in_flight(self.id, counts)
+
+    def on_peer_message(self, data: bytes) -> None:
+        from extproc.loadmap.peers import decode_in_flight  # noqa: PLC0415
+
+        if self.peers is None:
+            return
+        gid, counts = decode_in_flight(data)
+        self.peers.update(gid, counts, self._clock())
 
 
 # ---- compression ------------------------------------------------------------------------------------------
@@ -160,7 +190,7 @@ class CompressionModel:
     the real code once per item and cached."""
 
     def __init__(self, sc: Scenario, arm: Arm, corpus: Corpus) -> None:
-        cfg, self._sla = config_dict(sc, arm) if arm.profile != "round_robin" else ({}, False)
+        cfg, self._sla = config_dict(sc, arm)
         self.settings = CompressionSettings.model_validate(cfg.get("compression", {"enabled": False}))
         self.enabled = arm.compress and self.settings.enabled
         self.policy = CompressionRewriter(self.settings).policy  # the rewriter's own RatePolicy

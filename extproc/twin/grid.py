@@ -33,7 +33,9 @@ from extproc.twin.scenario import Scenario
 from extproc.workload.generate import Request, SessionSource, generate_open_loop, rag_segments
 from extproc.workload.rag import build_corpus
 
-ARRIVE, SITE_IN, STEP_END, REPORT, DELIVER = 0, 1, 2, 3, 4
+ARRIVE, SITE_IN, STEP_END, REPORT, DELIVER, PUBLISH, PEER = 0, 1, 2, 3, 4, 5, 6
+# The gateway's approximate-prefix index keeps at most this many leading blocks (request/openai.py).
+MAX_PREFIX_BLOCKS = 256
 BLOCK = 16
 
 
@@ -183,6 +185,12 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
     delay = sc.redis_delay_ms / 1000.0
     for name in sites:
         push(rng.uniform(0, interval), REPORT, name)
+    # Gateway replicas' in-flight exchange (a single gateway has no peers: nothing to exchange).
+    publish_s = routers[0].publish_s if len(routers) > 1 else 0.0
+    if publish_s > 0:
+        for gi in range(len(routers)):
+            push(rng.uniform(0, publish_s), PUBLISH, gi)
+    needs_prefix = routers[0].needs_prefix
     stop_at = sw.duration_s + sw.drain_s
     res = RunResult(flights, {})
     gw_rr = 0
@@ -246,7 +254,9 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
             gi = gw_rr % len(routers)
             gw_rr += 1
             fl.gateway = gi
-            routed = routers[gi].route(req)
+            # The gateway's prefix index keys on the prompt as the client sent it: the twin's 16-token block
+            # chain stands for the gateway's 64-character one (same chain property, ~4 characters a token).
+            routed = routers[gi].route(req, block_hashes(req.segments)[:MAX_PREFIX_BLOCKS] if needs_prefix else ())
             fl.site, fl.step = routed.site, routed.step
             c = comp.decide(req, routed)
             fl.rate, fl.compress_reason, fl.cpu_s, fl.kept = c.rate, c.reason, c.cpu_s, c.kept
@@ -281,14 +291,25 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
             push(now + delay, DELIVER, site.agent.report(running, waiting, kv, now))
             if outstanding > 0 or any(r.busy for r in site.replicas):
                 push(now + interval, REPORT, obj)
+        elif code == PUBLISH:
+            msg = routers[obj].publish_tick()
+            if msg is not None:
+                push(now + delay, PEER, (obj, msg))
+            if outstanding > 0:
+                push(now + publish_s, PUBLISH, obj)
+        elif code == PEER:
+            src, msg = obj
+            for gi, rt in enumerate(routers):
+                if gi != src:
+                    rt.on_peer_message(msg)
         elif code == DELIVER:
             snap = lmap.receive(obj, now)
             for rt in routers:
                 rt.on_snapshot(snap)
-            if trace and routers[0].gateway is not None:
+            if trace:
                 for v in routers[0].gateway.views(now):
                     res.timeline.append((now, v.name, v.pressure))
-        if outstanding <= 0 and code != REPORT and not any(rp.busy for s in sites.values() for rp in s.replicas):
+        if outstanding <= 0 and code not in (REPORT, PUBLISH) and not any(rp.busy for s in sites.values() for rp in s.replicas):
             break
     res.end_time = now
     res.events = events

@@ -100,6 +100,9 @@ class Scenario(_Strict):
     # Agents publish every site's load this often; Redis brings it to every gateway this much later.
     report_interval_ms: float = Field(default=250, gt=0, le=60_000)
     redis_delay_ms: float = Field(default=1.5, ge=0, le=10_000)
+    # Gateway replicas publish their per-site in-flight counts this often (0: off; aigrid.yaml
+    # gateway.in_flight_publish_ms), so that N gateways sharing one map do not herd.
+    in_flight_publish_ms: float = Field(default=50, ge=0, le=10_000)
     slo: dict[str, Slo] = Field(default_factory=_default_slos)
     goodput: GoodputRule = GoodputRule()
     workload: WorkloadSpec = WorkloadSpec()
