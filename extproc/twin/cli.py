@@ -59,8 +59,10 @@ def _scale(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"aigrid twin: {exc}", file=sys.stderr)
         return 2
-    gws = tuple(int(x) for x in args.gateways.split(","))
-    sites = tuple(int(x) for x in args.sites.split(","))
+    gws = tuple(int(x) for x in args.gateways.split(",") if x.strip())
+    sites = tuple(int(x) for x in args.sites.split(",") if x.strip())
+    if args.in_flight_publish_ms is not None:
+        sc = sc.model_copy(update={"in_flight_publish_ms": args.in_flight_publish_ms})
     doc = run_scale(sc, args.arm, gws, sites, duration_s=args.duration, progress=lambda m: print(m, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,3 +89,5 @@ def register(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--gateways", default="1,4,16,64")
             q.add_argument("--sites", default="3,10,50")
             q.add_argument("--duration", type=float, default=15.0, help="simulated seconds per run")
+            q.add_argument("--in-flight-publish-ms", type=float, default=None,
+                           help="gateway replicas' in-flight exchange period (0: off, the per-gateway counts alone)")

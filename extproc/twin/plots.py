@@ -132,6 +132,9 @@ def burst(trace: dict[str, Any], path: Path) -> Path:
 def scale_chart(scale: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     g = scale["gateways"]
+    if not g:
+        axes[0].set_visible(False)
+        g = [{"gateways": 1, "goodput": 0, "worst_site_overload": 0, "arm": scale["arm"], "sites_n": 0, "decision_us": 0}]
     xs = [r["gateways"] for r in g]
     axes[0].plot(xs, [r["goodput"] for r in g], marker="o", label="goodput (req/s)")
     axes[0].set_xscale("log", base=2)
@@ -140,8 +143,18 @@ def scale_chart(scale: dict[str, Any], path: Path) -> Path:
     ax2 = axes[0].twinx()
     ax2.plot(xs, [r["worst_site_overload"] for r in g], marker="s", color="tab:red", label="worst site peak pressure")
     ax2.set_ylabel("worst site peak pressure", color="tab:red")
+    wo = scale.get("gateways_without_exchange") or []
+    if wo:
+        axes[0].plot([r["gateways"] for r in wo], [r["goodput"] for r in wo], marker="o", ls="--", color="tab:blue",
+                     alpha=0.5, label="goodput, no in-flight exchange")
+        ax2.plot([r["gateways"] for r in wo], [r["worst_site_overload"] for r in wo], marker="s", ls="--",
+                 color="tab:red", alpha=0.5, label="peak pressure, no exchange")
+    axes[0].legend(loc="upper left", fontsize=7)
+    ax2.legend(loc="upper right", fontsize=7)
     axes[0].set_title(f"{scale['gateway_sites']} sites, {g[0]['arm']}")
     s = scale["sites"]
+    if not s:
+        axes[1].set_visible(False)
     axes[1].plot([r["sites"] for r in s], [r["goodput_per_replica"] for r in s], marker="o")
     axes[1].set_xlabel("sites (mixed edge / regional / far RTT)")
     axes[1].set_ylabel("goodput per replica (req/s)")

@@ -4,8 +4,8 @@
   the map reports it (running / capacity, waiting / queue_ref, KV): many gateways that each count only
   their own in-flight requests all see the same idle site between two reports and all send to it;
 * goodput (one seed, a short sweep scaled to the grid's size);
-* decision cost: CPU microseconds per route() call, measured around the real Gateway (wall clock; the
-  only figure here that is not deterministic).
+* decision cost: CPU microseconds per route() call, measured around the real Gateway (process CPU
+  time; the only figure here that is not deterministic).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from extproc.twin.arms import ARMS
 from extproc.twin.grid import run_grid
-from extproc.twin.metrics import goodput_search, summarize
+from extproc.twin.metrics import goodput_search, percentile, summarize
 from extproc.twin.scenario import Scenario, SiteSpec, Sweep
 
 # edge / regional / far: (role, gpu, replicas, rtt_ms, running_capacity)
@@ -59,42 +59,54 @@ def _goodput(sc: Scenario, arm: str) -> tuple[float, dict[float, dict[str, Any]]
     return g, memo
 
 
-def _herding(sc: Scenario, arm: str, rate: float) -> tuple[float, float]:
-    """(worst site's peak pressure as reported, route() CPU µs) at this rate."""
-    t0 = time.perf_counter()
+def _herding(sc: Scenario, arm: str, rate: float) -> tuple[float, float, float]:
+    """(worst site's peak pressure as reported, p95 over time of the worst site's pressure, route() CPU
+    µs) at this rate."""
     res = run_grid(sc, ARMS[arm], rate, 1, trace=True)
-    _ = time.perf_counter() - t0
     peak = max((p for _, _, p in res.timeline if p is not None), default=0.0)
+    worst: dict[float, float] = {}
+    for t, _, p in res.timeline:
+        if p is not None:
+            worst[t] = max(worst.get(t, 0.0), p)
+    p95 = percentile(list(worst.values()), 95) or 0.0
     us = 1e6 * res.decision_seconds / res.decisions if res.decisions else 0.0
-    return peak, us
+    return peak, p95, us
 
 
 def run_scale(base: Scenario, arm: str = "R", gateways: tuple[int, ...] = (1, 4, 16, 64),
               site_counts: tuple[int, ...] = (3, 10, 50), gateway_sites: int = 10,
               per_replica_rates: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0), duration_s: float = 15.0,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None, compare_without_exchange: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
-    out: dict[str, Any] = {"arm": arm, "gateway_sites": gateway_sites, "gateways": [], "sites": []}
+    out: dict[str, Any] = {"arm": arm, "gateway_sites": gateway_sites, "gateways": [], "sites": [],
+                           "in_flight_publish_ms": base.in_flight_publish_ms}
     sites = sites_mixed(gateway_sites)
     ref_rate = None
-    for m in gateways:
-        sc = scenario_for(base, sites, m, list(per_replica_rates), duration_s)
-        g, _ = _goodput(sc, arm)
-        if ref_rate is None:
-            ref_rate = max(0.7 * g, sc.sweep.rates[0])
-        peak, us = _herding(sc, arm, ref_rate)
-        row = {"gateways": m, "arm": arm, "sites_n": gateway_sites, "goodput": g, "herding_rate": ref_rate,
-               "worst_site_overload": peak, "decision_us": us}
-        out["gateways"].append(row)
-        if progress:
-            progress(f"scale: {m} gateways x {gateway_sites} sites: goodput {g:.1f} req/s, worst site peak pressure {peak:.2f} at {ref_rate:.1f} req/s, {us:.1f} µs/decision")
+    # With the replicas' in-flight exchange as configured, and (for comparison) without it.
+    variants = [base.in_flight_publish_ms] + ([0.0] if compare_without_exchange and base.in_flight_publish_ms > 0 else [])
+    for pub in variants:
+        vbase = base.model_copy(update={"in_flight_publish_ms": pub})
+        key = "gateways" if pub == base.in_flight_publish_ms else "gateways_without_exchange"
+        out.setdefault(key, [])
+        for m in gateways:
+            sc = scenario_for(vbase, sites, m, list(per_replica_rates), duration_s)
+            g, _ = _goodput(sc, arm)
+            if ref_rate is None:
+                ref_rate = max(0.7 * g, sc.sweep.rates[0])
+            peak, p95, us = _herding(sc, arm, ref_rate)
+            row = {"gateways": m, "arm": arm, "sites_n": gateway_sites, "goodput": g, "herding_rate": ref_rate,
+                   "worst_site_overload": peak, "worst_site_p95_pressure": p95, "decision_us": us, "in_flight_publish_ms": pub}
+            out[key].append(row)
+            if progress:
+                progress(f"scale: {m} gateways x {gateway_sites} sites (in-flight exchange {pub:g} ms): goodput {g:.1f} req/s, "
+                         f"worst site peak pressure {peak:.2f} (p95 {p95:.2f}) at {ref_rate:.1f} req/s, {us:.1f} µs/decision")
     for n in site_counts:
         ss = sites_mixed(n)
         sc = scenario_for(base, ss, 1, list(per_replica_rates), duration_s)
         g, _ = _goodput(sc, arm)
-        peak, us = _herding(sc, arm, max(0.7 * g, sc.sweep.rates[0]))
+        peak, p95, us = _herding(sc, arm, max(0.7 * g, sc.sweep.rates[0]))
         row = {"sites": n, "replicas": _replicas(ss), "goodput": g, "goodput_per_replica": g / _replicas(ss),
-               "worst_site_overload": peak, "decision_us": us}
+               "worst_site_overload": peak, "worst_site_p95_pressure": p95, "decision_us": us}
         out["sites"].append(row)
         if progress:
             progress(f"scale: {n} sites ({_replicas(ss)} replicas): goodput {g:.1f} req/s, worst site peak pressure {peak:.2f}, {us:.1f} µs/decision")
