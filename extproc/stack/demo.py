@@ -22,7 +22,7 @@ from rich.console import Console
 from extproc.stack.local import LocalStack
 
 MAIN_ARMS = ("B1", "B2", "R", "C", "R+C")
-ALL_ARMS = ("B0", "B1", "B2", "R", "C", "R+C", "R+C-noSLA", "R+C-noAff", "R+C-fixed", "R-base", "R-noAff")
+ALL_ARMS = ("B0", "B1", "B2", "R", "C", "R+C", "R+C-noSLA", "R+C-noAff", "R+C-fixed", "R-base", "R-noAff", "T", "T+C")
 
 
 def _twin(arms: tuple[str, ...], seeds: int, long: bool, console: Console, duration_s: float | None = None) -> tuple[Any, dict[str, Any]]:

@@ -32,6 +32,10 @@ ARMS: dict[str, Arm] = {a.key: a for a in (
     # The waterfall's steps: B1 -> +routing -> +SLA -> +affinity (= R) -> +compression (= R+C).
     Arm("R-base", "AI Grid spill routing without SLA classes or affinity", "aigrid_no_sla_no_affinity"),
     Arm("R-noAff", "AI Grid routing with SLA classes, no affinity", "aigrid_no_affinity"),
+    # Not an arm of the issue: the framework's transport-aware profile (estimated TTFT against the class's
+    # budget), with and without compression, to see what a policy that knows GPU speed would reach.
+    Arm("T", "transport-aware (estimated TTFT vs SLO budget)", "transport_aware"),
+    Arm("T+C", "transport-aware + load-driven compression", "transport_aware", compress=True),
 )}
 
 MAIN_ARMS: tuple[str, ...] = ("B1", "B2", "R", "C", "R+C")

@@ -66,7 +66,7 @@ def config_dict(sc: Scenario, arm: Arm) -> tuple[dict[str, Any], bool]:
     cfg: dict[str, Any] = {
         "sites": [
             {"name": s.name, "role": s.role, "endpoints": ["127.0.0.1:1"], "rtt_ms": s.rtt_ms,
-             "running_capacity": s.running_capacity}
+             "running_capacity": s.running_capacity, "prefill_tokens_per_s": s.prefill_tokens_per_s or _prefill_speed(s)}
             for s in sc.sites
         ],
         "policy": {"default_site": default, **sc.policy},
@@ -82,6 +82,15 @@ def config_dict(sc: Scenario, arm: Arm) -> tuple[dict[str, Any], bool]:
             comp["fixed_rate"] = arm.fixed_rate
         cfg["compression"] = comp
     return cfg, arm.profile not in _NO_SLA
+
+
+def _prefill_speed(site: Any) -> float:
+    """What an operator's benchmark of one replica would say: a 2,048-token prefill, roofline time."""
+    from extproc.sim.profiles import load_profiles, make_hardware  # noqa: PLC0415
+
+    hw = make_hardware(load_profiles(), site.gpu, site.model, site.gpus_per_replica)
+    n = 2048
+    return round(n / hw.step_time(n, 0, n * (n + 1) // 2))
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,9 @@ class SiteSpec(_Strict):
     # Round trip gateway <-> site (ms); half of it each way (the simulator's link delay is one way).
     rtt_ms: float = Field(default=1.0, ge=0, le=2000)
     running_capacity: int = Field(default=64, ge=1)
+    # One request's prefill speed here (tokens/s) for the transport-aware TTFT estimate; None: from the
+    # simulator's roofline for this GPU and model (a 2,048-token prefill on one replica).
+    prefill_tokens_per_s: float | None = Field(default=None, gt=0)
 
 
 class Slo(_Strict):
