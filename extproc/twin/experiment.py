@@ -50,6 +50,9 @@ def sweep_arm(sc: Scenario, arm: str, progress: Progress | None = None) -> dict[
         if progress:
             progress(f"{arm} seed {seed}: goodput {g:.2f} req/s" + (" (top of the sweep)" if cap else ""))
     lo, hi = bootstrap_ci(goodputs)
+    # The highest grid rate that passed at all, per seed: where pass/fail is not monotone in the rate (a
+    # few realtime misses at low load), it shows how far below it the conservative goodput stopped.
+    highest = [max([r for r, p in points[s].items() if p["passed"]], default=0.0) for s in sw.seeds]
     curves = {}
     for r in sw.rates:
         pts = [points[s][r] for s in sw.seeds]
@@ -57,7 +60,7 @@ def sweep_arm(sc: Scenario, arm: str, progress: Progress | None = None) -> dict[
     return {
         "arm": arm, "title": ARMS[arm].title,
         "goodput": {"value": sum(goodputs) / len(goodputs), "ci95": [lo, hi], "per_seed": goodputs,
-                    "capped_at_top_rate": capped},
+                    "capped_at_top_rate": capped, "highest_passing_rate_per_seed": highest},
         "curves": curves,
         "points": {str(s): {str(r): p for r, p in sorted(points[s].items())} for s in sw.seeds},
         "cpu_seconds": time.process_time() - cpu0,

@@ -12,6 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from extproc.twin.arms import WATERFALL  # noqa: E402
 
+# More arms than the default cycle has colours: twenty distinct ones.
+plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)
+
 
 def _ok(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc["arms"].items() if "goodput" in v}
