@@ -34,7 +34,9 @@ def _twin(arms: tuple[str, ...], seeds: int, long: bool, console: Console, durat
     sw = sc.sweep.model_copy(update={"seeds": list(range(1, seeds + 1)), "duration_s": dur,
                                      "warmup_s": min(sc.sweep.warmup_s, dur / 4)})
     sc = sc.model_copy(update={"sweep": sw, "arms": list(arms)})
-    doc = run_experiment(sc, arms, progress=lambda m: console.print(f"  twin: {m}"))
+    import os  # noqa: PLC0415
+
+    doc = run_experiment(sc, arms, progress=lambda m: console.print(f"  twin: {m}"), workers=min(2, os.cpu_count() or 1))
     return sc, doc
 
 

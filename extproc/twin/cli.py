@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"aigrid twin: {exc}", file=sys.stderr)
         return 2
-    doc = run_experiment(sc, sc.arms, progress=lambda m: print(m, flush=True))
+    doc = run_experiment(sc, sc.arms, progress=lambda m: print(m, flush=True), workers=args.workers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc["charts"] = write_charts(doc, out)
@@ -83,6 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--arms", default=None, help="comma-separated arms, overriding the scenario's")
         q.add_argument("--seeds", type=int, default=None, help="use seeds 1..N")
         q.add_argument("--out", default="aigrid-report/twin", help="output directory")
+        if name == "run":
+            q.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                           help="processes for the (arm, seed) sweeps (default: up to 2)")
         q.set_defaults(func=fn)
         if name == "scale":
             q.add_argument("--arm", default="R", help="arm of the scale study (default R)")

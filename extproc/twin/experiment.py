@@ -21,51 +21,61 @@ def run_point(sc: Scenario, arm: str, rate: float, seed: int) -> dict[str, Any]:
     return summarize(sc, res, rate)
 
 
-def sweep_arm(sc: Scenario, arm: str, progress: Progress | None = None) -> dict[str, Any]:
-    """Every grid rate for every seed (curves), then the bisection per seed (goodput)."""
-    if not routing_available(ARMS[arm]):
-        return {"arm": arm, "title": ARMS[arm].title,
-                "unavailable": f"routing profile {ARMS[arm].profile!r} is not in this gateway build"}
-    sw = sc.sweep
-    points: dict[int, dict[float, dict[str, Any]]] = {s: {} for s in sw.seeds}
-    goodputs: list[float] = []
-    capped = False
+def sweep_seed(sc: Scenario, arm: str, seed: int) -> tuple[dict[float, dict[str, Any]], float, bool, float]:
+    """One seed of one arm: every grid rate (the curves need them all), then the bisection (goodput).
+    Returns (points by rate, goodput, capped, CPU seconds). Independent of every other seed and arm."""
     cpu0 = time.process_time()
-    n_req = 0
-    for seed in sw.seeds:
-        memo = points[seed]
+    memo: dict[float, dict[str, Any]] = {}
 
-        def passes(rate: float, seed: int = seed, memo: dict = memo) -> bool:
-            nonlocal n_req
-            if rate not in memo:
-                memo[rate] = run_point(sc, arm, rate, seed)
-                n_req += memo[rate]["requests"]
-            return bool(memo[rate]["passed"])
+    def passes(rate: float) -> bool:
+        if rate not in memo:
+            memo[rate] = run_point(sc, arm, rate, seed)
+        return bool(memo[rate]["passed"])
 
-        for r in sw.rates:  # the whole grid: the curves need every rate
-            passes(r)
-        g, cap = goodput_search(passes, sw.rates, sw.bisect_steps)
-        goodputs.append(g)
-        capped = capped or cap
-        if progress:
-            progress(f"{arm} seed {seed}: goodput {g:.2f} req/s" + (" (top of the sweep)" if cap else ""))
+    for r in sc.sweep.rates:
+        passes(r)
+    g, cap = goodput_search(passes, sc.sweep.rates, sc.sweep.bisect_steps)
+    return memo, g, cap, time.process_time() - cpu0
+
+
+def _sweep_task(args: tuple[Scenario, str, int]) -> tuple[str, int, tuple[Any, ...]]:
+    sc, arm, seed = args
+    return arm, seed, sweep_seed(sc, arm, seed)
+
+
+def assemble_arm(sc: Scenario, arm: str, per_seed: dict[int, tuple[Any, ...]]) -> dict[str, Any]:
+    sw = sc.sweep
+    points = {s: per_seed[s][0] for s in sw.seeds}
+    goodputs = [per_seed[s][1] for s in sw.seeds]
+    capped = any(per_seed[s][2] for s in sw.seeds)
     lo, hi = bootstrap_ci(goodputs)
     # The highest grid rate that passed at all, per seed: where pass/fail is not monotone in the rate (a
     # few realtime misses at low load), it shows how far below it the conservative goodput stopped.
     highest = [max([r for r, p in points[s].items() if p["passed"]], default=0.0) for s in sw.seeds]
-    curves = {}
-    for r in sw.rates:
-        pts = [points[s][r] for s in sw.seeds]
-        curves[str(r)] = _mean_point(pts)
+    curves = {str(r): _mean_point([points[s][r] for s in sw.seeds]) for r in sw.rates}
     return {
         "arm": arm, "title": ARMS[arm].title,
         "goodput": {"value": sum(goodputs) / len(goodputs), "ci95": [lo, hi], "per_seed": goodputs,
                     "capped_at_top_rate": capped, "highest_passing_rate_per_seed": highest},
         "curves": curves,
         "points": {str(s): {str(r): p for r, p in sorted(points[s].items())} for s in sw.seeds},
-        "cpu_seconds": time.process_time() - cpu0,
-        "measured_requests": n_req,
+        "cpu_seconds": sum(per_seed[s][3] for s in sw.seeds),
+        "measured_requests": sum(p["requests"] for s in sw.seeds for p in points[s].values()),
     }
+
+
+def sweep_arm(sc: Scenario, arm: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Every grid rate for every seed (curves), then the bisection per seed (goodput)."""
+    if not routing_available(ARMS[arm]):
+        return {"arm": arm, "title": ARMS[arm].title,
+                "unavailable": f"routing profile {ARMS[arm].profile!r} is not in this gateway build"}
+    per_seed = {}
+    for seed in sc.sweep.seeds:
+        per_seed[seed] = sweep_seed(sc, arm, seed)
+        if progress:
+            g, cap = per_seed[seed][1], per_seed[seed][2]
+            progress(f"{arm} seed {seed}: goodput {g:.2f} req/s" + (" (top of the sweep)" if cap else ""))
+    return assemble_arm(sc, arm, per_seed)
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:
@@ -110,17 +120,41 @@ def compare(results: dict[str, dict[str, Any]], sc: Scenario) -> dict[str, Any]:
     return out
 
 
-def run_experiment(sc: Scenario, arms: Sequence[str], progress: Progress | None = None) -> dict[str, Any]:
+def run_experiment(sc: Scenario, arms: Sequence[str], progress: Progress | None = None, workers: int = 1) -> dict[str, Any]:
+    """Every arm x seed; with workers > 1 the (arm, seed) sweeps run in that many processes (each one is
+    independent and deterministic, so the numbers do not depend on the worker count)."""
     t0 = time.perf_counter()
-    results = {}
+    results: dict[str, Any] = {}
+    todo = []
     for a in arms:
-        try:
-            results[a] = sweep_arm(sc, a, progress)
-        except ArmUnavailable as exc:
-            results[a] = {"arm": a, "unavailable": str(exc)}
+        if not routing_available(ARMS[a]):
+            results[a] = {"arm": a, "title": ARMS[a].title,
+                          "unavailable": f"routing profile {ARMS[a].profile!r} is not in this gateway build"}
+        else:
+            todo += [(sc, a, s) for s in sc.sweep.seeds]
+    done: dict[str, dict[int, tuple[Any, ...]]] = {}
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing as mp  # noqa: PLC0415
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            for arm, seed, res in pool.imap_unordered(_sweep_task, todo):
+                done.setdefault(arm, {})[seed] = res
+                if progress:
+                    progress(f"{arm} seed {seed}: goodput {res[1]:.2f} req/s" + (" (top of the sweep)" if res[2] else ""))
+    else:
+        for task in todo:
+            arm, seed, res = _sweep_task(task)
+            done.setdefault(arm, {})[seed] = res
+            if progress:
+                progress(f"{arm} seed {seed}: goodput {res[1]:.2f} req/s" + (" (top of the sweep)" if res[2] else ""))
+    for a in arms:
+        if a in done:
+            results[a] = assemble_arm(sc, a, done[a])
+    results = {a: results[a] for a in arms}
     return {
         "scenario": sc.model_dump(mode="json"),
         "arms": results,
         "compare": compare(results, sc),
         "wall_seconds": time.perf_counter() - t0,
+        "workers": workers,
     }

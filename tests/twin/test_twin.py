@@ -133,3 +133,14 @@ def test_closed_loop_option(sc):
         fs.sort(key=lambda f: f.sent)
         for a, b in zip(fs, fs[1:]):
             assert a.done is not None and b.sent >= a.done - 1e-9
+
+
+def test_parallel_sweep_gives_the_same_numbers(sc):
+    from extproc.twin.experiment import run_experiment
+
+    small = sc.model_copy(update={"sweep": sc.sweep.model_copy(update={"rates": [20, 60], "bisect_steps": 1, "seeds": [1, 2]})})
+    a = run_experiment(small, ["B1"], workers=1)
+    b = run_experiment(small, ["B1"], workers=2)
+    assert a["arms"]["B1"]["goodput"] == b["arms"]["B1"]["goodput"]
+    strip = lambda d: {r: {k: x for k, x in p.items() if k != "decision_us"} for r, p in d.items()}  # noqa: E731
+    assert strip(a["arms"]["B1"]["points"]["1"]) == strip(b["arms"]["B1"]["points"]["1"])
