@@ -64,12 +64,13 @@ def _scale(args: argparse.Namespace) -> int:
     sites = tuple(int(x) for x in args.sites.split(",") if x.strip())
     if args.in_flight_publish_ms is not None:
         sc = sc.model_copy(update={"in_flight_publish_ms": args.in_flight_publish_ms})
-    doc = run_scale(sc, args.arm, gws, sites, duration_s=args.duration, progress=lambda m: print(m, flush=True))
+    doc = run_scale(sc, args.arm, gws, sites, duration_s=args.duration, progress=lambda m: print(m, flush=True),
+                    workers=args.workers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc["chart"] = str(scale_chart(doc, out / "scale.png"))
     (out / "scale.json").write_text(json.dumps(doc, indent=1))
-    print(f"scale study in {doc['wall_seconds']:.0f} s; chart {doc['chart']}")
+    print(f"scale study in {doc['wall_seconds']:.0f} s wall, {doc['cpu_seconds_all']:.0f} s CPU; chart {doc['chart']}")
     return 0
 
 
@@ -84,14 +85,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--arms", default=None, help="comma-separated arms, overriding the scenario's")
         q.add_argument("--seeds", type=int, default=None, help="use seeds 1..N")
         q.add_argument("--out", default="aigrid-report/twin", help="output directory")
-        if name == "run":
-            q.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                           help="processes for the (arm, seed) sweeps (default: up to 2)")
+        q.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                       help="worker processes (default: up to 2); the numbers do not depend on it")
         q.set_defaults(func=fn)
         if name == "scale":
             q.add_argument("--arm", default="R", help="arm of the scale study (default R)")
             q.add_argument("--gateways", default="1,4,16,64")
             q.add_argument("--sites", default="3,10,50")
-            q.add_argument("--duration", type=float, default=15.0, help="simulated seconds per run")
+            q.add_argument("--duration", type=float, default=8.0, help="simulated seconds per run (default 8)")
             q.add_argument("--in-flight-publish-ms", type=float, default=None,
                            help="gateway replicas' in-flight exchange period (0: off, the per-gateway counts alone)")

@@ -133,40 +133,38 @@ def burst(trace: dict[str, Any], path: Path) -> Path:
 
 
 def scale_chart(scale: dict[str, Any], path: Path) -> Path:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    g = scale["gateways"]
-    if not g:
-        axes[0].set_visible(False)
-        g = [{"gateways": 1, "goodput": 0, "worst_site_overload": 0, "arm": scale["arm"], "sites_n": 0, "decision_us": 0}]
-    xs = [r["gateways"] for r in g]
-    axes[0].plot(xs, [r["goodput"] for r in g], marker="o", label="goodput (req/s)")
-    axes[0].set_xscale("log", base=2)
-    axes[0].set_xlabel("gateways sharing one map")
-    axes[0].set_ylabel("goodput (req/s at SLO)")
-    ax2 = axes[0].twinx()
-    ax2.plot(xs, [r["worst_site_overload"] for r in g], marker="s", color="tab:red", label="worst site peak pressure")
-    ax2.set_ylabel("worst site peak pressure", color="tab:red")
-    wo = scale.get("gateways_without_exchange") or []
-    if wo:
-        axes[0].plot([r["gateways"] for r in wo], [r["goodput"] for r in wo], marker="o", ls="--", color="tab:blue",
-                     alpha=0.5, label="goodput, no in-flight exchange")
-        ax2.plot([r["gateways"] for r in wo], [r["worst_site_overload"] for r in wo], marker="s", ls="--",
-                 color="tab:red", alpha=0.5, label="peak pressure, no exchange")
-    axes[0].legend(loc="upper left", fontsize=7)
-    ax2.legend(loc="upper right", fontsize=7)
-    axes[0].set_title(f"{scale['gateway_sites']} sites, {g[0]['arm']}")
-    s = scale["sites"]
-    if not s:
-        axes[1].set_visible(False)
-    axes[1].plot([r["sites"] for r in s], [r["goodput_per_replica"] for r in s], marker="o")
-    axes[1].set_xlabel("sites (mixed edge / regional / far RTT)")
-    axes[1].set_ylabel("goodput per replica (req/s)")
-    axes[1].set_title("goodput vs number of sites")
-    axes[2].plot([r["sites"] for r in s], [r["decision_us"] for r in s], marker="o", label="sites sweep")
-    axes[2].plot([r["sites_n"] for r in g], [r["decision_us"] for r in g], marker="s", ls="", label="gateways sweep")
-    axes[2].set_xlabel("sites")
-    axes[2].set_ylabel("decision cost (µs of CPU per route)")
-    axes[2].legend()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    g, wo, st = scale["gateways"], scale.get("gateways_without_exchange") or [], scale["sites"]
+    ax = axes[0]
+    for rows, ls, lab in ((g, "-", "with in-flight exchange"), (wo, "--", "without")):
+        if rows:
+            ax.plot([r["gateways"] for r in rows], [r["goodput"] for r in rows], marker="o", ls=ls, label=f"goodput, {lab}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("gateways sharing one map")
+    ax.set_ylabel("goodput (req/s at SLO)")
+    ax.set_title(f"{scale['gateway_sites']} sites, arm {scale['arm']}")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for rows, ls, lab in ((g, "-", "with exchange"), (wo, "--", "without")):
+        if rows:
+            ax.plot([r["gateways"] for r in rows], [r["worst_site_p95_pressure"] for r in rows], marker="s", ls=ls, label=lab)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("gateways sharing one map")
+    ax.set_ylabel("worst site's pressure, p95 over time")
+    ax.set_title(f"herding at {g[0]['herding_rate']:.0f} req/s" if g else "herding")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    if st:
+        ax.plot([r["sites"] for r in st], [r["goodput_per_replica"] for r in st], marker="o", label="goodput per replica")
+        for r in st:
+            if r["capped"]:
+                ax.annotate("≥", (r["sites"], r["goodput_per_replica"]), ha="center", va="bottom")
+        ax.set_xlabel("sites (edge / regional / far RTT)")
+        ax.set_ylabel("goodput per replica (req/s)")
+        a2 = ax.twinx()
+        a2.plot([r["sites"] for r in st], [r["decision_us"] for r in st], marker="s", color="tab:red", label="µs CPU / decision")
+        a2.set_ylabel("decision cost (µs CPU per route)", color="tab:red")
+        ax.set_title("one gateway, more sites")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,11 +1,13 @@
 """Scale study in the twin: M gateways sharing one map; N sites with mixed RTT.
 
-* herding: at a fixed offered load (70% of the one-gateway goodput), the worst site's peak pressure as
-  the map reports it (running / capacity, waiting / queue_ref, KV): many gateways that each count only
-  their own in-flight requests all see the same idle site between two reports and all send to it;
-* goodput (one seed, a short sweep scaled to the grid's size);
-* decision cost: CPU microseconds per route() call, measured around the real Gateway (process CPU
-  time; the only figure here that is not deterministic).
+* herding: at a fixed offered load (70% of the one-gateway goodput), the worst site's pressure as the
+  map reports it (peak, and the 95th percentile over time of the worst site's): gateways that each count
+  only their own in-flight requests all see the same idle site between two reports and all send to it.
+  The gateway sweep runs twice, with the replicas' in-flight exchange (`in_flight_publish_ms`) and
+  without it;
+* goodput (one seed, a short sweep scaled to the grid's size; `capped` when even the top rate passed);
+* decision cost: CPU microseconds per route() call, measured around the real Gateway (process CPU time;
+  the only figure here that is not deterministic).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from extproc.twin.scenario import Scenario, SiteSpec, Sweep
 
 # edge / regional / far: (role, gpu, replicas, rtt_ms, running_capacity)
 TIERS = (("edge", "L40S", 1, 2.0, 8), ("remote", "H100", 2, 12.0, 48), ("remote", "H100", 4, 40.0, 96))
+PER_REPLICA_RATES = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0)
 
 
 def sites_mixed(n: int) -> list[SiteSpec]:
@@ -38,16 +41,20 @@ def _replicas(sites: list[SiteSpec]) -> int:
 
 
 def scenario_for(base: Scenario, sites: list[SiteSpec], gateways: int, per_replica_rates: list[float],
-                 duration_s: float) -> Scenario:
+                 duration_s: float, publish_ms: float | None = None) -> Scenario:
     reps = _replicas(sites)
     rates = [round(r * reps, 2) for r in per_replica_rates]
-    return base.model_copy(update={
+    upd: dict[str, Any] = {
         "sites": sites, "gateways": gateways,
-        "sweep": Sweep(rates=rates, bisect_steps=2, seeds=[1], duration_s=duration_s, warmup_s=min(3.0, duration_s / 4), drain_s=15),
-    })
+        "sweep": Sweep(rates=rates, bisect_steps=2, seeds=[1], duration_s=duration_s,
+                       warmup_s=min(2.0, duration_s / 4), drain_s=15),
+    }
+    if publish_ms is not None:
+        upd["in_flight_publish_ms"] = publish_ms
+    return base.model_copy(update=upd)
 
 
-def _goodput(sc: Scenario, arm: str) -> tuple[float, dict[float, dict[str, Any]]]:
+def _goodput(sc: Scenario, arm: str) -> tuple[float, bool]:
     memo: dict[float, dict[str, Any]] = {}
 
     def passes(r: float) -> bool:
@@ -55,8 +62,7 @@ def _goodput(sc: Scenario, arm: str) -> tuple[float, dict[float, dict[str, Any]]
             memo[r] = summarize(sc, run_grid(sc, ARMS[arm], r, 1), r)
         return bool(memo[r]["passed"])
 
-    g, _ = goodput_search(passes, sc.sweep.rates, sc.sweep.bisect_steps)
-    return g, memo
+    return goodput_search(passes, sc.sweep.rates, sc.sweep.bisect_steps)
 
 
 def _herding(sc: Scenario, arm: str, rate: float) -> tuple[float, float, float]:
@@ -73,42 +79,71 @@ def _herding(sc: Scenario, arm: str, rate: float) -> tuple[float, float, float]:
     return peak, p95, us
 
 
+def _row(task: tuple[Any, ...]) -> dict[str, Any]:
+    """One point of the study (runs in a worker process)."""
+    kind, base, arm, n_sites, gateways, pub, rates, duration, herd_rate = task
+    sites = sites_mixed(n_sites)
+    sc = scenario_for(base, sites, gateways, rates, duration, pub)
+    t0 = time.process_time()
+    g, capped = _goodput(sc, arm)
+    rate = herd_rate if herd_rate is not None else max(0.7 * g, sc.sweep.rates[0])
+    peak, p95, us = _herding(sc, arm, rate)
+    reps = _replicas(sites)
+    return {"kind": kind, "arm": arm, "sites": n_sites, "replicas": reps, "gateways": gateways,
+            "in_flight_publish_ms": sc.in_flight_publish_ms, "goodput": g, "capped": capped,
+            "goodput_per_replica": g / reps, "herding_rate": rate, "worst_site_overload": peak,
+            "worst_site_p95_pressure": p95, "decision_us": us, "cpu_seconds": time.process_time() - t0}
+
+
 def run_scale(base: Scenario, arm: str = "R", gateways: tuple[int, ...] = (1, 4, 16, 64),
               site_counts: tuple[int, ...] = (3, 10, 50), gateway_sites: int = 10,
-              per_replica_rates: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0), duration_s: float = 15.0,
-              progress: Callable[[str], None] | None = None, compare_without_exchange: bool = True) -> dict[str, Any]:
+              per_replica_rates: tuple[float, ...] = PER_REPLICA_RATES, duration_s: float = 8.0,
+              progress: Callable[[str], None] | None = None, compare_without_exchange: bool = True,
+              workers: int = 1) -> dict[str, Any]:
     t0 = time.perf_counter()
-    out: dict[str, Any] = {"arm": arm, "gateway_sites": gateway_sites, "gateways": [], "sites": [],
-                           "in_flight_publish_ms": base.in_flight_publish_ms}
-    sites = sites_mixed(gateway_sites)
-    ref_rate = None
-    # With the replicas' in-flight exchange as configured, and (for comparison) without it.
-    variants = [base.in_flight_publish_ms] + ([0.0] if compare_without_exchange and base.in_flight_publish_ms > 0 else [])
-    for pub in variants:
-        vbase = base.model_copy(update={"in_flight_publish_ms": pub})
-        key = "gateways" if pub == base.in_flight_publish_ms else "gateways_without_exchange"
-        out.setdefault(key, [])
-        for m in gateways:
-            sc = scenario_for(vbase, sites, m, list(per_replica_rates), duration_s)
-            g, _ = _goodput(sc, arm)
-            if ref_rate is None:
-                ref_rate = max(0.7 * g, sc.sweep.rates[0])
-            peak, p95, us = _herding(sc, arm, ref_rate)
-            row = {"gateways": m, "arm": arm, "sites_n": gateway_sites, "goodput": g, "herding_rate": ref_rate,
-                   "worst_site_overload": peak, "worst_site_p95_pressure": p95, "decision_us": us, "in_flight_publish_ms": pub}
-            out[key].append(row)
+    cpu0 = time.process_time()
+    rates = list(per_replica_rates)
+    pub = base.in_flight_publish_ms
+    # The herding load: 70% of the one-gateway goodput on the gateway sweep's grid.
+    first = _row(("gateways", base, arm, gateway_sites, 1, pub, rates, duration_s, None))
+    herd = first["herding_rate"]
+    tasks = [("gateways", base, arm, gateway_sites, m, pub, rates, duration_s, herd) for m in gateways if m != 1]
+    if compare_without_exchange and pub > 0:
+        tasks += [("gateways_without_exchange", base, arm, gateway_sites, m, 0.0, rates, duration_s, herd) for m in gateways]
+    tasks += [("sites", base, arm, n, 1, pub, rates, duration_s, None) for n in site_counts if n != gateway_sites]
+    rows = [first]
+    if workers > 1:
+        import multiprocessing as mp  # noqa: PLC0415
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            for r in pool.imap_unordered(_row, tasks):
+                rows.append(r)
+                if progress:
+                    progress(_say(r))
+    else:
+        for t in tasks:
+            rows.append(_row(t))
             if progress:
-                progress(f"scale: {m} gateways x {gateway_sites} sites (in-flight exchange {pub:g} ms): goodput {g:.1f} req/s, "
-                         f"worst site peak pressure {peak:.2f} (p95 {p95:.2f}) at {ref_rate:.1f} req/s, {us:.1f} µs/decision")
-    for n in site_counts:
-        ss = sites_mixed(n)
-        sc = scenario_for(base, ss, 1, list(per_replica_rates), duration_s)
-        g, _ = _goodput(sc, arm)
-        peak, p95, us = _herding(sc, arm, max(0.7 * g, sc.sweep.rates[0]))
-        row = {"sites": n, "replicas": _replicas(ss), "goodput": g, "goodput_per_replica": g / _replicas(ss),
-               "worst_site_overload": peak, "worst_site_p95_pressure": p95, "decision_us": us}
-        out["sites"].append(row)
-        if progress:
-            progress(f"scale: {n} sites ({_replicas(ss)} replicas): goodput {g:.1f} req/s, worst site peak pressure {peak:.2f}, {us:.1f} µs/decision")
+                progress(_say(rows[-1]))
+    key = lambda r: (r["gateways"], r["sites"])  # noqa: E731
+    out: dict[str, Any] = {
+        "arm": arm, "gateway_sites": gateway_sites, "in_flight_publish_ms": pub, "per_replica_rates": rates,
+        "duration_s": duration_s,
+        "gateways": sorted([r for r in rows if r["kind"] == "gateways"], key=key),
+        "gateways_without_exchange": sorted([r for r in rows if r["kind"] == "gateways_without_exchange"], key=key),
+        # The one-gateway row of the gateway sweep is also the sites sweep's point at gateway_sites.
+        "sites": sorted([r for r in rows if r["kind"] == "sites"] + ([first] if gateway_sites in site_counts else []),
+                        key=lambda r: r["sites"]),
+    }
     out["wall_seconds"] = time.perf_counter() - t0
+    out["cpu_seconds_main"] = time.process_time() - cpu0
+    out["cpu_seconds_all"] = sum(r["cpu_seconds"] for r in rows)
     return out
+
+
+def _say(r: dict[str, Any]) -> str:
+    cap = " (top of the sweep: a lower bound)" if r["capped"] else ""
+    return (f"scale: {r['gateways']} gateways x {r['sites']} sites ({r['replicas']} replicas, in-flight exchange "
+            f"{r['in_flight_publish_ms']:g} ms): goodput {r['goodput']:.1f} req/s{cap}; worst site pressure peak "
+            f"{r['worst_site_overload']:.2f}, p95 {r['worst_site_p95_pressure']:.2f} at {r['herding_rate']:.1f} req/s; "
+            f"{r['decision_us']:.1f} µs CPU per decision")
