@@ -44,7 +44,7 @@ async def _run(args: argparse.Namespace) -> int:
     from extproc.compression.coarse import CoarseRanker  # noqa: PLC0415
     from extproc.compression.evaluate import DEFAULT_DATA, EASY_DATA, evaluate, load_items, report_json, summarize  # noqa: PLC0415
     from extproc.compression.rewriter import build_fine_compressor  # noqa: PLC0415
-    from extproc.compression.settings import CompressionSettings  # noqa: PLC0415
+    from extproc.config.compression import CompressionSettings  # noqa: PLC0415
 
     console = Console(stderr=args.json_out == "-", width=None if sys.stdout.isatty() else 140)
     try:

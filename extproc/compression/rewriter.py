@@ -37,7 +37,7 @@ from extproc.compression.segment import (
     units,
     with_atoms,
 )
-from extproc.compression.settings import CompressionSettings
+from extproc.config.compression import CompressionSettings
 from extproc.request.openai import estimate_tokens
 from extproc.rewrite import Rewrite, RewriteRequest, Skip
 

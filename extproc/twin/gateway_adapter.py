@@ -20,7 +20,7 @@ from extproc.compression.coarse import MAX_RANK_CHARS, CoarseRanker, coarse_budg
 from extproc.compression.rate import RateInputs, decide_rate
 from extproc.compression.rewriter import COARSE_TOKENS_PER_S, CompressionRewriter
 from extproc.compression.segment import SegmentOptions, segment
-from extproc.compression.settings import CompressionSettings
+from extproc.config.compression import CompressionSettings
 from extproc.config import load_config_text
 from extproc.loadmap.model import LoadSnapshot
 from extproc.routing.features import RequestFeatures, SlaClass

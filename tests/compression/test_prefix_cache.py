@@ -20,7 +20,7 @@ from extproc.compression.cache import BoundedLRU, DocumentCache, TurnMemory, dig
 from extproc.compression.coarse import CoarseRanker  # noqa: E402
 from extproc.compression.rewriter import HEADER, CompressionRewriter  # noqa: E402
 from extproc.compression.segment import is_subsequence, units  # noqa: E402
-from extproc.compression.settings import CompressionSettings  # noqa: E402
+from extproc.config.compression import CompressionSettings  # noqa: E402
 from extproc.rewrite import Rewrite  # noqa: E402
 
 FILL = ("The quarterly review covered staffing, the new warehouse lease and the migration of the ticketing "

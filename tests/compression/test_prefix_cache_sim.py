@@ -21,7 +21,7 @@ pytest.importorskip("extproc.sim.kvcache")
 
 from extproc.compression.coarse import CoarseRanker  # noqa: E402
 from extproc.compression.rewriter import CompressionRewriter  # noqa: E402
-from extproc.compression.settings import CompressionSettings  # noqa: E402
+from extproc.config.compression import CompressionSettings  # noqa: E402
 from extproc.rewrite import Rewrite  # noqa: E402
 from extproc.sim.engine import EngineCore, SimRequest  # noqa: E402
 from extproc.sim.kvcache import hash_blocks  # noqa: E402

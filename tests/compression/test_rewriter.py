@@ -23,7 +23,7 @@ from extproc.compression.rewriter import (  # noqa: E402
     model_rate,
 )
 from extproc.compression.segment import is_subsequence, units  # noqa: E402
-from extproc.compression.settings import CompressionSettings  # noqa: E402
+from extproc.config.compression import CompressionSettings  # noqa: E402
 from extproc.config.schema import GatewayConfig  # noqa: E402
 from extproc.rewrite import Rewrite, Skip  # noqa: E402
 from extproc.routing.features import SlaClass  # noqa: E402

@@ -1,4 +1,4 @@
-"""Compression settings in aigrid.yaml (`compression:`). Pure pydantic: importing this loads no model."""
+"""Compression settings in aigrid.yaml (`compression:`). Pure pydantic in the config layer: importing it loads no model, and the compressor reads it from here."""
 
 from __future__ import annotations
 
