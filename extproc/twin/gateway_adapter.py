@@ -254,7 +254,8 @@ def item_plans(corpus: Corpus, min_segment_tokens: int) -> tuple[ItemPlan, ...]:
         if seg.rag and len(seg.documents) != len(it.docs):
             raise RuntimeError(f"item {it.key}: the segmenter found {len(seg.documents)} documents, the item has {len(it.docs)}")
         if seg.rag:
-            _, scores = ranker._lexical(seg.question, [d.text for d in seg.documents])
+            # The coarse step's own ranking, entity links folded in (what its cut orders documents by).
+            scores = ranker.rank_sync(seg.question, [d.text for d in seg.documents]).final_scores()
         else:
             scores = [0.0] * len(seg.documents)
         out.append(ItemPlan(
@@ -278,7 +279,7 @@ def measure_coarse_speed(corpus: Corpus, repeats: int = 1) -> float:
     for _ in range(repeats):
         for it in corpus.items:
             docs = [d.text for d in it.docs]
-            ranker._lexical(it.question, docs)
+            ranker.rank_sync(it.question, docs)
             tokens += sum(min(len(d) // 4, MAX_RANK_CHARS // 4) for d in docs)
     dt = max(time.process_time() - t0, 1e-9)
     return tokens / dt
