@@ -4,6 +4,7 @@ simply goes uncompressed (`aigrid_rewrite_skips_total`)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import run_fault, supervise_for  # type: ignore[import-not-found]
+from faultkit import run_fault, supervise_for  # type: ignore[import-not-found]
 from extproc.compression.offline import install_tiktoken_cache
 from extproc.loadtest.workloads import RagSpec, rag_messages, synth_rag_item
 from proctree import descendants  # type: ignore[import-not-found]
@@ -59,7 +60,7 @@ def _skips(st) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def comp_grid(tmp_path_factory, tiny_model):  # type: ignore[no-untyped-def]
-    from conftest import _make  # type: ignore[import-not-found]
+    from faultkit import _make  # type: ignore[import-not-found]
 
     st = _make(tmp_path_factory.mktemp("compgrid"), "standin", None, {
         "compression": {"enabled": True, "model_path": str(tiny_model), "ranker": "bm25", "fixed_rate": 0.5,
@@ -71,11 +72,15 @@ def comp_grid(tmp_path_factory, tiny_model):  # type: ignore[no-untyped-def]
     st.stop()
 
 
-BODIES = _bodies()
+# Every request its own documents, across the three runs too (each numbers its requests from 0): the
+# compressor caches results by content (same input, same bytes), so a repeated body would be answered
+# from that cache without the worker this test takes down.
+BODIES = _bodies(400)
+_SENT = itertools.count()
 
 
 def _body(seq: int) -> bytes:
-    return BODIES[seq % len(BODIES)]
+    return BODIES[next(_SENT) % len(BODIES)]
 
 
 @pytest.mark.parametrize("mode", ["stuck", "slow", "killed"])
