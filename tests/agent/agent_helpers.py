@@ -4,6 +4,7 @@ loopback and free ports, plus a bounded wait helper (tests wait for conditions, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -148,3 +149,19 @@ def agent_subprocess(args: list[str]) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "extproc.cli", "agent", *args],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
+
+
+@contextlib.asynccontextmanager
+async def reading(s) -> AsyncIterator:  # type: ignore[no-untyped-def]
+    """A gateway's load map reader on `s` (RedisSettings) for the body of the block."""
+    from extproc.loadmap.reader import LoadMapReader
+
+    reader = LoadMapReader(s)
+    reader.start()
+    try:
+        yield reader
+    finally:
+        # Bounded: redis-py can swallow a cancellation delivered mid-command (see Publisher.stop), and
+        # the reader's loop would then not end.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(reader.stop(), 5)

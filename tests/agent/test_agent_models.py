@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import pytest
-from agent_helpers import MetricsServer, Page, RedisProc, data, wait_for
+from agent_helpers import MetricsServer, Page, RedisProc, data, reading, wait_for
 
 from extproc.agent.combine import SourceKind, SourceReading, combine
 from extproc.agent.config import AgentConfig
@@ -15,7 +13,6 @@ from extproc.agent.models import models_url, parse_models
 from extproc.agent.prometheus import EngineSample
 from extproc.agent.runner import Agent
 from extproc.config.schema import RedisSettings
-from extproc.loadmap.reader import LoadMapReader
 
 
 @pytest.mark.parametrize(
@@ -44,17 +41,6 @@ def test_models_url_and_combine_union():
     assert list(r.engine.models) == ["m1", "m2", "m3"]
 
 
-@contextlib.asynccontextmanager
-async def _reading(s: RedisSettings) -> AsyncIterator[LoadMapReader]:
-    reader = LoadMapReader(s)
-    reader.start()
-    try:
-        yield reader
-    finally:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(reader.stop(), 5)
-
-
 async def test_agent_reports_engine_models_into_the_map(redis_proc: RedisProc, metrics_server: MetricsServer) -> None:
     metrics_server.pages["/vllm/metrics"] = Page(data("vllm_v0_10.txt"))
     metrics_server.pages["/v1/models"] = Page('{"object":"list","data":[{"id":"llama-3.1-8b"},{"id":"qwen"}]}',
@@ -65,7 +51,7 @@ async def test_agent_reports_engine_models_into_the_map(redis_proc: RedisProc, m
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
-        async with _reading(s) as reader:
+        async with reading(s) as reader:
             await wait_for(lambda: "edge" in reader.snapshot.sites and reader.snapshot.sites["edge"].models != (),
                            what="models in the snapshot")
             assert reader.snapshot.sites["edge"].models == ("llama-3.1-8b", "qwen")

@@ -12,7 +12,7 @@ import signal
 from collections.abc import AsyncIterator
 
 import pytest
-from agent_helpers import MetricsServer, Page, RedisProc, agent_subprocess, data, wait_for
+from agent_helpers import MetricsServer, Page, RedisProc, agent_subprocess, data, reading, wait_for
 
 from extproc.agent.config import AgentConfig
 from extproc.agent.runner import Agent
@@ -38,19 +38,6 @@ async def running(agent: Agent) -> AsyncIterator[Agent]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-
-
-@contextlib.asynccontextmanager
-async def reading(s: RedisSettings) -> AsyncIterator[LoadMapReader]:
-    reader = LoadMapReader(s)
-    reader.start()
-    try:
-        yield reader
-    finally:
-        # Bounded: redis-py can swallow a cancellation delivered mid-command (see Publisher.stop), and
-        # the reader's loop would then not end.
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(reader.stop(), 5)
 
 
 def make_agent(redis: RedisProc, srv: MetricsServer, **kw: object) -> Agent:
