@@ -1,30 +1,37 @@
-"""Compressor benchmark: our batching worker vs llmlingua's compress_prompt, same model, same run.
+"""Compressor benchmark, like for like: our fine step vs llmlingua's compress_prompt at EQUAL precision, and
+both against the bare forward pass of the same model (the limit: no compressor beats the model it runs).
 
 The model has bert-base-multilingual-cased's shape with random weights (the real LLMLingua-2 checkpoint
-is not reachable offline; the compute per token is the same). For each prompt length (cl100k tokens):
-  * llmlingua: PromptCompressor(use_llmlingua2=True).compress_prompt(text, rate) one request at a time;
-  * ours: BatchingCompressor under concurrent load (--concurrency requests in flight, batched by the
-    worker): on CPU the torch backend with dynamic int8 (--onnx adds the ONNX Runtime backend, --fp32
-    the fp32 variants); on GPU torch, batched vs one at a time;
-tokens/s (cl100k prompt tokens in / wall second), p50/p99 latency per request, and the ratio to llmlingua.
-It also samples the asyncio loop's lag (a 5 ms timer's overshoot) while our worker computes, idle vs
-busy: the gRPC loop lives on such a loop, so this is the part of routing latency compression could add.
+is not reachable offline; the compute per token is the same). Per prompt length (cl100k tokens), one
+request at a time, interleaved round by round so drift on a shared machine hits every variant alike:
 
-    python bench/compressor.py                      # CPU, about 3-5 minutes on 2 idle cores
-    python bench/compressor.py --onnx --fp32        # CPU, every backend (several minutes more)
-    python bench/compressor.py --device cuda        # GPU host: batched vs one at a time (ours) + llmlingua
+  fp32:  forward  = TokenClassifier.forward on our chunks (torch fp32), nothing else
+         ours     = BatchingCompressor (worker thread), torch fp32
+         llmlingua= PromptCompressor(use_llmlingua2=True).compress_prompt, torch fp32
+  int8:  forward  = the ONNX Runtime int8 session alone (the CPU default's model)
+         ours     = BatchingCompressor, backend onnx, int8
+         llmlingua= compress_prompt with its model swapped for the SAME ORT int8 session (a torch-shaped
+                    wrapper returning its logits), so only the code around the model differs
+
+Reported per length and precision: tokens/s (median over rounds), ours / llmlingua, ours / forward (our
+share of the limit). The last line is one JSON object with those ratios.
+
+    python bench/compressor.py                      # 512 and 2,048 tokens, 3 rounds: ~3 min on 2 idle cores
+    python bench/compressor.py --lengths 512 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,15 +41,11 @@ force_offline()
 install_tiktoken_cache()
 
 
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
 def make_prompts(lengths: list[int], count, n: int) -> dict[int, list[str]]:
     """n distinct prompts per target length (cl100k tokens), cut at a sentence end past the target."""
-    from extproc.compression.tinymodel import english_sentence
     import random
+
+    from extproc.compression.tinymodel import english_sentence
 
     out: dict[int, list[str]] = {}
     for L in lengths:
@@ -56,176 +59,117 @@ def make_prompts(lengths: list[int], count, n: int) -> dict[int, list[str]]:
     return out
 
 
-def row(name: str, L: int, lat: list[float], tokens: int, wall: float, cpu: float) -> dict:
-    """cpu: process CPU seconds spent meanwhile. tokens per CPU-second is the figure that survives a
-    shared, loaded machine (wall tokens/s there depends on what else runs)."""
-    r = {"name": name, "len": L, "n": len(lat), "tps": tokens / wall, "tpc": tokens / max(cpu, 1e-9),
-         "p50": pct(lat, 50), "p99": pct(lat, 99)}
-    print(f"  {name:<28} len={L:>5}  n={r['n']:>2}  tok/s={r['tps']:>7.0f}  tok/cpu-s={r['tpc']:>7.0f}  "
-          f"p50={r['p50'] * 1000:>7.0f} ms  p99={r['p99'] * 1000:>7.0f} ms", flush=True)
-    return r
-
-
-def llmlingua_run(pc, L: int, texts: list[str], rate: float) -> dict:
-    lat, tokens = [], 0
-    t0, c0 = time.perf_counter(), time.process_time()
-    for text in texts:
-        t = time.perf_counter()
-        out = pc.compress_prompt(text, rate=rate)
-        lat.append(time.perf_counter() - t)
-        tokens += out["origin_tokens"]
-    return row("llmlingua compress_prompt", L, lat, tokens, time.perf_counter() - t0, time.process_time() - c0)
-
-
-async def _load(comp, prompts: list[str], rate: float, concurrency: int) -> tuple[list[float], int, float, float]:
-    """Keep `concurrency` requests in flight until all prompts are done."""
-    from extproc.compression.fine import FineResult
-
-    lat: list[float] = []
-    tokens = 0
-    queue = list(prompts)
-
-    async def client() -> None:
-        nonlocal tokens
-        while queue:
-            text = queue.pop()
-            t = time.perf_counter()
-            r = await comp.compress([text], rate, 600.0)
-            lat.append(time.perf_counter() - t)
-            assert isinstance(r, FineResult), r
-            tokens += r.tokens_before[0]
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return lat, tokens, time.perf_counter() - t0, time.process_time() - c0
-
-
-async def loop_lag(duration_s: float, period_s: float = 0.005) -> list[float]:
-    lags = []
-    end = time.perf_counter() + duration_s
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        await asyncio.sleep(period_s)
-        lags.append(time.perf_counter() - t - period_s)
-    return lags
-
-
-async def start_ours(model_dir: Path, *, quantize: bool, device: str, dtype: str | None, threads: int,
-                     batch_tokens: int, backend: str = "torch"):
-    from extproc.compression.worker import BatchingCompressor
-
-    t = time.perf_counter()
-    comp = await asyncio.to_thread(
-        BatchingCompressor.from_path, model_dir, quantize=quantize, device=device, dtype=dtype, backend=backend,
-        num_threads=threads, max_queue=1024, max_batch_tokens=batch_tokens, round_tokens=batch_tokens,
-        max_batch_size=256,
-    )
-    await asyncio.to_thread(comp.wait_ready, 120)
-    print(f"  loaded ours backend={backend} int8={quantize} in {time.perf_counter() - t:.1f} s", flush=True)
-    return comp
-
-
-async def main_async(args: argparse.Namespace) -> None:
+def ort_as_torch(ort_model):
+    """A torch-module-shaped view of an ORT session for llmlingua: logits whose softmax is the session's
+    p(keep), so compress_prompt runs on exactly the int8 model our default runs."""
+    import numpy as np
     import torch
 
+    class _M(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):  # noqa: ANN001, ANN202
+            p = ort_model.session.run(None, {"ids": input_ids.cpu().numpy().astype(np.int64),
+                                             "mask": attention_mask.cpu().numpy().astype(np.int64)})[0]
+            p = torch.from_numpy(np.clip(p, 1e-7, 1 - 1e-7)).float()
+            return SimpleNamespace(loss=None, logits=torch.stack([torch.log1p(-p), torch.log(p)], dim=-1))
+
+    return _M().eval()
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    import torch
+
+    from extproc.compression.fine import FineResult
+    from extproc.compression.model import FinePipeline, OrtClassifier, TokenClassifier
     from extproc.compression.offline import cl100k
     from extproc.compression.tinymodel import build_full_shape_model
+    from extproc.compression.worker import BatchingCompressor
 
     torch.set_num_threads(args.threads)
     enc = cl100k()
     lengths = [int(x) for x in args.lengths.split(",")]
-    prompts = make_prompts(lengths, lambda s: len(enc.encode_ordinary(s)), args.requests)
-    gpu = args.device != "cpu" or args.compare_batching
-    bt = args.batch_tokens or (32768 if args.device != "cpu" else 1024)
+    prompts = make_prompts(lengths, lambda s: len(enc.encode_ordinary(s)), args.rounds)
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         model_dir = build_full_shape_model(Path(tmp) / "bench-bert-base-multilingual-cased")
-        print(f"built bert-base-multilingual-cased-shaped model (random weights) in {time.perf_counter() - t:.1f} s; "
-              f"device={args.device} torch threads={args.threads} rate={args.rate} "
-              f"requests/length={args.requests} concurrency={args.concurrency} "
-              f"load average at start={os.getloadavg()[0]:.2f}", flush=True)
+        print(f"built bert-base-multilingual-cased-shaped model in {time.perf_counter() - t:.1f} s; threads="
+              f"{args.threads} rate={args.rate} rounds={args.rounds} load average at start={load0:.2f}", flush=True)
         from llmlingua import PromptCompressor
 
-        pc = await asyncio.to_thread(
-            PromptCompressor, model_name=str(model_dir), use_llmlingua2=True, device_map=args.device)
-        # Ours: (label, compressor, concurrency). Same process, same threads as llmlingua.
-        variants: list[tuple[str, object, int]] = []
-        if not gpu:
-            backends = ["torch"]
-            if args.onnx:
-                try:
-                    import onnxruntime  # noqa: F401
+        pc32 = PromptCompressor(model_name=str(model_dir), use_llmlingua2=True, device_map="cpu")
+        pc8 = PromptCompressor(model_name=str(model_dir), use_llmlingua2=True, device_map="cpu")
+        t = time.perf_counter()
+        ort8 = OrtClassifier.load(model_dir, quantize=True, num_threads=args.threads, cache_dir=Path(tmp) / "onnx")
+        print(f"ONNX export + int8 quantisation in {time.perf_counter() - t:.1f} s", flush=True)
+        pc8.model = ort_as_torch(ort8)
+        fp32 = TokenClassifier.load(model_dir)
+        pipe = FinePipeline.load(model_dir)
+        kw = dict(num_threads=args.threads, max_queue=64)
+        ours32 = await asyncio.to_thread(BatchingCompressor.from_path, model_dir, quantize=False, backend="torch", **kw)
+        ours8 = await asyncio.to_thread(BatchingCompressor.from_path, model_dir, quantize=True, backend="onnx",
+                                        onnx_cache_dir=Path(tmp) / "onnx", **kw)
+        for c in (ours32, ours8):
+            await asyncio.to_thread(c.wait_ready, 300)
+        warm = prompts[lengths[0]][0]
+        for c in (ours32, ours8):
+            await c.compress([warm], args.rate, 600)
+        pc32.compress_prompt(warm, rate=args.rate)
+        pc8.compress_prompt(warm, rate=args.rate)
 
-                    backends.append("onnx")
-                except ImportError:
-                    print("  (onnxruntime not installed: torch backend only)")
-            for backend in backends:
-                for quant in ([True, False] if args.fp32 else [True]):
-                    label = f"ours {backend} {'int8' if quant else 'fp32'}"
-                    comp = await start_ours(model_dir, quantize=quant, device="cpu", dtype=None,
-                                            threads=args.threads, batch_tokens=bt, backend=backend)
-                    variants.append((label, comp, args.concurrency))
-        else:
-            comp = await start_ours(model_dir, quantize=False, device=args.device, dtype=args.dtype,
-                                    threads=args.threads, batch_tokens=bt)
-            variants += [("ours batched", comp, args.concurrency), ("ours one-at-a-time", comp, 1)]
-        warm = prompts[min(prompts)][:2]
-        await asyncio.to_thread(pc.compress_prompt, warm[0], rate=args.rate)
-        for _, comp, _ in variants:
-            await _load(comp, warm, args.rate, 2)
-        # Interleaved per length, so background load on a shared machine hits both sides alike.
-        base: dict[int, dict] = {}
-        results: dict[str, dict[int, dict]] = {label: {} for label, _, _ in variants}
-        for L in lengths:
-            base[L] = await asyncio.to_thread(llmlingua_run, pc, L, prompts[L], args.rate)
-            for label, comp, conc in variants:
-                lat, tokens, wall, cpu = await _load(comp, prompts[L], args.rate, conc)
-                results[label][L] = row(f"{label} c={conc}", L, lat, tokens, wall, cpu)
-        label, comp, conc = variants[0]
-        idle = await loop_lag(1.0)
-        # Keep the worker busy for the 2 s window only; close() below answers what is still queued.
-        busy_tasks = [asyncio.create_task(comp.compress([t], args.rate, 600.0)) for t in prompts[max(prompts)]]
-        busy = await loop_lag(2.0)
-        print(f"asyncio loop lag (5 ms timer overshoot) idle: p50={pct(idle, 50) * 1e3:.2f} ms "
-              f"p99={pct(idle, 99) * 1e3:.2f} ms | while {label} computes: p50={pct(busy, 50) * 1e3:.2f} ms "
-              f"p99={pct(busy, 99) * 1e3:.2f} ms (torch threads={args.threads}, {os.cpu_count()} cores)")
-        for c in {id(c): c for _, c, _ in variants}.values():
+        tps: dict[tuple[int, str, str], list[float]] = {}
+
+        def note(L: int, prec: str, who: str, tokens: int, s: float) -> None:
+            tps.setdefault((L, prec, who), []).append(tokens / s)
+
+        for rnd in range(args.rounds):
+            for L in lengths:
+                text = prompts[L][rnd]
+                n = len(enc.encode_ordinary(text))
+                prep = pipe.prepare(text)
+                for prec, model, ours, pc in (("fp32", fp32, ours32, pc32), ("int8", ort8, ours8, pc8)):
+                    t = time.perf_counter()
+                    model.forward(prep.inputs)
+                    note(L, prec, "forward", n, time.perf_counter() - t)
+                    t = time.perf_counter()
+                    r = await ours.compress([text], args.rate, 600)
+                    note(L, prec, "ours", n, time.perf_counter() - t)
+                    assert isinstance(r, FineResult), r
+                    t = time.perf_counter()
+                    pc.compress_prompt(text, rate=args.rate)
+                    note(L, prec, "llmlingua", n, time.perf_counter() - t)
+            print(f"  round {rnd + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.2f}", flush=True)
+        for c in (ours32, ours8):
             await c.close()
-        await asyncio.gather(*busy_tasks)
-        del pc
-    print(f"load average at end={os.getloadavg()[0]:.2f}")
-    print("\nratio of tokens/s to llmlingua compress_prompt one at a time (same model, same machine, same run):")
-    for name, res in results.items():
-        for key, what in (("tps", "wall tok/s"), ("tpc", "tok/cpu-s")):
-            ratios = [res[L][key] / base[L][key] for L in lengths]
-            print(f"  {name:<20} {what:<11} " + "  ".join(f"len={L}: {r:.2f}x" for L, r in zip(lengths, ratios))
-                  + f"  | geomean {statistics.geometric_mean(ratios):.2f}x")
-    if gpu:
-        print("  GPU batched vs one-at-a-time (ours): " + "  ".join(
-            f"len={L}: {results['ours batched'][L]['tps'] / results['ours one-at-a-time'][L]['tps']:.2f}x"
-            for L in lengths))
+
+    med = {k: statistics.median(v) for k, v in tps.items()}
+    print(f"\n{'len':>5} {'prec':>5} {'forward tok/s':>14} {'ours tok/s':>11} {'llmlingua tok/s':>16} "
+          f"{'ours/llmlingua':>15} {'ours/forward':>13}")
+    result: dict = {"bench": "compressor_like_for_like", "rate": args.rate, "rounds": args.rounds,
+                    "threads": args.threads, "load_avg_start": round(load0, 2),
+                    "load_avg_end": round(os.getloadavg()[0], 2), "lengths": {}}
+    for L in lengths:
+        result["lengths"][str(L)] = {}
+        for prec in ("fp32", "int8"):
+            f, o, ll = med[(L, prec, "forward")], med[(L, prec, "ours")], med[(L, prec, "llmlingua")]
+            print(f"{L:>5} {prec:>5} {f:>14.0f} {o:>11.0f} {ll:>16.0f} {o / ll:>15.2f} {o / f:>13.2f}")
+            result["lengths"][str(L)][prec] = {"forward_tps": round(f, 1), "ours_tps": round(o, 1),
+                                               "llmlingua_tps": round(ll, 1), "ours_over_llmlingua": round(o / ll, 3),
+                                               "ours_share_of_forward": round(o / f, 3)}
+    # Which int8/fp32 path is faster here (the CPU default is ORT int8).
+    result["int8_over_fp32_ours"] = {str(L): round(med[(L, "int8", "ours")] / med[(L, "fp32", "ours")], 3)
+                                     for L in lengths}
+    return result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--dtype", default=None, help="GPU only, e.g. float16")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (same for both sides)")
-    ap.add_argument("--lengths", default="128,512,2048", help="prompt lengths in cl100k tokens")
-    ap.add_argument("--requests", type=int, default=None, help="prompts per length (CPU 4, GPU 32)")
-    ap.add_argument("--concurrency", type=int, default=None, help="our requests in flight (CPU 4, GPU 16)")
-    ap.add_argument("--batch-tokens", type=int, default=None, help="worker's padded tokens per forward pass")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", default="512,2048", help="prompt lengths in cl100k tokens")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=0.5)
-    ap.add_argument("--fp32", action="store_true", help="CPU: also our fp32 variants (isolate padding/fusion)")
-    ap.add_argument("--onnx", action="store_true",
-                    help="CPU: also the ONNX Runtime backend (its one-time export takes 1-2 min on 2 cores)")
-    ap.add_argument("--compare-batching", action="store_true",
-                    help="the GPU variant's comparison (batched vs one at a time, fp32) on any device")
+    ap.add_argument("--threads", type=int, default=1, help="model threads (1: the gateway's default)")
     args = ap.parse_args()
-    big = args.device != "cpu"
-    args.requests = args.requests or (32 if big else 4)
-    args.concurrency = args.concurrency or (16 if big else 4)
-    asyncio.run(main_async(args))
+    result = asyncio.run(main_async(args))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""Generate extproc/compression/data/rag_eval.jsonl: a RAG QA set for `aigrid eval-compression`.
+"""Generate the RAG QA sets for `aigrid eval-compression`: extproc/compression/data/rag_eval.jsonl (easy) and
+rag_eval_hard.jsonl (hard: paraphrase, distractor, version, bridge; see the section below).
 
-Reproducible (seeded): `python bench/make_rag_eval.py [--seed 7] [--per-lang 60] [--out PATH]`.
+Reproducible (seeded): `python bench/make_rag_eval.py [--seed 7] [--per-lang 60] [--hard-seed 13] [--per-kind 30]`.
+
+The easy set:
 
 Each item is one question over 6-10 documents: the gold passage (which holds the answer), hard negatives
 (same domain and template family, different entities and numbers: the answer's neighbours, e.g. ticket
@@ -457,18 +460,503 @@ def generate(seed: int = 7, per_lang: int = 60) -> list[dict]:
     return items
 
 
+# =============================================================================================================
+# The HARD set (rag_eval_hard.jsonl): what a per-document lexical ranker gets wrong.
+#
+# Four kinds, each in English and Japanese, with its own templates:
+#   * paraphrase: the question says it in other words ("invoicing system" for billing, "eight-port" for
+#     8 ports) than its document, and sibling documents about the same brand/domain match it as well;
+#   * distractor: several documents share most of the question's words about other entities (the same
+#     drug in another city, the same company in another quarter); only the combination singles out the gold;
+#   * version: several documents about ONE entity that differ only in a date or a version; the question
+#     names the date in another format ("March 2024" for 2024-03-14), or the version string (a control);
+#   * bridge: the answer needs two documents. One names the question's entity by another name (a company
+#     or a ship renamed) or links it to a bridge entity (the lab where a drug was made); the other holds
+#     the answer and never mentions the question's name for the entity.
+# Every item also has unrelated documents from the easy set's domains. Per item: `gold_docs` (indices of
+# every document the answer needs), `answer_doc` (the one holding the answer string), `kind`, `family`.
+# =============================================================================================================
+HARD_OUT = OUT.parent / "rag_eval_hard.jsonl"
+KINDS = ("paraphrase", "distractor", "version", "bridge")
+
+_EN_SYL = ["var", "nel", "tor", "quis", "bel", "dra", "mon", "kes", "lyn", "ost", "ri", "ven", "zal", "cor",
+           "thi", "an", "mer", "sol", "dun", "ka", "pel", "ro", "vis", "tam"]
+_JA_SYL = ["カ", "ル", "ミ", "ナ", "ト", "セ", "リ", "ア", "ノ", "ヴェ", "ロ", "サ", "キ", "ネ", "ラ", "ソ", "ユ",
+           "メ", "ダ", "ホ", "ジ", "テ", "バ", "ニ"]
+_JA_HIRA = ["さ", "く", "な", "み", "あ", "お", "き", "ほ", "し", "ゆ", "ふ", "か", "た", "ま", "の", "せ"]
+_WORDS_EN = {4: "four", 8: "eight", 12: "twelve", 16: "sixteen", 24: "twenty-four", 48: "forty-eight"}
+_KANJI_NUM = {4: "四", 8: "八", 12: "十二", 16: "十六", 24: "二十四", 48: "四十八"}
+
+
+class Namer:
+    """Invented names, unique within one item (so only the intended documents share an entity)."""
+
+    def __init__(self, r: random.Random) -> None:
+        self.r = r
+        self.used: set[str] = set()
+
+    def _fresh(self, make: Callable[[], str]) -> str:
+        for _ in range(200):
+            s = make()
+            if s not in self.used and not any(s in u or u in s for u in self.used):
+                self.used.add(s)
+                return s
+        raise RuntimeError("name pool exhausted")
+
+    def en(self, n: int = 3) -> str:
+        return self._fresh(lambda: "".join(self.r.choice(_EN_SYL) for _ in range(n)).capitalize())
+
+    def ja(self, n: int = 4) -> str:
+        return self._fresh(lambda: "".join(self.r.choice(_JA_SYL) for _ in range(n)))
+
+    def ja_ship(self) -> str:
+        return self._fresh(lambda: "".join(self.r.choice(_JA_HIRA) for _ in range(3)) + "丸")
+
+    def en_person(self) -> str:
+        return self._fresh(lambda: en_name(self.r))
+
+    def ja_person(self) -> str:
+        return self._fresh(lambda: ja_name(self.r))
+
+
+def _iso(r: random.Random, year: int, month: int | None = None) -> tuple[str, int, int]:
+    m = month or r.randint(1, 12)
+    return f"{year}-{m:02d}-{r.randint(1, 28):02d}", year, m
+
+
+def _en_pad(r: random.Random, domain: str, text: str, k: int = 3) -> str:
+    return " ".join([text, *fill(r, EN_FILLER[domain], k)])
+
+
+def _ja_pad(r: random.Random, domain: str, text: str, k: int = 3) -> str:
+    return "".join([text, *fill(r, JA_FILLER[domain], k)])
+
+
+# A hard item before shuffling: gold documents first (the answer's at 0), then the rest.
+HardDraft = tuple[list[str], list[str], str, str, str]  # gold docs, other docs, question, answer, answer type
+
+_EN_SVC = {"billing": "invoicing system", "search": "site search", "checkout": "payment flow",
+           "login": "sign-in service", "inventory": "stock-tracking system", "notification": "alerts pipeline"}
+_EN_CAUSE = {"an expired TLS certificate": "a TLS cert that had lapsed",
+             "a misconfigured load balancer": "wrong settings on the traffic balancer",
+             "a full disk on the primary database": "the main database running out of storage",
+             "a bad feature flag rollout": "a feature toggle switched on too early",
+             "a DNS record that pointed at a retired host": "a name-server entry aimed at a decommissioned machine"}
+_JA_SVC = {"課金": "請求システム", "検索": "サイト内検索", "決済": "支払い処理", "ログイン": "サインイン機能",
+           "在庫管理": "在庫の仕組み", "通知": "お知らせ配信"}
+_JA_CAUSE = {"TLS証明書の期限切れ": "有効期限が過ぎたTLS証明書", "ロードバランサーの設定ミス": "負荷分散装置の誤った設定",
+             "主データベースのディスク容量不足": "メインのDBの空き領域がなくなったこと",
+             "機能フラグの誤った展開": "早すぎた機能切り替え", "廃止済みホストを指すDNSレコード": "撤去したサーバーを向いた名前解決の設定"}
+
+
+# ---- English ------------------------------------------------------------------------------------------------
+def en_paraphrase(r: random.Random, nm: Namer, v: int) -> HardDraft:
+    if v % 2 == 0:  # incident described in other words
+        combos = [(s, c) for s in _EN_SVC for c in _EN_CAUSE]
+        svc, cause = r.choice(combos)
+        sib = [r.choice([(svc, c) for c in _EN_CAUSE if c != cause]), r.choice([(s, cause) for s in _EN_SVC if s != svc])]
+        sib.append(r.choice([(s, c) for s, c in combos if s != svc and c != cause]))
+
+        def doc(s: str, c: str, who: str) -> str:
+            num = r.randint(1000, 9899)
+            return _en_pad(r, "incident", f"Ticket INC-{num} was opened on {en_date(r)} by {who} after the {s} service "
+                           f"returned HTTP {r.choice(['502', '503', '504'])} errors for about {r.randint(7, 180)} minutes. "
+                           f"The root cause was {c}.")
+        who = nm.en_person()
+        gold = doc(svc, cause, who)
+        others = [doc(s, c, nm.en_person()) for s, c in sib]
+        # Documents that use the question's own words, about other things.
+        for s in r.sample([x for x in _EN_SVC if x != svc], 2):
+            others.append(_en_pad(r, "incident", f"A status report filed by {nm.en_person()} explains why the "
+                                  f"{_EN_SVC[s]} went down for a planned migration; the move was announced in advance."))
+        q = f"Who filed the report when the {_EN_SVC[svc]} went down because of {_EN_CAUSE[cause]}?"
+        return [gold], others, q, who, "name"
+    brand = nm.en(2)
+    ports = r.sample(sorted(_WORDS_EN), 4)
+    fanless = r.random() < 0.5
+    docs, weights = [], []
+    for k, p in enumerate(ports):
+        w = f"{r.randint(8, 60) / 10:.1f}"
+        while w in weights:
+            w = f"{r.randint(8, 60) / 10:.1f}"
+        weights.append(w)
+        code = f"{r.choice(['RX', 'GX', 'TX'])}-{r.randint(100, 990)}"
+        fl = "a fanless " if (k == 0) == fanless else "an actively cooled "
+        docs.append(_en_pad(r, "product", f"The {brand} {code} is {fl}switch that ships with {p} Ethernet ports and "
+                            f"weighs {w} kg. Its firmware is updated through the web console.", 2))
+    for _ in range(2):
+        docs.append(_en_pad(r, "product", f"How heavy a {r.choice(['fanless', 'rack'])} switch may be depends on the mount: "
+                            f"the {nm.en(2)} wall kit holds units up to {r.randint(3, 9)} kg.", 2))
+    q = f"How heavy is {brand}'s {_WORDS_EN[ports[0]]}-port {'fanless' if fanless else 'actively cooled'} switch?"
+    return [docs[0]], docs[1:], q, weights[0], "number"
+
+
+def en_distractor(r: random.Random, nm: Namer, v: int) -> HardDraft:
+    f = v % 3
+    if f == 0:  # trial: same drug elsewhere, other drugs in the same city
+        drugs = [nm.en(3).lower() + s for s in r.sample(["stat", "mab", "line", "tide", "nib"], 3)]
+        cities = r.sample(EN_CITIES, 3)
+
+        def doc(d: str, c: str, pi: str) -> str:
+            return _en_pad(r, "trial", f"Trial NCT0{r.randint(1000000, 9999999)} tests {d} in {c}, where it enrolled "
+                           f"{r.randint(60, 4200)} patients. The principal investigator of the {d} trial in {c} is {pi}.")
+        pi = nm.en_person()
+        gold = doc(drugs[0], cities[0], pi)
+        others = [doc(drugs[0], cities[1], nm.en_person()), doc(drugs[0], cities[2], nm.en_person()),
+                  doc(drugs[1], cities[0], nm.en_person()), doc(drugs[2], cities[0], nm.en_person())]
+        q = f"Who is the principal investigator of the {drugs[0]} trial in {cities[0]}?"
+        return [gold], others, q, pi, "name"
+    if f == 1:  # rail: the same train to other places, other trains to the same place
+        names = [f"{nm.en(2)} {x}" for x in r.sample(["Express", "Arrow", "Limited", "Flyer"], 2)]
+        src, *dests = r.sample(EN_CITIES, 4)
+        plats = r.sample(range(1, 15), 5)
+
+        def doc(n: str, d: str, p: int) -> str:
+            return _en_pad(r, "rail", f"The {n} to {d} leaves {src} from platform {p} at "
+                           f"{r.randint(5, 22):02d}:{r.choice(['05', '20', '35', '50'])} and runs with {r.randint(5, 14)} cars.")
+        gold = doc(names[0], dests[0], plats[0])
+        others = [doc(names[0], dests[1], plats[1]), doc(names[0], dests[2], plats[2]), doc(names[1], dests[0], plats[3]),
+                  doc(names[1], dests[1], plats[4])]
+        q = f"From which platform does the {names[0]} to {dests[0]} leave {src}?"
+        return [gold], others, q, str(plats[0]), "number"
+    co = f"{nm.en(3)} {r.choice(['Foods', 'Freight', 'Systems', 'Energy'])}"
+    co2 = f"{nm.en(3)} {r.choice(['Foods', 'Freight', 'Systems', 'Energy'])}"
+    year, q_ = r.randint(2021, 2025), r.randint(1, 4)
+    revs: list[str] = []
+
+    def fin(c: str, qq: int, y: int) -> str:
+        rev = f"{r.randint(120, 990)}.{r.randint(1, 9)}"
+        while rev in revs:
+            rev = f"{r.randint(120, 990)}.{r.randint(1, 9)}"
+        revs.append(rev)
+        return _en_pad(r, "finance", f"{c} reported revenue of ${rev} million for Q{qq} {y}, the company said in its "
+                       f"quarterly filing.")
+    gold = fin(co, q_, year)
+    others = [fin(co, (q_ % 4) + 1, year), fin(co, q_, year - 1), fin(co, ((q_ + 1) % 4) + 1, year - 1), fin(co2, q_, year)]
+    q = f"What revenue did {co} report for Q{q_} {year}, in millions of dollars?"
+    return [gold], others, q, revs[0], "number"
+
+
+def en_version(r: random.Random, nm: Namer, v: int) -> HardDraft:
+    f = v % 3
+    year = r.randint(2021, 2025)
+    months = sorted(r.sample(range(1, 13), 4))
+    if f in (0, 2):  # releases of one project
+        proj = nm.en(2).lower() + r.choice(["db", "ctl", "kit", "-io"])
+        major = r.randint(1, 5)
+        vers = [f"{major}.{m}.{r.randint(0, 9)}" for m in range(len(months))]
+        docs, cves, rms = [], [], []
+        for ver, m in zip(vers, months):
+            iso, _, _ = _iso(r, year, m)
+            cve, rm = f"CVE-{year}-{r.randint(10000, 49999)}", nm.en_person()
+            cves.append(cve)
+            rms.append(rm)
+            docs.append(_en_pad(r, "release", f"{proj} {ver} was published on {iso} and fixes {cve}, a flaw in request "
+                                f"parsing. The release manager was {rm}."))
+        g = r.randrange(len(docs))
+        if f == 0:
+            q = f"Which CVE was fixed by the {proj} release that came out in {MONTHS[months[g] - 1]} {year}?"
+            ans, at = cves[g], "identifier"
+        else:  # control: the version string itself is in the question
+            q = f"Who was the release manager of {proj} {vers[g]}?"
+            ans, at = rms[g], "name"
+        others = [d for i, d in enumerate(docs) if i != g]
+        others.append(_en_pad(r, "release", f"Release notes of {nm.en(2).lower()}db are published the same day a "
+                              f"release comes out and list every CVE that was fixed."))
+        return [docs[g]], others, q, ans, at
+    brand, code = nm.en(2), f"{r.choice(['RX', 'GX', 'TX'])}-{r.randint(100, 990)}"
+    docs, xs = [], []
+    for m in months:
+        iso, _, _ = _iso(r, year, m)
+        x = f"{r.randint(2, 40) / 2:.1f}"
+        while x in xs:
+            x = f"{r.randint(2, 40) / 2:.1f}"
+        xs.append(x)
+        docs.append(_en_pad(r, "product", f"Firmware {r.randint(1, 9)}.{r.randint(0, 20)}.{r.randint(0, 9)} for the {brand} "
+                            f"{code}, released on {iso}, raised its maximum throughput to {x} Gbit/s.", 2))
+    g = r.randrange(len(docs))
+    q = f"What maximum throughput did the {brand} {code} reach after the firmware update of {MONTHS[months[g] - 1]} {year}?"
+    others = [d for i, d in enumerate(docs) if i != g]
+    return [docs[g]], others, q, xs[g], "number"
+
+
+def en_bridge(r: random.Random, nm: Namer, v: int) -> HardDraft:
+    f = v % 3
+    if f == 0:  # company renamed; the revenue document uses the new name only
+        old, new, new2, old2 = (f"{nm.en(3)} {s}" for s in ("Foods", "Group", "Holdings", "Freight"))
+        fy = r.randint(2021, 2025)
+        alias = _en_pad(r, "finance", f"{old} changed its name to {new} in {fy - 1} after its merger with "
+                        f"{nm.en(3)} Partners.", 2)
+        rev = f"{r.randint(120, 990)}.{r.randint(1, 9)}"
+        ans = _en_pad(r, "finance", f"{new} reported revenue of ${rev} million for fiscal {fy}, the company said in "
+                      f"its annual filing.")
+        others = [_en_pad(r, "finance", f"{nm.en(3)} Energy reported revenue of ${r.randint(120, 990)}.{r.randint(1, 9)} "
+                          f"million for fiscal {fy}, the company said in its annual filing.") for _ in range(2)]
+        others.append(_en_pad(r, "finance", f"{old2} changed its name to {new2} in {fy - 2}.", 3))
+        q = f"What revenue did {old} report for fiscal {fy}, in millions of dollars?"
+        return [ans, alias], others, q, rev, "number"
+    if f == 1:  # bridge entity: drug -> lab -> head
+        drug, lab, lab2, lab3 = nm.en(3).lower() + "stat", f"{nm.en(2)} Chemistry Lab", f"{nm.en(2)} Biology Lab", f"{nm.en(2)} Pharma Lab"
+        head = nm.en_person()
+        link = _en_pad(r, "lab", f"{drug.capitalize()} was first synthesised in {r.randint(1990, 2020)} at the {lab}, "
+                       f"which patented it soon after.", 2)
+        ans = _en_pad(r, "lab", f"The {lab} is led by {head} and has {r.randint(8, 140)} members.")
+        others = [_en_pad(r, "lab", f"The {lab2} is led by {nm.en_person()} and has {r.randint(8, 140)} members."),
+                  _en_pad(r, "lab", f"{nm.en(3).capitalize()}mab was first synthesised at the {lab3}, which leads a "
+                          f"research group on antibodies.", 2),
+                  _en_pad(r, "lab", f"The {lab3} is led by {nm.en_person()}.")]
+        q = f"Who leads the research group where {drug} was first synthesised?"
+        return [ans, link], others, q, head, "name"
+    old, new, other = (f"MV {nm.en(3)}" for _ in range(3))
+    port = r.choice(EN_CITIES)
+    teus = r.sample(range(40, 2400), 3)
+    alias = _en_pad(r, "shipping", f"The {old} was renamed {new} when {nm.en(3)} Lines bought the vessel in "
+                    f"{r.randint(2015, 2024)}.", 2)
+
+    def ship(s: str, teu: int) -> str:
+        return _en_pad(r, "shipping", f"Shipment SHP-{r.randint(10000, 99999)} left {port} on {en_date(r)} aboard the "
+                       f"{s}, carrying {teu} containers bound for {r.choice(EN_CITIES)}.", 3)
+    ans = ship(new, teus[0])
+    others = [ship(other, teus[1]), ship(f"MV {nm.en(3)}", teus[2])]
+    q = f"How many containers did the ship formerly called the {old} carry out of {port}?"
+    return [ans, alias], others, q, str(teus[0]), "number"
+
+
+# ---- Japanese -----------------------------------------------------------------------------------------------
+def ja_paraphrase(r: random.Random, nm: Namer, v: int) -> HardDraft:
+    if v % 2 == 0:
+        combos = [(s, c) for s in _JA_SVC for c in _JA_CAUSE]
+        svc, cause = r.choice(combos)
+        sib = [r.choice([(svc, c) for c in _JA_CAUSE if c != cause]), r.choice([(s, cause) for s in _JA_SVC if s != svc])]
+        sib.append(r.choice([(s, c) for s, c in combos if s != svc and c != cause]))
+
+        def doc(s: str, c: str, who: str) -> str:
+            return _ja_pad(r, "incident", f"チケットINC-{r.randint(1000, 9899)}は、{ja_date(r)}に{who}さんが起票しました。"
+                           f"{s}サービスが約{r.randint(7, 180)}分間、HTTP {r.choice(['502', '503', '504'])}エラーを返したためです。"
+                           f"根本原因は{c}でした。")
+        who = nm.ja_person()
+        gold = doc(svc, cause, who)
+        others = [doc(s, c, nm.ja_person()) for s, c in sib]
+        for s in r.sample([x for x in _JA_SVC if x != svc], 2):
+            others.append(_ja_pad(r, "incident", f"{nm.ja_person()}さんが上げた報告によると、{_JA_SVC[s]}は計画された移行作業の"
+                                  f"ために止まりましたが、事前に告知されていました。"))
+        q = f"{_JA_CAUSE[cause]}が原因で{_JA_SVC[svc]}が止まったとき、報告を上げたのは誰ですか？"
+        return [gold], others, q, who, "name"
+    brand = nm.ja(3)
+    ports = r.sample(sorted(_KANJI_NUM), 4)
+    fanless = r.random() < 0.5
+    docs, weights = [], []
+    for k, p in enumerate(ports):
+        w = f"{r.randint(8, 60) / 10:.1f}"
+        while w in weights:
+            w = f"{r.randint(8, 60) / 10:.1f}"
+        weights.append(w)
+        code = f"{r.choice(['RX', 'GX', 'TX'])}-{r.randint(100, 990)}"
+        fl = "ファンレス" if (k == 0) == fanless else "ファン付き"
+        docs.append(_ja_pad(r, "product", f"{brand}の{code}は{fl}のスイッチで、{p}個のイーサネットポートを備え、"
+                            f"重さは{w}キロです。", 2))
+    for _ in range(2):
+        docs.append(_ja_pad(r, "product", f"スイッチの重さの上限は設置方法で決まり、{nm.ja(3)}の壁掛けキットは"
+                            f"{r.randint(3, 9)}キロまでの機器に対応します。", 2))
+    q = f"{brand}の{_KANJI_NUM[ports[0]]}ポートの{'ファンレス' if fanless else 'ファン付き'}スイッチの重さは何キロですか？"
+    return [docs[0]], docs[1:], q, weights[0], "number"
+
+
+def ja_distractor(r: random.Random, nm: Namer, v: int) -> HardDraft:
+    f = v % 3
+    if f == 0:
+        drugs = [nm.ja(4) + s for s in r.sample(["スタット", "マブ", "リン", "チド"], 3)]
+        cities = r.sample(JA_CITIES, 3)
+
+        def doc(d: str, c: str, pi: str) -> str:
+            return _ja_pad(r, "lab", f"{d}の治験NCT0{r.randint(1000000, 9999999)}は{c}で実施され、{r.randint(60, 4200)}人の"
+                           f"患者が参加しました。{c}での{d}の治験の責任医師は{pi}医師です。")
+        pi = nm.ja_person()
+        gold = doc(drugs[0], cities[0], pi)
+        others = [doc(drugs[0], cities[1], nm.ja_person()), doc(drugs[0], cities[2], nm.ja_person()),
+                  doc(drugs[1], cities[0], nm.ja_person()), doc(drugs[2], cities[0], nm.ja_person())]
+        q = f"{cities[0]}で行われている{drugs[0]}の治験の責任医師は誰ですか？"
+        return [gold], others, q, pi, "name"
+    if f == 1:
+        names = [nm.ja(3) for _ in range(2)]
+        src, *dests = r.sample(JA_CITIES, 4)
+        plats = r.sample(range(1, 15), 5)
+
+        def doc(n: str, d: str, p: int) -> str:
+            return _ja_pad(r, "rail", f"{d}行きの特急{n}は、{src}駅の{p}番線から{r.randint(5, 22)}時"
+                           f"{r.choice(['05', '20', '35', '50'])}分に発車します。編成は{r.randint(5, 14)}両です。")
+        gold = doc(names[0], dests[0], plats[0])
+        others = [doc(names[0], dests[1], plats[1]), doc(names[0], dests[2], plats[2]), doc(names[1], dests[0], plats[3]),
+                  doc(names[1], dests[1], plats[4])]
+        q = f"{src}駅から{dests[0]}へ向かう特急{names[0]}は何番線から発車しますか？"
+        return [gold], others, q, f"{plats[0]}番線", "number"
+    co, co2 = nm.ja(3) + "物流", nm.ja(3) + "精機"
+    year, q_ = r.randint(2021, 2025), r.randint(1, 4)
+    revs: list[str] = []
+
+    def fin(c: str, qq: int, y: int) -> str:
+        rev = str(r.randint(120, 9900))
+        while rev in revs:
+            rev = str(r.randint(120, 9900))
+        revs.append(rev)
+        return _ja_pad(r, "finance", f"{c}は、{y}年度第{qq}四半期の売上高が{rev}億円だったと発表しました。")
+    gold = fin(co, q_, year)
+    others = [fin(co, (q_ % 4) + 1, year), fin(co, q_, year - 1), fin(co, ((q_ + 1) % 4) + 1, year - 1), fin(co2, q_, year)]
+    q = f"{co}の{year}年度第{q_}四半期の売上高は何億円でしたか？"
+    return [gold], others, q, f"{revs[0]}億円", "number"
+
+
+def ja_version(r: random.Random, nm: Namer, v: int) -> HardDraft:
+    f = v % 3
+    year = r.randint(2021, 2025)
+    months = sorted(r.sample(range(1, 13), 4))
+    if f in (0, 2):
+        proj = nm.en(2).lower() + r.choice(["db", "ctl", "kit"])
+        major = r.randint(1, 5)
+        vers = [f"{major}.{m}.{r.randint(0, 9)}" for m in range(len(months))]
+        docs, cves, rms = [], [], []
+        for ver, m in zip(vers, months):
+            iso, _, _ = _iso(r, year, m)
+            cve, rm = f"CVE-{year}-{r.randint(10000, 49999)}", nm.ja_person()
+            cves.append(cve)
+            rms.append(rm)
+            docs.append(_ja_pad(r, "release", f"{proj} {ver}は{iso}に公開され、リクエスト解析の脆弱性{cve}を修正しました。"
+                                f"リリース担当は{rm}さんです。"))
+        g = r.randrange(len(docs))
+        if f == 0:
+            q = f"{year}年{months[g]}月に公開された{proj}のリリースで修正された脆弱性のCVE番号は何ですか？"
+            ans, at = cves[g], "identifier"
+        else:
+            q = f"{proj} {vers[g]}のリリース担当は誰ですか？"
+            ans, at = rms[g], "name"
+        others = [d for i, d in enumerate(docs) if i != g]
+        others.append(_ja_pad(r, "release", f"{nm.en(2).lower()}dbのリリースノートは公開と同じ日に出され、修正された"
+                              f"脆弱性のCVE番号をすべて載せています。"))
+        return [docs[g]], others, q, ans, at
+    brand, code = nm.ja(3), f"{r.choice(['RX', 'GX', 'TX'])}-{r.randint(100, 990)}"
+    docs, xs = [], []
+    for m in months:
+        iso, _, _ = _iso(r, year, m)
+        x = f"{r.randint(2, 40) / 2:.1f}"
+        while x in xs:
+            x = f"{r.randint(2, 40) / 2:.1f}"
+        xs.append(x)
+        docs.append(_ja_pad(r, "product", f"{iso}に公開された{brand}の{code}のファームウェア{r.randint(1, 9)}.{r.randint(0, 20)}."
+                            f"{r.randint(0, 9)}で、最大スループットは毎秒{x}ギガビットに上がりました。", 2))
+    g = r.randrange(len(docs))
+    q = f"{year}年{months[g]}月のファームウェア更新の後、{brand}の{code}の最大スループットは毎秒何ギガビットになりましたか？"
+    others = [d for i, d in enumerate(docs) if i != g]
+    return [docs[g]], others, q, xs[g], "number"
+
+
+def ja_bridge(r: random.Random, nm: Namer, v: int) -> HardDraft:
+    f = v % 3
+    if f == 0:
+        old, new, old2, new2 = nm.ja(4) + "物流", nm.ja(4) + "ホールディングス", nm.ja(4) + "電機", nm.ja(4) + "テクノ"
+        fy = r.randint(2021, 2025)
+        alias = _ja_pad(r, "finance", f"{old}は{fy - 1}年に{nm.ja(3)}商事との合併を機に、社名を{new}に変更しました。", 2)
+        rev = str(r.randint(120, 9900))
+        ans = _ja_pad(r, "finance", f"{new}は、{fy}年度の売上高が{rev}億円だったと発表しました。")
+        others = [_ja_pad(r, "finance", f"{nm.ja(4)}エナジーは、{fy}年度の売上高が{r.randint(120, 9900)}億円だったと発表しました。")
+                  for _ in range(2)]
+        others.append(_ja_pad(r, "finance", f"{old2}は{fy - 2}年に社名を{new2}に変更しました。", 3))
+        q = f"{old}の{fy}年度の売上高は何億円でしたか？"
+        return [ans, alias], others, q, f"{rev}億円", "number"
+    if f == 1:
+        drug, lab, lab2, lab3 = nm.ja(4) + "スタット", nm.ja(3) + "化学研究室", nm.ja(3) + "生物研究室", nm.ja(3) + "創薬研究室"
+        head = nm.ja_person()
+        link = _ja_pad(r, "lab", f"{drug}は{r.randint(1990, 2020)}年に{lab}で初めて合成され、その後すぐに特許が取得されました。", 2)
+        ans = _ja_pad(r, "lab", f"{lab}を率いているのは{head}教授で、メンバーは{r.randint(8, 140)}人です。")
+        others = [_ja_pad(r, "lab", f"{lab2}を率いているのは{nm.ja_person()}教授で、メンバーは{r.randint(8, 140)}人です。"),
+                  _ja_pad(r, "lab", f"{nm.ja(4)}マブは{lab3}で初めて合成されました。", 2),
+                  _ja_pad(r, "lab", f"{lab3}を率いているのは{nm.ja_person()}教授です。")]
+        q = f"{drug}が初めて合成された研究室を率いているのは誰ですか？"
+        return [ans, link], others, q, head, "name"
+    old, new, other = nm.ja_ship(), nm.ja_ship(), nm.ja_ship()
+    port = r.choice(["横浜", "神戸", "博多", "名古屋", "清水", "苫小牧"])
+    teus = r.sample(range(40, 2400), 3)
+    alias = _ja_pad(r, "shipping", f"{old}は{r.randint(2015, 2024)}年に{nm.ja(3)}海運に買い取られ、{new}と改名されました。", 2)
+
+    def ship(s: str, teu: int) -> str:
+        return _ja_pad(r, "shipping", f"出荷番号SHP-{r.randint(10000, 99999)}の貨物は、{ja_date(r)}に{port}港を{s}で"
+                       f"出港しました。コンテナ{teu}本を積み、{r.choice(['釜山', '上海', '高雄', 'シンガポール'])}へ向かっています。", 3)
+    ans = ship(new, teus[0])
+    others = [ship(other, teus[1]), ship(nm.ja_ship(), teus[2])]
+    q = f"かつて{old}と呼ばれていた船は、{port}港からコンテナを何本運びましたか？"
+    return [ans, alias], others, q, f"{teus[0]}本", "number"
+
+
+HARD_MAKERS: dict[str, dict[str, Callable[[random.Random, Namer, int], HardDraft]]] = {
+    "en": {"paraphrase": en_paraphrase, "distractor": en_distractor, "version": en_version, "bridge": en_bridge},
+    "ja": {"paraphrase": ja_paraphrase, "distractor": ja_distractor, "version": ja_version, "bridge": ja_bridge},
+}
+_FAMILIES = {"paraphrase": ("incident", "switch"), "distractor": ("trial", "rail", "quarter"),
+             "version": ("release_by_date", "firmware_by_date", "release_by_version"),
+             "bridge": ("renamed_company", "bridge_lab", "renamed_ship")}
+
+
+def make_hard_item(r: random.Random, lang: str, kind: str, v: int) -> dict:
+    domains = en_domains() if lang == "en" else ja_domains()
+    for _ in range(20):
+        gold_docs, others, question, answer, atype = HARD_MAKERS[lang][kind](r, Namer(r), v)
+        # Unrelated documents from the easy set's domains, for realistic width.
+        for od in r.sample(sorted(domains), k=r.randint(2, 3)):
+            make, doc, _ = domains[od]
+            others.append(doc(r, make(r)))
+        docs = gold_docs + others
+        # The answer string must sit in its document only, and every document must be distinct.
+        if any(answer in d for d in docs[1:]) or len(set(docs)) != len(docs):
+            continue
+        order = list(range(len(docs)))
+        r.shuffle(order)
+        fmts = FORMATS if lang == "en" else JA_FORMATS
+        return {
+            "id": f"hard-{lang}-{kind}-{v:02d}",
+            "lang": lang,
+            "kind": kind,
+            "family": _FAMILIES[kind][v % len(_FAMILIES[kind])],
+            "format": fmts[v % len(fmts)],
+            "documents": [docs[i] for i in order],
+            "question": question,
+            "answer": answer,
+            "answer_type": atype,
+            "answer_doc": order.index(0),
+            "gold_docs": sorted(order.index(i) for i in range(len(gold_docs))),
+        }
+    raise RuntimeError(f"could not make a valid {lang}/{kind} item")
+
+
+def generate_hard(seed: int = 13, per_kind: int = 30) -> list[dict]:
+    r = random.Random(seed)
+    items = [make_hard_item(r, lang, kind, v) for lang in ("en", "ja") for kind in KINDS for v in range(per_kind)]
+    for it in items:
+        assert it["answer"] in it["documents"][it["answer_doc"]], it["id"]
+        assert it["answer_doc"] in it["gold_docs"], it["id"]
+    return items
+
+
+def write_jsonl(items: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for it in items:
+            f.write(json.dumps(it, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--per-lang", type=int, default=60)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--hard-seed", type=int, default=13)
+    ap.add_argument("--per-kind", type=int, default=30, help="hard items per kind and language")
+    ap.add_argument("--hard-out", type=Path, default=HARD_OUT)
     a = ap.parse_args()
     items = generate(a.seed, a.per_lang)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with a.out.open("w", encoding="utf-8") as f:
-        for it in items:
-            f.write(json.dumps(it, ensure_ascii=False) + "\n")
+    write_jsonl(items, a.out)
     print(f"wrote {len(items)} items to {a.out}")
+    hard = generate_hard(a.hard_seed, a.per_kind)
+    write_jsonl(hard, a.hard_out)
+    print(f"wrote {len(hard)} items to {a.hard_out}")
 
 
 if __name__ == "__main__":

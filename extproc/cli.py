@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "extproc.compression.cli",  # eval-compression
     "extproc.loadtest.cli",  # loadtest
     "extproc.trust.cli",  # trust hash-key
+    "extproc.twin.cli",  # twin
 )
 
 
@@ -41,6 +42,7 @@ COMMAND_OWNERS: dict[str, str] = {
     "eval-compression": "extproc.compression.cli",
     "loadtest": "extproc.loadtest.cli",
     "trust": "extproc.trust.cli",
+    "twin": "extproc.twin.cli",
 }
 
 

@@ -20,7 +20,9 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", default=None, help="JSONL RAG QA set (default: the shipped rag_eval.jsonl)")
+    p.add_argument("--data", default=None, help="JSONL RAG QA set (default: the shipped hard set rag_eval_hard.jsonl)")
+    p.add_argument("--easy", action="store_true", help="the shipped easy set (rag_eval.jsonl) instead")
+    p.add_argument("--kind", default=None, help="only items of this kind (paraphrase, distractor, version, bridge)")
     p.add_argument("--model", default=None, help="LLMLingua-2 model directory (omit: coarse step only)")
     p.add_argument("--rates", default="0.33,0.5,0.7", help="comma-separated keep-rates (default 0.33,0.5,0.7)")
     p.add_argument("--ranker", default="auto", choices=["auto", "bm25", "embedding", "hybrid"])
@@ -40,9 +42,9 @@ async def _run(args: argparse.Namespace) -> int:
     from rich.table import Table  # noqa: PLC0415
 
     from extproc.compression.coarse import CoarseRanker  # noqa: PLC0415
-    from extproc.compression.evaluate import DEFAULT_DATA, evaluate, load_items, report_json, summarize  # noqa: PLC0415
+    from extproc.compression.evaluate import DEFAULT_DATA, EASY_DATA, evaluate, load_items, report_json, summarize  # noqa: PLC0415
     from extproc.compression.rewriter import build_fine_compressor  # noqa: PLC0415
-    from extproc.compression.settings import CompressionSettings  # noqa: PLC0415
+    from extproc.config.compression import CompressionSettings  # noqa: PLC0415
 
     console = Console(stderr=args.json_out == "-", width=None if sys.stdout.isatty() else 140)
     try:
@@ -53,7 +55,10 @@ async def _run(args: argparse.Namespace) -> int:
     if not rates or any(not 0 < r <= 1 for r in rates):
         console.print("[red]--rates: each rate must be in (0, 1][/red]")
         return 2
-    items = load_items(args.data or DEFAULT_DATA)
+    data = args.data or (EASY_DATA if args.easy else DEFAULT_DATA)
+    items = load_items(data)
+    if args.kind:
+        items = [i for i in items if i.get("kind", "-") == args.kind]
     if args.lang:
         items = [i for i in items if i["lang"] == args.lang]
     if args.limit:
@@ -62,7 +67,9 @@ async def _run(args: argparse.Namespace) -> int:
         console.print("[red]no items to evaluate[/red]")
         return 2
     settings = CompressionSettings(
-        enabled=True, model_path=args.model, ranker=args.ranker, coarse=not args.no_coarse, min_prompt_tokens=0
+        enabled=True, model_path=args.model, ranker=args.ranker, coarse=not args.no_coarse, min_prompt_tokens=0,
+        # Each item and rate is measured cold: no ranking or compressed piece reused from another rate.
+        cache_max_documents=0, cache_max_chars=0, cache_max_rankings=0,
     )
     ranker = None if args.no_coarse else CoarseRanker(args.ranker, settings.embedding_model_path)
     if ranker is not None and args.ranker != "bm25":
@@ -79,18 +86,20 @@ async def _run(args: argparse.Namespace) -> int:
     rows = summarize(results)
     title = "compression eval: " + ("coarse + fine (model: " + args.model + ")" if args.model else "coarse step only")
     t = Table(title=title)
-    for col in ("lang", "rate", "n", "answer kept", "gold kept", "gold@1", "achieved", "prompt ratio",
-                "p50 ms", "p95 ms", "ranker", "fine"):
-        t.add_column(col, justify="right" if col not in ("lang", "ranker", "fine") else "left")
+    for col in ("kind", "lang", "rate", "n", "answer kept", "all gold kept", "gold@1", "achieved",
+                "achieved (no floor)", "floor", "prompt ratio", "p50 ms", "p95 ms", "ranker", "fine"):
+        t.add_column(col, justify="right" if col not in ("kind", "lang", "ranker", "fine") else "left")
     for r in rows:
+        unf = r["achieved_rate_unfloored"]
         t.add_row(
-            r["lang"], f"{r['rate']:.2f}", str(r["n"]), f"{r['answer_retention']:.1%}", f"{r['gold_retention']:.1%}",
-            f"{r['gold_top1']:.1%}", f"{r['achieved_rate']:.2f}", f"{r['prompt_ratio']:.2f}",
+            r["kind"], r["lang"], f"{r['rate']:.2f}", str(r["n"]), f"{r['answer_retention']:.1%}",
+            f"{r['gold_retention']:.1%}", f"{r['gold_top1']:.1%}", f"{r['achieved_rate']:.2f}",
+            "-" if unf is None else f"{unf:.2f}", f"{r['floor_share']:.0%}", f"{r['prompt_ratio']:.2f}",
             f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p95']:.1f}", ",".join(r["rankers"]), ",".join(r["fine"]),
         )
     console.print(t)
     if args.json_out:
-        meta = {"data": str(args.data or DEFAULT_DATA), "model": args.model, "rates": rates, "ranker": args.ranker,
+        meta = {"data": str(data), "kind": args.kind, "model": args.model, "rates": rates, "ranker": args.ranker,
                 "coarse": not args.no_coarse, "items": len(items)}
         text = report_json(rows, results, meta)
         if args.json_out == "-":

@@ -26,7 +26,7 @@ import math
 import re
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +48,11 @@ _STOP = frozenset(
 
 
 # ---- pure parts ---------------------------------------------------------------------------------------------
-def bm25_scores(query: Sequence[str], docs: Sequence[Sequence[str]], k1: float = 1.5, b: float = 0.75) -> list[float]:
-    """Okapi BM25 of each document for the query; a term repeated in the query weighs that many times."""
+def bm25_scores(
+    query: Sequence[str] | Mapping[str, float], docs: Sequence[Sequence[str]], k1: float = 1.5, b: float = 0.75
+) -> list[float]:
+    """Okapi BM25 of each document for the query; a term repeated in the query weighs that many times (or
+    the query maps each term to its weight: query expansion adds terms at less than a question term's)."""
     n = len(docs)
     if n == 0:
         return []
@@ -57,7 +60,7 @@ def bm25_scores(query: Sequence[str], docs: Sequence[Sequence[str]], k1: float =
     df: Counter[str] = Counter()
     for d in docs:
         df.update(set(d))
-    q = Counter(query)
+    q: Mapping[str, float] = query if isinstance(query, Mapping) else Counter(query)
     out: list[float] = []
     for d in docs:
         tf = Counter(d)
@@ -99,6 +102,178 @@ def select_documents(scores: Sequence[float], tokens: Sequence[int], budget: int
     return sorted(kept)
 
 
+# Two documents whose scores differ by less than this share of the ranking's spread (best - worst) are a
+# tie the ranker cannot break: the quality floor keeps both rather than toss a coin at the cut.
+FLAT_MARGIN = 0.12
+# The floor keeps at most this many times the rate's budget: a flat ranking is not a reason to send all.
+FLOOR_MAX_FACTOR = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    kept: list[int]
+    # "rate": the budget decided; "floor": the ranking was flat at the cut, more was kept than the rate asks.
+    decision: str
+
+
+def choose_documents(
+    scores: Sequence[float],
+    tokens: Sequence[int],
+    budget: int,
+    min_docs: int = 1,
+    flat_margin: float = FLAT_MARGIN,
+    max_factor: float = FLOOR_MAX_FACTOR,
+) -> Selection:
+    """`select_documents`, then the quality floor. Every document scoring within `flat_margin` x spread of
+    the lowest kept one (a tie straddling the cut) is kept too, best first, while the total stays within
+    `max_factor` x budget; a ranking with no spread at all keeps documents in their order up to that cap.
+    When the floor adds a document the decision is "floor" (the rate is not met, on purpose)."""
+    kept = select_documents(scores, tokens, budget, min_docs)
+    if not scores or len(kept) == len(scores):
+        return Selection(kept, "rate")
+    cap = int(budget * max_factor)
+    hi, lo = max(scores), min(scores)
+    spread = hi - lo
+    if spread <= 1e-9 * max(1.0, abs(hi)):
+        candidates = list(range(len(scores)))
+    else:
+        cut = min(scores[i] for i in kept) - flat_margin * spread
+        candidates = sorted((i for i in range(len(scores)) if scores[i] >= cut), key=lambda i: (-scores[i], i))
+    used = sum(tokens[i] for i in kept)
+    extra: list[int] = []
+    for i in candidates:
+        if i not in kept and used + tokens[i] <= cap:
+            extra.append(i)
+            used += tokens[i]
+    if not extra:
+        return Selection(kept, "rate")
+    return Selection(sorted({*kept, *extra}), "floor")
+
+
+# ---- rare entities: pseudo-relevance feedback and links between documents -----------------------------------
+# An entity is "rare" when at most this many of the prompt's documents contain it: a name shared by two
+# documents (a company in its rename notice and in its results) links them; one that every sibling document
+# repeats (the project of five release notes) says nothing.
+RARE_DF = 2
+# Expansion terms from the top documents weigh this much of a question term.
+PRF_WEIGHT = 0.5
+# How many top-ranked documents feed the expansion and anchor the links.
+PRF_DOCS = 2
+
+# A capitalised word not at a sentence start, or any word of a run of two or more capitalised words
+# ("Rotamquis Group reported ..." at a sentence start is still a name).
+_EN_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
+_EN_NAME_RUN = re.compile(r"\b[A-Z][a-z]{2,}(?:\s+[A-Z][a-z]{2,})+\b")
+_EN_ENTITY_IDENT = re.compile(r"\b(?=[A-Za-z0-9-]*[A-Za-z])(?=[A-Za-z0-9-]*[0-9])[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+\b|\b[0-9]{5,}\b")
+_KATAKANA_RUN = re.compile(r"[\u30a1-\u30fa\u30fc]{2,}")
+_KANA_MARU = re.compile(r"[\u3041-\u3096\u30a1-\u30fa\u30fc]{1,5}丸")
+_MARU_NAME = re.compile(r"[\u3041-\u3096\u30a1-\u30fa\u30fc\u4e00-\u9fff]{1,5}丸")
+
+
+def _tagger() -> Any:
+    tagger = getattr(_local, "tagger", None)
+    if tagger is None:
+        import fugashi  # noqa: PLC0415
+
+        tagger = fugashi.Tagger()
+        _local.tagger = tagger
+    return tagger
+
+
+def katakana_name(run: str) -> bool:
+    """Is this katakana run a name rather than a loan word? Loan words are katakana too (セキュリティポリシー,
+    known nouns); a name is a run the dictionary does not know: an unknown word (トホリリスタット), a
+    proper noun, or one it can only cut into fragments (ニダノ → ニ/ダ/ノ: a number, a noun, a particle)."""
+    for w in _tagger()(run):
+        f = w.feature
+        if w.is_unk or getattr(f, "pos2", "") == "固有名詞" or len(w.surface) == 1 or getattr(f, "pos1", "") != "名詞":
+            return True
+    return False
+
+
+def entity_candidates(text: str, lang: str) -> set[str]:
+    """Names and identifiers in a document that could name an entity. English: runs of capitalised words
+    (whole), lone capitalised words not at a sentence start (minus stop words), identifiers with letters
+    and digits (SHP-40213), long numbers.
+    Japanese: proper nouns (unidic 固有名詞, consecutive ones joined: 中村翔太), katakana runs with a part
+    the dictionary does not know (ルリナ, カサネ; not コンテナ, セキュリティポリシー), names ending in 丸,
+    identifiers."""
+    text = text[:MAX_RANK_CHARS]
+    out = {m.group() for m in _EN_ENTITY_IDENT.finditer(text)}
+    if lang != "ja":
+        # A run of capitalised words is one entity, whole ("Oliver Osei", "Vendra Chemistry Lab"): a shared
+        # surname or "Lab" alone links unrelated documents. Leading stop words ("The") are not part of it.
+        in_runs: set[str] = set()
+        for m in _EN_NAME_RUN.finditer(text):
+            ws = m.group().split()
+            in_runs.update(ws)
+            while ws and ws[0].lower() in _STOP:
+                ws = ws[1:]
+            if ws:
+                out.add(" ".join(ws))
+        out |= {w for w in _EN_NAME.findall(text) if w not in in_runs and w.lower() not in _STOP}
+        return out
+    out |= {m.group() for m in _MARU_NAME.finditer(text)}
+    tagger = _tagger()
+    for m in _KATAKANA_RUN.finditer(text):
+        if katakana_name(m.group()):
+            out.add(m.group())
+    run: list[str] = []
+    for w in [*tagger(text), None]:
+        if w is not None and getattr(w.feature, "pos2", "") == "固有名詞":
+            run.append(w.surface)
+            continue
+        if run and len("".join(run)) >= 2:
+            out.add("".join(run))
+        run = []
+    return out
+
+
+def _contains(doc: str, entity: str, lang: str) -> bool:
+    if lang == "ja" or not entity[:1].isalnum():
+        return entity in doc
+    return re.search(r"(?<![A-Za-z0-9])" + re.escape(entity) + r"(?![A-Za-z0-9])", doc) is not None
+
+
+def rare_entities(docs: Sequence[str], idx: int, lang: str, question: str, rare_df: int = RARE_DF) -> dict[str, list[int]]:
+    """The rare entities of document `idx` that the question does not already name, each with the other
+    documents that contain it."""
+    out: dict[str, list[int]] = {}
+    heads = [d[:MAX_RANK_CHARS] for d in docs]
+    for e in entity_candidates(docs[idx], lang):
+        if _contains(question, e, lang):
+            continue
+        holders = [j for j, d in enumerate(heads) if _contains(d, e, lang)]
+        if len(holders) <= rare_df:
+            out[e] = [j for j in holders if j != idx]
+    return out
+
+
+def expand_query(query: Sequence[str], extra: Sequence[Sequence[str]], weight: float = PRF_WEIGHT) -> dict[str, float]:
+    """The question's terms (weight 1 each occurrence) plus the expansion's terms at `weight`."""
+    q: dict[str, float] = dict(Counter(query))
+    for ts in extra:
+        for t in ts:
+            q[t] = q.get(t, 0.0) + weight
+    return q
+
+
+def promote_linked(scores: Sequence[float], links: Sequence[Sequence[int]], anchors: int = PRF_DOCS) -> list[float]:
+    """A document sharing a rare entity with one of the `anchors` best ranks right below that anchor: the
+    second half of a two-document answer (the renamed company's results) rides with the first."""
+    out = list(scores)
+    if not out:
+        return out
+    spread = (max(out) - min(out)) or 1.0
+    top = sorted(range(len(out)), key=lambda i: (-out[i], i))[:anchors]
+    for a in top:
+        if scores[a] <= 0:
+            continue
+        for o in links[a]:
+            out[o] = max(out[o], scores[a] - 1e-3 * spread)
+    return out
+
+
 def english_terms(text: str) -> list[str]:
     return [w for w in (t.lower() for t in _EN_WORD.findall(text)) if w not in _STOP]
 
@@ -113,12 +288,7 @@ def japanese_terms(text: str) -> list[str]:
     """Morphemes (surface forms, lower-cased), minus particles, auxiliaries, symbols and punctuation,
     plus character bigrams of kana/kanji runs: the analyser may cut the question and the document
     differently ("何番線" → 何/番/線 but "7番線" → 7/番線), and bigrams still match across such cuts."""
-    tagger = getattr(_local, "tagger", None)
-    if tagger is None:
-        import fugashi  # unidic-lite provides the dictionary, offline
-
-        tagger = fugashi.Tagger()
-        _local.tagger = tagger
+    tagger = _tagger()  # unidic-lite provides the dictionary, offline
     out: list[str] = []
     for w in tagger(text):
         pos = getattr(w.feature, "pos1", "") or ""
@@ -171,10 +341,108 @@ def proper_noun_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+_SHORT_NUMBER = re.compile(r"[0-9]{1,4}")
+
+
+def morpheme_spans_of(text: str) -> list[tuple[int, int]]:
+    """Char spans of the analyser's morphemes (fine-step groups: a kept span never splits one)."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for w in _tagger()(text):
+        start = text.find(w.surface, pos)
+        if start < 0:
+            break  # the analyser normalised something: stop rather than guess offsets
+        pos = start + len(w.surface)
+        if w.surface.strip():
+            spans.append((start, pos))
+    return spans
+
+
+def unknown_name_spans(text: str) -> list[tuple[int, int]]:
+    """Char spans of names the dictionary does not know, which it would cut into fragments: katakana runs
+    that are names (`katakana_name`: ニダノ, カサネ, トホリリスタット) and names ending in 丸 (さたま丸, whose
+    kana the analyser reads as さた/ま/丸). Kept whole by the fine step, like proper nouns."""
+    out = [m.span() for m in _KATAKANA_RUN.finditer(text) if katakana_name(m.group())]
+    # X丸: the kana right before 丸 (at most 5), minus particles the run starts with (港をみずほ丸 gives
+    # みずほ丸; ほしな丸, read ほし/な/丸, stays whole).
+    particles: dict[int, int] = {}
+    pos = 0
+    for w in _tagger()(text):
+        start = text.find(w.surface, pos)
+        if start < 0:
+            break
+        pos = start + len(w.surface)
+        if getattr(w.feature, "pos1", "") == "助詞":
+            particles[start] = pos
+    for m in _KANA_MARU.finditer(text):
+        a, b = m.span()
+        while a in particles and particles[a] < b - 1:
+            a = particles[a]
+        if b - a >= 2:
+            out.append((a, b))
+    return sorted(out)
+
+
 def terms(text: str, lang: str, *, query: bool = False) -> list[str]:
+    """Ranking terms; in a query, identifiers weigh IDENT_QUERY_WEIGHT, except short bare numbers (years,
+    counts: "fiscal 2023" is shared by every sibling document and must not outweigh a name)."""
     base = japanese_terms(text) if lang == "ja" else english_terms(text)
     idents = ["=" + m.group().lower().rstrip(".") for m in _IDENT.finditer(text)]
-    return base + idents * (IDENT_QUERY_WEIGHT if query else 1)
+    if not query:
+        return base + idents
+    return base + [t for t in idents for _ in range(1 if _SHORT_NUMBER.fullmatch(t[1:]) else IDENT_QUERY_WEIGHT)]
+
+
+def lexical_scores(
+    question: str, docs: Sequence[str], lang: str, *, prf: bool = True
+) -> tuple[list[float], tuple[tuple[int, ...], ...]]:
+    """BM25 of each document, with pseudo-relevance feedback, and the documents' links.
+
+    Anchors: the `PRF_DOCS` best documents, and every document holding one of the question's own rare
+    words (in at most RARE_DF documents: the rename notice of the company the question names, the note on
+    where its drug was made), wherever BM25 put it. The rare
+    entities of the anchors that another document also names (the company's new name, the lab where the
+    drug was made) join the query as whole-entity terms at `PRF_WEIGHT`, and the documents are scored
+    again. An entity found in the anchor alone is not used: it would only raise the anchor and break ties
+    the ranker cannot break (arbitrarily, defeating the floor).
+
+    Links (for `promote_linked`) come from the question's anchors only: a document that merely ranks well
+    (a distractor using the question's words) must not pull its neighbours up. Pure but for the analyser."""
+    texts = [d[:MAX_RANK_CHARS] for d in docs]
+    q = terms(question, lang, query=True)
+    dts = [terms(t, lang) for t in texts]
+    first = bm25_scores(q, dts)
+    no_links: tuple[tuple[int, ...], ...] = tuple(() for _ in docs)
+    if not prf or len(docs) < 3:
+        return first, no_links
+    anchored: list[int] = []
+    sets = [set(dt) for dt in dts]
+    # The question's rarest words (a drug, a company, a ship): bigrams, short numbers and short words are
+    # not names; only words in at most RARE_DF documents, and only those of the lowest document count.
+    df = {t: sum(t in st for st in sets) for t in dict.fromkeys(q)
+          if not (t.startswith("#") or len(t) < (2 if lang == "ja" else 4) or _SHORT_NUMBER.fullmatch(t.lstrip("=")))}
+    rare = [t for t, n in df.items() if 0 < n <= RARE_DF]
+    low = min((df[t] for t in rare), default=0)
+    for t in rare:
+        if df[t] == low:
+            anchored.extend(j for j, st in enumerate(sets) if t in st and j not in anchored)
+    top = [i for i in sorted(range(len(docs)), key=lambda i: (-first[i], i))[:PRF_DOCS] if first[i] > 0]
+    links: list[tuple[int, ...]] = [() for _ in docs]
+    expansion: dict[str, list[int]] = {}
+    for i in dict.fromkeys([*top, *anchored]):
+        ents = {e: js for e, js in rare_entities(texts, i, lang, question).items() if js}
+        for e, js in ents.items():
+            expansion[e] = sorted({i, *js})
+        if i in anchored:
+            links[i] = tuple(sorted({j for js in ents.values() for j in js}))
+    if not expansion:
+        return first, tuple(links)
+    qx = expand_query(q, [["@" + e] for e in sorted(expansion)])
+    dx = [list(dt) for dt in dts]
+    for e, holders in expansion.items():
+        for j in holders:
+            dx[j].append("@" + e)
+    return bm25_scores(qx, dx), tuple(links)
 
 
 # ---- ranker -------------------------------------------------------------------------------------------------
@@ -184,6 +452,11 @@ class Ranking:
     # Which ranker produced the scores: bm25, embedding, hybrid, or bm25(warming).
     method: str
     lang: str
+    # Per document, the other documents sharing a rare entity with it (see `promote_linked`).
+    links: tuple[tuple[int, ...], ...] = ()
+
+    def final_scores(self) -> list[float]:
+        return promote_linked(self.scores, self.links) if self.links else list(self.scores)
 
 
 def _default_embedding_path() -> str | None:
@@ -257,10 +530,9 @@ class CoarseRanker:
             return "embedding"
         return "hybrid"
 
-    def _lexical(self, question: str, docs: Sequence[str]) -> tuple[str, list[float]]:
+    def _lexical(self, question: str, docs: Sequence[str]) -> tuple[str, list[float], tuple[tuple[int, ...], ...]]:
         lang = script_of(question + " " + " ".join(d[:200] for d in docs[:3]))
-        texts = [d[:MAX_RANK_CHARS] for d in docs]
-        return lang, bm25_scores(terms(question, lang, query=True), [terms(t, lang) for t in texts])
+        return (lang, *lexical_scores(question, docs, lang))
 
     def _dense(self, question: str, docs: Sequence[str]) -> list[float]:
         try:
@@ -274,13 +546,13 @@ class CoarseRanker:
 
     def rank_sync(self, question: str, docs: Sequence[str]) -> Ranking:
         """Blocking ranking (tests, tools)."""
-        lang, lexical = self._lexical(question, docs)
+        lang, lexical, links = self._lexical(question, docs)
         method = self._method(lang)
         if not method.startswith(("embedding", "hybrid")):
-            return Ranking(lexical, method, lang)
+            return Ranking(lexical, method, lang, links)
         self._embed_busy = True
         dense = self._dense(question, docs)
-        return Ranking(dense if method == "embedding" else blend(dense, lexical), method, lang)
+        return Ranking(dense if method == "embedding" else blend(dense, lexical), method, lang, links)
 
     async def rank(self, question: str, docs: Sequence[str], timeout_s: float | None = None) -> Ranking:
         """BM25 first (cheap); then the embedding model when the method wants it, it is free and there is
@@ -290,12 +562,12 @@ class CoarseRanker:
         t_end = None if timeout_s is None else loop.time() + timeout_s
         docs = list(docs)
         fut = loop.run_in_executor(self._pool, self._lexical, question, docs)
-        lang, lexical = await (fut if timeout_s is None else asyncio.wait_for(fut, timeout_s))
+        lang, lexical, links = await (fut if timeout_s is None else asyncio.wait_for(fut, timeout_s))
         method = self._method(lang)
         if not method.startswith(("embedding", "hybrid")):
-            return Ranking(lexical, method, lang)
+            return Ranking(lexical, method, lang, links)
         if self._embed_busy:
-            return Ranking(lexical, "bm25(busy)", lang)
+            return Ranking(lexical, "bm25(busy)", lang, links)
         self._embed_busy = True
         efut = loop.run_in_executor(self._embed_pool, self._dense, question, docs)
         try:
@@ -304,8 +576,8 @@ class CoarseRanker:
             else:
                 dense = await asyncio.wait_for(asyncio.shield(efut), max(0.0, t_end - loop.time()))
         except asyncio.TimeoutError:
-            return Ranking(lexical, "bm25(timeout)", lang)
-        return Ranking(dense if method == "embedding" else blend(dense, lexical), method, lang)
+            return Ranking(lexical, "bm25(timeout)", lang, links)
+        return Ranking(dense if method == "embedding" else blend(dense, lexical), method, lang, links)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

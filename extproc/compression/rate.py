@@ -18,6 +18,14 @@ Two rules, both on plain numbers:
    On a CPU compressor (~1-2k tokens/s) against a GPU that prefills ~10k tokens/s, this says "skip" until
    the site queues: that is the published finding (compression pays only above a break-even load), and
    the reason the rule exists.
+
+   Net of the prefix cache. A token the site serves from its prefix cache costs no prefill, so removing
+   it saves nothing, and rewriting it costs the hit: the rewritten text must be prefilled. The gateway
+   never rewrites the conversation's earlier turns (segment.py) and sends the same bytes for the same
+   content (cache.py), so normally no compressible token is in the cached prefix; when some are
+   (`cached_compressible_tokens`), the saving counts only the others, minus the prefill of the cached
+   ones' rewritten form. Tokens whose compression is already in the document cache cost the compressor
+   nothing (`precomputed_tokens`).
 """
 
 from __future__ import annotations
@@ -63,6 +71,10 @@ class RateInputs:
     # Tokens the compressor must read, when not all compressible ones (a coarse-only pass reads a capped
     # prefix of each document).
     cost_tokens: int | None = None
+    # Compressible tokens already compressed before (document cache): no compressor time.
+    precomputed_tokens: int = 0
+    # Compressible tokens inside the prefix the site has cached (0 under the newest-turn rule).
+    cached_compressible_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +129,17 @@ def compression_cost_s(tokens: int, compressor_tps: float) -> float:
     return tokens / compressor_tps
 
 
+def net_gpu_seconds_saved(
+    tokens: int, cached: int, rate: float, prefill_tps: float, queue_len: float
+) -> float:
+    """GPU seconds saved net of the prefix cache: only uncached tokens cost prefill, so only removing them
+    saves; rewriting cached ones turns their hit into a prefill of what is left of them."""
+    cached = min(max(0, cached), tokens)
+    saved = gpu_seconds_saved(tokens - cached, rate, prefill_tps, queue_len)
+    lost = (cached * rate / prefill_tps) * (1.0 + queue_len) if prefill_tps > 0 else 0.0
+    return saved - lost
+
+
 def decide_rate(policy: RatePolicy, x: RateInputs) -> RateDecision:
     if x.compressible_tokens < policy.min_compressible_tokens:
         return RateDecision(1.0, "short")
@@ -131,9 +154,11 @@ def decide_rate(policy: RatePolicy, x: RateInputs) -> RateDecision:
     if rate >= 1.0:
         return RateDecision(1.0, "idle")
     tps = x.compressor_tokens_per_s or policy.compressor_tokens_per_s
-    cost = compression_cost_s(x.compressible_tokens if x.cost_tokens is None else x.cost_tokens, tps)
-    saved = gpu_seconds_saved(
-        x.compressible_tokens, rate, x.prefill_tokens_per_s, queue_length(x.pressure, x.requests_waiting)
+    work = x.compressible_tokens if x.cost_tokens is None else x.cost_tokens
+    cost = compression_cost_s(max(0, work - x.precomputed_tokens), tps)
+    saved = net_gpu_seconds_saved(
+        x.compressible_tokens, x.cached_compressible_tokens, rate, x.prefill_tokens_per_s,
+        queue_length(x.pressure, x.requests_waiting),
     )
     if cost > x.deadline_s:
         return RateDecision(1.0, "deadline", saved, cost)

@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from extproc.compression.coarse import MAX_RANK_CHARS, CoarseRanker, coarse_budget, select_documents
+from extproc.compression.cache import DocumentCache, RankingCache, TurnMemory, quantize_rate
+from extproc.compression.coarse import MAX_RANK_CHARS, CoarseRanker, Ranking, choose_documents, coarse_budget
 from extproc.compression.fine import FineCompressor, FineResult, Skipped
 from extproc.compression.rate import RateInputs, RatePolicy, decide_rate
 from extproc.compression.segment import (
@@ -32,10 +33,11 @@ from extproc.compression.segment import (
     restore,
     script_of,
     segment,
+    unit_spans,
     units,
     with_atoms,
 )
-from extproc.compression.settings import CompressionSettings
+from extproc.config.compression import CompressionSettings
 from extproc.request.openai import estimate_tokens
 from extproc.rewrite import Rewrite, RewriteRequest, Skip
 
@@ -51,6 +53,10 @@ THREAD_BODY_BYTES = 64 * 1024
 STUB_UNITS = 24
 # Speed assumed for a coarse-only pass (BM25/MiniLM over the documents), for the break-even rule.
 COARSE_TOKENS_PER_S = 50_000.0
+# The coarse step fills unspent budget with the head of the best dropped document only when at least this
+# much fits (a few words of a document help no one).
+MIN_FILL_TOKENS = 16
+MIN_FILL_UNITS = 8
 # Below this the fine step is not worth a model call.
 MIN_FINE_RATE_GAIN = 0.02
 # The rewriter's own deadline is this share of compression.deadline_ms, so it answers (with a reason)
@@ -81,6 +87,12 @@ class Outcome:
     comp_after: int = 0
     # Each document's text after compression ("" when dropped, the stub for a whole-message document).
     doc_texts_after: list[str] = field(default_factory=list)
+    # What bounded the coarse step: "rate" (the budget), "floor" (flat ranking: kept more), "" (none ran).
+    coarse_decision: str = ""
+    # Dropped documents whose head was brought back to fill the budget (not counted in kept_docs).
+    cut_docs: list[int] = field(default_factory=list)
+    # Earlier-turn messages sent as they were sent the first time (prefix cache).
+    replayed: int = 0
 
 
 def _atom_units(piece: Piece) -> int:
@@ -127,26 +139,90 @@ def _drop(seg: Segmentation, di: int, out: dict[tuple[int, int], str]) -> None:
             out[(d.slot, pi)] = ""
 
 
+def _stub_tokens(seg: Segmentation, di: int) -> int:
+    """Tokens a dropped document still costs: its stub if it is a whole message, else nothing."""
+    d = seg.documents[di]
+    if not d.whole_message or not _droppable(seg, di):
+        return 0
+    slot = seg.slots[d.slot]
+    for pi in d.pieces:
+        if slot.pieces[pi].compress:
+            return estimate_tokens(restore(slot.pieces[pi].text, None, keep_units=STUB_UNITS) or "")
+    return 0
+
+
+def _fill(seg: Segmentation, di: int, room: int, out: dict[tuple[int, int], str]) -> bool:
+    """Bring back the head of dropped document `di` (its marker and tags as they were, then the first
+    units of its text) in about `room` tokens. False (and no change) for a whole-message document or when
+    not even a few units fit."""
+    d = seg.documents[di]
+    if d.whole_message:
+        return False
+    slot = seg.slots[d.slot]
+    fixed = sum(estimate_tokens(slot.pieces[pi].text) for pi in d.pieces if not slot.pieces[pi].compress)
+    left = room - fixed
+    new: dict[tuple[int, int], str] = {}
+    for pi in d.pieces:
+        p = slot.pieces[pi]
+        if not p.compress:
+            new[(d.slot, pi)] = p.text
+            continue
+        if left <= 0:
+            new[(d.slot, pi)] = ""
+            continue
+        # A token is at least one character: only the first 8 x left characters can matter.
+        head = p.text[: max(0, left) * 8]
+        spans = unit_spans(head)
+        lo, hi = 0, len(spans)  # the most units whose text fits in `left` tokens
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if estimate_tokens(head[: spans[mid - 1][1]]) <= left:
+                lo = mid
+            else:
+                hi = mid - 1
+        text = (restore(p.text, None, keep_units=lo) or "") if lo else ""
+        new[(d.slot, pi)] = text
+        left -= estimate_tokens(text)
+    if sum(len(units(t)) for k, t in new.items() if slot.pieces[k[1]].compress) < MIN_FILL_UNITS:
+        return False
+    out.update(new)
+    return True
+
+
 def _prepare(pieces: list[Piece]) -> list[Piece]:
-    """The pieces bound for the model, with their atoms; Japanese pieces also get their proper nouns as
-    atoms (kept whole). Name detection is best effort: without fugashi, or on any analyser error, a piece
+    """The pieces bound for the model, with their atoms; Japanese pieces also get their names as atoms
+    (proper nouns, and kana names the dictionary does not know: kept whole) and their morphemes as groups
+    (a kept span never splits one). Name detection is best effort: without fugashi, or on any analyser error, a piece
     keeps its regex atoms only."""
     out = []
     for p in pieces:
         p = with_atoms(p)
         if script_of(p.text) == "ja":
             try:
-                from extproc.compression.coarse import proper_noun_spans  # noqa: PLC0415
+                from extproc.compression.coarse import (  # noqa: PLC0415
+                    morpheme_spans_of,
+                    proper_noun_spans,
+                    unknown_name_spans,
+                )
 
-                p = Piece(p.text, p.compress, p.doc, tuple(sorted((*p.atoms, *proper_noun_spans(p.text)))), p.header)
+                names = (*proper_noun_spans(p.text), *unknown_name_spans(p.text))
+                p = Piece(p.text, p.compress, p.doc, tuple(sorted((*p.atoms, *names))), p.header,
+                          tuple(morpheme_spans_of(p.text)))
             except Exception:
                 log.warning("japanese name detection failed; compressing without it", exc_info=True)
         out.append(p)
     return out
 
 
+async def _fine_call(fine: FineCompressor, texts: list[str], rate: float, remaining: float) -> FineResult | Skipped:
+    try:
+        return await fine.compress(texts, rate, remaining)
+    except asyncio.TimeoutError:
+        return Skipped("deadline")
+
+
 def _restore_all(pieces: list[Piece], kept: tuple[str, ...]) -> list[str | None]:
-    return [restore(p.text, k, p.atoms) for p, k in zip(pieces, kept)]
+    return [restore(p.text, k, p.atoms, groups=p.groups) for p, k in zip(pieces, kept)]
 
 
 class CompressionPipeline:
@@ -159,7 +235,35 @@ class CompressionPipeline:
         self.settings = settings
         self.fine = fine
         self.ranker = ranker
-        self.seg_opts = SegmentOptions(min_segment_tokens=settings.min_segment_tokens)
+        self.seg_opts = SegmentOptions(
+            min_segment_tokens=settings.min_segment_tokens, rewrite_earlier_turns=settings.rewrite_earlier_turns
+        )
+        # Same content, same bytes (see cache.py): compressed pieces and rankings by content hash.
+        self.doc_cache = DocumentCache(settings.cache_max_documents, settings.cache_max_chars)
+        self.rank_cache: RankingCache[Ranking] = RankingCache(settings.cache_max_rankings)
+        self.turns = TurnMemory(settings.cache_max_documents, settings.cache_max_chars)
+
+    # -- earlier turns: send them as they were sent the first time -----------------------------------------
+    def replay(self, seg: Segmentation) -> dict[tuple[int, int], str]:
+        """Replacements that put back, for each earlier-turn message we rewrote when it was the newest
+        turn, exactly the bytes sent then (the site's prefix cache holds those). Cheap: a hash lookup."""
+        out: dict[tuple[int, int], str] = {}
+        for si in seg.earlier_slots:
+            slot = seg.slots[si]
+            sent = self.turns.get(slot.text)
+            if sent is not None and sent != slot.text:
+                out[(si, 0)] = sent
+                for pi in range(1, len(slot.pieces)):
+                    out[(si, pi)] = ""
+        return out
+
+    def remember(self, seg: Segmentation, repl: Mapping[tuple[int, int], str]) -> None:
+        earlier = set(seg.earlier_slots)
+        for si in sorted({si for si, _ in repl} - earlier):
+            slot = seg.slots[si]
+            new = "".join(repl.get((si, pi), p.text) for pi, p in enumerate(slot.pieces))
+            if new != slot.text:
+                self.turns.put(slot.text, new)
 
     def segment(self, path: str, body: Mapping[str, Any]) -> Segmentation:
         return segment(path, body, self.seg_opts)
@@ -181,23 +285,32 @@ class CompressionPipeline:
         out.docs_before = len(seg.documents)
         out.doc_tokens_before = sum(d.tokens for d in seg.documents)
         out.kept_docs = list(range(len(seg.documents)))
+        replayed = self.replay(seg)
         if seg.compressible_tokens == 0:
             out.reason = "nothing_to_compress"
+            if replayed:
+                out.body = rebuild(body, seg, replayed)
+                out.replayed = sum(1 for _, pi in replayed if pi == 0)
             return out
-        repl: dict[tuple[int, int], str] = {}
+        repl: dict[tuple[int, int], str] = dict(replayed)
+        out.replayed = sum(1 for si, pi in replayed if pi == 0)
         dropped: set[int] = set()
 
         # -- coarse: drop the documents least relevant to the question
         fine = self.fine if use_fine else None
         if self.ranker is not None and self.settings.coarse and seg.rag:
             t0 = time.monotonic()
-            try:
-                ranking = await self.ranker.rank(
-                    seg.question, [d.text for d in seg.documents], max(0.0, t_end - time.monotonic())
-                )
-            except asyncio.TimeoutError:
-                ranking = None
-                out.ranker = "timeout"
+            doc_texts = [d.text for d in seg.documents]
+            ranking = self.rank_cache.get(seg.question, doc_texts)
+            if ranking is None:
+                try:
+                    ranking = await self.ranker.rank(seg.question, doc_texts, max(0.0, t_end - time.monotonic()))
+                    # The first ranking of this content is the one used from now on (whether the embedding
+                    # made it in time or not): the same request always drops the same documents.
+                    self.rank_cache.put(seg.question, doc_texts, ranking)
+                except asyncio.TimeoutError:
+                    ranking = None
+                    out.ranker = "timeout"
             out.coarse_s = time.monotonic() - t0
             if ranking is not None:
                 out.ranker = ranking.method
@@ -205,12 +318,31 @@ class CompressionPipeline:
                 budget = coarse_budget(
                     out.doc_tokens_before, rate, fine is not None, self.settings.coarse_slack
                 )
-                keep = set(select_documents(ranking.scores, tokens, budget, self.settings.coarse_min_docs))
+                final = ranking.final_scores()
+                sel = choose_documents(final, tokens, budget, self.settings.coarse_min_docs,
+                                       self.settings.coarse_flat_margin, self.settings.coarse_floor_max_factor)
+                # A dropped whole-message document stays as a stub, which the budget must pay for: choose
+                # once more with what the stubs of the first choice cost taken off.
+                stubs = sum(_stub_tokens(seg, di) for di in range(len(tokens)) if di not in sel.kept)
+                if stubs:
+                    budget = max(0, budget - stubs)
+                    sel = choose_documents(final, tokens, budget, self.settings.coarse_min_docs,
+                                           self.settings.coarse_flat_margin, self.settings.coarse_floor_max_factor)
+                keep = set(sel.kept)
                 for di in range(len(seg.documents)):
                     if di not in keep and _droppable(seg, di):
                         dropped.add(di)
                         _drop(seg, di, repl)
+                if fine is None and sel.decision == "rate":
+                    # Coarse only: whole documents leave the budget partly unspent; the best dropped one
+                    # fills it with its head, so the rate is met, not undershot by up to a document.
+                    room = budget - sum(tokens[i] for i in range(len(tokens)) if i not in dropped)
+                    order = sorted(dropped, key=lambda i: (-final[i], i))
+                    # Only a document the ranker found relevant at all (an unrelated 1 MB log is not).
+                    if order and final[order[0]] > 0 and room >= MIN_FILL_TOKENS and _fill(seg, order[0], room, repl):
+                        out.cut_docs = [order[0]]
                 out.kept_docs = [i for i in range(len(seg.documents)) if i not in dropped]
+                out.coarse_decision = sel.decision
 
         # -- fine: the model on what is left
         targets = [(si, pi) for si, pi in seg.compressible() if (si, pi) not in repl]
@@ -218,40 +350,64 @@ class CompressionPipeline:
             left = sum(estimate_tokens(seg.slots[si].pieces[pi].text) for si, pi in targets)
             want = rate * seg.compressible_tokens
             fine_rate = min(1.0, want / left) if left else 1.0
+            if out.coarse_decision == "floor":
+                # The floor kept more because the ranking was flat; squeezing the survivors harder to meet
+                # the rate anyway would undo it. Compress them as hard as after a normal coarse pass only.
+                fine_rate = max(fine_rate, min(1.0, rate / min(1.0, rate * self.settings.coarse_slack)))
             if fine_rate < 1.0 - MIN_FINE_RATE_GAIN:
+                # Deterministic, prefix-cache friendly: each piece's model rate depends on the piece alone
+                # (and the request's rate on a 0.05 grid), and a piece compressed before is reused as it
+                # was, so a shared document reaches the site as the same bytes in every request.
+                fine_rate = quantize_rate(fine_rate)
+                out.fine_rate = fine_rate
                 pieces = [seg.slots[si].pieces[pi] for si, pi in targets]
                 if left * 4 > THREAD_BODY_BYTES or any(script_of(p.text) == "ja" for p in pieces):
                     pieces = await asyncio.to_thread(_prepare, pieces)
                 else:
                     pieces = _prepare(pieces)
-                n_units = sum(len(units(p.text)) for p in pieces)
-                mr = model_rate(fine_rate, n_units, sum(_atom_units(p) for p in pieces))
-                out.fine_rate = mr
+                rates = [quantize_rate(model_rate(fine_rate, len(units(p.text)), _atom_units(p))) for p in pieces]
+                results: list[str | None] = [self.doc_cache.get(p.text, r) for p, r in zip(pieces, rates)]
+                groups: dict[float, list[int]] = {}
+                for i, got in enumerate(results):
+                    if got is None:
+                        groups.setdefault(rates[i], []).append(i)
                 t0 = time.monotonic()
-                remaining = t_end - time.monotonic()
-                res: FineResult | Skipped
-                if remaining <= 0:
-                    res = Skipped("deadline")
-                else:
-                    try:
-                        res = await fine.compress([p.text for p in pieces], mr, remaining)
-                    except asyncio.TimeoutError:
-                        res = Skipped("deadline")
+                skipped: list[str] = []
+                bad = 0
+                if groups:
+                    remaining = t_end - time.monotonic()
+                    if remaining <= 0:
+                        skipped.append("deadline")
+                    else:
+                        answers = await asyncio.gather(*(
+                            _fine_call(fine, [pieces[i].text for i in idx], r, remaining) for r, idx in groups.items()
+                        ))
+                        big = left * 4 > THREAD_BODY_BYTES
+                        for (r, idx), res in zip(groups.items(), answers):
+                            if isinstance(res, Skipped):
+                                skipped.append(res.reason)
+                                continue
+                            group = [pieces[i] for i in idx]
+                            restored = (await asyncio.to_thread(_restore_all, group, res.texts) if big
+                                        else _restore_all(group, res.texts))
+                            for i, new in zip(idx, restored):
+                                if new is None:
+                                    bad += 1  # not a subsequence of the original: keep the original
+                                    continue
+                                results[i] = new
+                                self.doc_cache.put(pieces[i].text, r, new)
                 out.fine_s = time.monotonic() - t0
-                if isinstance(res, Skipped):
-                    out.fine = res.reason
+                done = sum(x is not None for x in results)
+                if not done and skipped:
+                    out.fine = skipped[0]
                 else:
                     out.fine = "ok"
-                    big = left * 4 > THREAD_BODY_BYTES
-                    restored = await asyncio.to_thread(_restore_all, pieces, res.texts) if big else _restore_all(pieces, res.texts)
-                    bad = 0
-                    for (si, pi), p, new in zip(targets, pieces, restored):
-                        if new is None:
-                            bad += 1  # not a subsequence of the original: keep the original
-                        elif new != p.text:
+                    notes = ([f"kept_original={bad}"] if bad else []) + ([f"skipped={skipped[0]}"] if skipped else [])
+                    if notes:
+                        out.fine = f"ok({','.join(notes)})"
+                    for (si, pi), p, new in zip(targets, pieces, results):
+                        if new is not None and new != p.text:
                             repl[(si, pi)] = new
-                    if bad:
-                        out.fine = f"ok(kept_original={bad})"
             else:
                 out.fine = "not_needed"
 
@@ -259,10 +415,13 @@ class CompressionPipeline:
             "".join(repl.get((d.slot, pi), seg.slots[d.slot].pieces[pi].text) for pi in d.pieces)
             for d in seg.documents
         ]
-        if not repl:
+        if len(repl) == len(replayed):
             fine_failed = out.fine not in ("none", "not_needed") and not out.fine.startswith("ok")
             out.reason = "fine_" + out.fine if fine_failed else "no_change"
+            if replayed:
+                out.body = rebuild(body, seg, replayed)
             return out
+        self.remember(seg, repl)
         new_body = rebuild(body, seg, repl)
         out.body = new_body
         out.reason = "compressed"
@@ -309,6 +468,15 @@ class CompressionMetrics:
         )
         self.docs_dropped = Counter(
             "aigrid_compression_documents_dropped", "Documents dropped by the coarse step", registry=r
+        )
+        self.turns_replayed = Counter(
+            "aigrid_compression_turns_replayed",
+            "Earlier-turn messages sent as they were rewritten the first time (keeps the prefix cache)", registry=r,
+        )
+        self.coarse_decisions = Counter(
+            "aigrid_compression_coarse_decisions",
+            "Coarse-step selections by what bounded them: rate (the budget) or floor (a flat ranking: more kept)",
+            ["decision"], registry=r,
         )
 
 
@@ -357,6 +525,22 @@ class CompressionRewriter:
         h = f"skip={reason}" + (f" tokens={tokens}" if tokens is not None else "") + f" ms={ms:.0f}" + extra
         return Skip(reason, {HEADER: h})
 
+    def _replay_or_skip(
+        self, req: RewriteRequest, seg: Segmentation, reason: str, t0: float, tokens: int | None, extra: str = ""
+    ) -> Rewrite | Skip:
+        """Nothing new is compressed; but earlier turns we rewrote before still go as they were sent then,
+        or the site's cached prefix would stop matching here (whatever the load now)."""
+        replayed = self.pipeline.replay(seg)
+        n = sum(1 for _, pi in replayed if pi == 0)
+        if not n:
+            return self._skip(reason, t0, tokens, extra)
+        try:
+            body = orjson.dumps(rebuild(req.parsed, seg, replayed))
+        except (TypeError, orjson.JSONEncodeError):
+            return self._skip("encode", t0, tokens)
+        self.metrics.turns_replayed.inc(n)
+        return Rewrite(body, self._skip(reason, t0, tokens, extra + f" replayed={n}").headers)
+
     async def rewrite(self, req: RewriteRequest) -> Rewrite | Skip:
         t0 = time.perf_counter()
         try:
@@ -377,7 +561,7 @@ class CompressionRewriter:
         else:
             seg = self.pipeline.segment(req.path, req.parsed)
         if seg.compressible_tokens == 0:
-            return self._skip("nothing_to_compress", t0, seg.total_tokens)
+            return self._replay_or_skip(req, seg, "nothing_to_compress", t0, seg.total_tokens)
         deadline_s = s.deadline_ms / 1000.0 * OWN_DEADLINE_SHARE
         site = req.decision.site
         pressure = req.site.pressure if req.site is not None else None
@@ -392,6 +576,12 @@ class CompressionRewriter:
             prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(site, s.prefill_tokens_per_s),
             compressor_tokens_per_s=fine.tokens_per_second() if fine is not None else COARSE_TOKENS_PER_S,
             deadline_s=deadline_s,
+            # Pieces compressed before cost a lookup, not model time. No compressible token is in the site's
+            # cached prefix: earlier turns are never compressed anew (cached_compressible_tokens = 0).
+            precomputed_tokens=sum(
+                estimate_tokens(seg.slots[si].pieces[pi].text) for si, pi in seg.compressible()
+                if self.pipeline.doc_cache.known(seg.slots[si].pieces[pi].text)
+            ),
         )
         coarse_ok = self.pipeline.ranker is not None and s.coarse and seg.rag
         # A coarse-only pass reads a capped prefix of each document, whatever their size.
@@ -399,6 +589,7 @@ class CompressionRewriter:
             inputs,
             compressor_tokens_per_s=COARSE_TOKENS_PER_S,
             cost_tokens=sum(min(d.tokens, MAX_RANK_CHARS // 4) for d in seg.documents),
+            precomputed_tokens=0,
         )
         use_fine = fine is not None
         decision = decide_rate(self.policy, inputs if use_fine else coarse_inputs)
@@ -411,11 +602,15 @@ class CompressionRewriter:
             extra = f" pressure={p}"
             if decision.reason in ("break_even", "deadline"):
                 extra += f" saved_s={decision.saved_s:.3f} cost_s={decision.cost_s:.3f}"
-            return self._skip(decision.reason, t0, seg.total_tokens, extra)
+            return self._replay_or_skip(req, seg, decision.reason, t0, seg.total_tokens, extra)
         remaining = deadline_s - (time.perf_counter() - t0)
-        out = await self.pipeline.compress(req.path, req.parsed, decision.rate, remaining, seg, use_fine)
+        # The load curve's rate on the cache grid: requests at nearly the same load get the same bytes.
+        rate = quantize_rate(decision.rate)
+        out = await self.pipeline.compress(req.path, req.parsed, rate, remaining, seg, use_fine)
         if out.body is None:
             return self._skip(out.reason, t0, seg.total_tokens, f" pressure={p}")
+        if out.reason != "compressed":  # nothing new compressed, but earlier turns replayed
+            return self._replay_or_skip(req, seg, out.reason, t0, seg.total_tokens, f" pressure={p}")
         try:
             if big:
                 body = await asyncio.to_thread(orjson.dumps, out.body)
@@ -439,9 +634,17 @@ class CompressionRewriter:
         if out.fine_s:
             m.seconds.labels("fine").observe(out.fine_s)
         m.docs_dropped.inc(out.docs_before - len(out.kept_docs))
-        h = f"tokens={out.tokens_before}->{out.tokens_after} ratio={ratio:.2f} ms={ms:.0f} rate={decision.rate:.2f} pressure={p}"
+        if out.coarse_decision:
+            m.coarse_decisions.labels(out.coarse_decision).inc()
+        h = f"tokens={out.tokens_before}->{out.tokens_after} ratio={ratio:.2f} ms={ms:.0f} rate={rate:.2f} pressure={p}"
         if out.docs_before:
-            h += f" docs={out.docs_before}->{len(out.kept_docs)}"
+            h += f" docs={out.docs_before}->{len(out.kept_docs)}" + (f"+{len(out.cut_docs)}cut" if out.cut_docs else "")
+        if out.replayed:
+            h += f" replayed={out.replayed}"
+            m.turns_replayed.inc(out.replayed)
+        if out.coarse_decision:
+            # "floor": the ranking was flat at the cut, so more documents were kept than the rate asks.
+            h += f" coarse={out.coarse_decision}"
         if out.ranker:
             h += f" ranker={out.ranker}"
         h += f" fine={out.fine}"

@@ -133,6 +133,11 @@ class SegmentOptions:
     min_segment_tokens: int = 48
     # A compressible piece with fewer units than this between protected blocks stays as it is.
     min_piece_units: int = 8
+    # Prefix caching: every message before the last assistant message was sent to a site before (the
+    # conversation so far) and sits in its prefix cache; rewriting it would turn those hits into a full
+    # prefill. So only the newest turn (what follows the last assistant message: the new user message, tool
+    # results) is compressible, unless this is set.
+    rewrite_earlier_turns: bool = False
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -146,6 +151,8 @@ class Piece:
     atoms: tuple[tuple[int, int], ...] = ()
     # A document's marker ("Document [3]: "): dropped with its document, never merged with other text.
     header: bool = False
+    # Char ranges kept or dropped whole (Japanese morphemes): a kept span never splits one.
+    groups: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +185,9 @@ class Segmentation:
     question: str
     total_tokens: int
     compressible_tokens: int
+    # Slots of user/tool text in earlier turns (before the last assistant message), protected here; the
+    # pipeline sends each as it was sent the first time (see CompressionPipeline.replay).
+    earlier_slots: tuple[int, ...] = ()
 
     @property
     def rag(self) -> bool:
@@ -391,11 +401,16 @@ def segment(path: str, body: Mapping[str, Any], opts: SegmentOptions = SegmentOp
     """Split a parsed request body into slots and pieces. Never raises on a dict body of any shape."""
     b = _Builder(opts)
     question = ""
+    earlier: list[int] = []
     if path.endswith("/chat/completions"):
         messages = body.get("messages")
         if isinstance(messages, list):
             last_user = max(
                 (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
+                default=-1,
+            )
+            last_assistant = -1 if opts.rewrite_earlier_turns else max(
+                (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
                 default=-1,
             )
             for i, m in enumerate(messages):
@@ -406,7 +421,9 @@ def segment(path: str, body: Mapping[str, Any], opts: SegmentOptions = SegmentOp
                     role = None
                 texts = _text_slots(m.get("content"), ("messages", i, "content"))
                 for k, (p, t) in enumerate(texts):
-                    if role not in _CONTEXT_ROLES:
+                    if role not in _CONTEXT_ROLES or i < last_assistant:
+                        if role in _CONTEXT_ROLES:
+                            earlier.append(len(b.slots))
                         b.keep(p, t)
                         continue
                     is_last = i == last_user and k == len(texts) - 1
@@ -425,7 +442,7 @@ def segment(path: str, body: Mapping[str, Any], opts: SegmentOptions = SegmentOp
     slots = tuple(b.slots)
     total = sum(estimate_tokens(s.text) for s in slots)
     comp = sum(estimate_tokens(p.text) for s in slots for p in s.pieces if p.compress)
-    return Segmentation(slots, tuple(b.docs), question.strip(), total, comp)
+    return Segmentation(slots, tuple(b.docs), question.strip(), total, comp, tuple(earlier))
 
 
 # ---- compressed text back onto the original ---------------------------------------------------------------
@@ -480,16 +497,34 @@ def _align_chars(toks: Sequence[str], kept: str, keep: list[bool]) -> bool:
     return True
 
 
+def _mark(spans: Sequence[tuple[int, int]], keep: list[bool], ranges: Sequence[tuple[int, int]], when) -> None:
+    """Set keep[] on every unit overlapping a char range of `ranges` for which when(unit indices) holds."""
+    j = 0
+    for a, b in sorted(ranges):
+        while j < len(spans) and spans[j][1] <= a:
+            j += 1
+        k = j
+        idx = []
+        while k < len(spans) and spans[k][0] < b:
+            idx.append(k)
+            k += 1
+        if idx and when(idx):
+            for i in idx:
+                keep[i] = True
+
+
 def restore(
     original: str,
     kept: str | None,
     atoms: Sequence[tuple[int, int]] = (),
     *,
     keep_units: int | None = None,
+    groups: Sequence[tuple[int, int]] = (),
 ) -> str | None:
     """The original text with only the units the compressor kept (plus every atom), separated the way the
     original was (a newline where a newline was dropped, a space where a space was, nothing between CJK
-    characters). `kept=None, keep_units=n` keeps the first n units instead (a stub).
+    characters). `kept=None, keep_units=n` keeps the first n units instead (a stub). Atoms are always
+    kept; a group (a Japanese morpheme or name) with any unit kept is kept whole.
 
     Leading and trailing whitespace of `original` is kept as it is, so neighbouring protected pieces join
     exactly as before. Returns None when `kept` is not a subsequence of the original units (the caller
@@ -506,14 +541,10 @@ def restore(
     elif not _align_units(toks, units(kept), keep) and not _align_chars(toks, kept, keep):
         return None
     if atoms:
-        j = 0
-        for a, b in sorted(atoms):
-            while j < len(spans) and spans[j][1] <= a:
-                j += 1
-            k = j
-            while k < len(spans) and spans[k][0] < b:
-                keep[k] = True
-                k += 1
+        _mark(spans, keep, atoms, lambda idx: True)
+    if groups:
+        # A group (a morpheme) with any unit kept is kept whole: no kept span ends inside one.
+        _mark(spans, keep, groups, lambda idx: any(keep[i] for i in idx))
     lead = original[: spans[0][0]]
     trail = original[spans[-1][1] :]
     out: list[str] = [lead]

@@ -127,17 +127,22 @@ class BatchingCompressor:
         device: str = "cpu",
         dtype: str | None = None,
         mode: UnitMode = "word",
-        backend: str = "torch",
+        backend: str = "auto",
         onnx_cache_dir: str | Path | None = None,
         **kwargs,
     ) -> "BatchingCompressor":
         """Load the model from a local directory (None: $AIGRID_COMPRESSION_MODEL) and start the worker.
-        backend "torch" (quantize: torch dynamic int8; device/dtype for GPU) or "onnx" (CPU, ONNX Runtime
-        with BERT fusions; quantize: ORT dynamic int8; exported once into <model>/onnx or onnx_cache_dir).
+        backend "auto" (int8 on CPU: onnx; else torch), "torch" (fp32/fp16, device/dtype for GPU) or "onnx"
+        (CPU, ONNX Runtime with BERT fusions; quantize: ORT dynamic int8; exported once into <model>/onnx or
+        onnx_cache_dir).
         Blocking (seconds for a BERT-base model, about a minute on the first ONNX export): call at
         startup or through asyncio.to_thread."""
         model_dir = model_path_from_env(str(path) if path else None)
         model: Classifier
+        if backend == "auto":
+            # int8 on CPU is ONNX Runtime's (faster here than torch's, and torch's dynamic quantisation is
+            # deprecated); fp32 and GPU run on torch.
+            backend = "onnx" if quantize and device == "cpu" else "torch"
         if backend == "onnx":
             model = OrtClassifier.load(
                 model_dir, quantize=quantize, num_threads=kwargs.get("num_threads", 1), cache_dir=onnx_cache_dir

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from extproc.compression.settings import CompressionSettings
+from extproc.config.compression import CompressionSettings
 from extproc.contract import SITE_NAME
-from extproc.trust.settings import ClientTls, ServerTls, TrustSettings
-from extproc.observe.settings import ObservabilitySettings
+from extproc.config.trust import ClientTls, ServerTls, TrustSettings
+from extproc.config.observability import ObservabilitySettings
 
 HostPort = Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]
 

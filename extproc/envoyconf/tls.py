@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from extproc.trust.settings import ClientTls, ServerTls
+from extproc.config.trust import ClientTls, ServerTls
 
 
 def downstream(tls: ServerTls, alpn: list[str] | None = None) -> dict[str, Any]:

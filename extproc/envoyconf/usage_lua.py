@@ -16,10 +16,12 @@ anyway (the spec dispatches an event only at its blank line).
 
 from __future__ import annotations
 
+from extproc.observe.request import OBS_HEADER, USAGE_NAMESPACE
+
 # Bytes of the response tail kept: a usage chunk or object is ~200 bytes; generous for cached/reasoning
 # details and a trailing `data: [DONE]`.
 TAIL_BYTES = 8192
-NAMESPACE = "aigrid.usage"
+NAMESPACE = USAGE_NAMESPACE
 
 SOURCE = (
     r"""
@@ -130,5 +132,5 @@ function envoy_on_response(handle)
   if cut > 0 then md:set("%(ns)s", "stripped", cut) end
 end
 """
-    % {"tail": TAIL_BYTES, "ns": NAMESPACE, "obs": "x-aigrid-obs"}
+    % {"tail": TAIL_BYTES, "ns": NAMESPACE, "obs": OBS_HEADER}
 )

@@ -301,7 +301,8 @@ class _Progress:
             self.p.update(self.task, completed=completed, info=info)
 
 
-async def run_loadtest(spec: LoadSpec, endpoints: Endpoints, *, name: str = "run", progress: bool = True) -> LoadResult:
+async def run_loadtest(spec: LoadSpec, endpoints: Endpoints, *, name: str = "run", progress: bool = True,
+                       planned_requests: list[PlannedRequest] | None = None) -> LoadResult:
     """Run one bounded load test and return everything measured. Raises LoadTestError on setup problems
     (unreachable admin, listener or metrics endpoint; non-loopback address) before sending anything."""
     ep = endpoints
@@ -364,7 +365,8 @@ async def run_loadtest(spec: LoadSpec, endpoints: Endpoints, *, name: str = "run
         def expired() -> bool:
             return spec.duration_s is not None and time.perf_counter() - t0 >= spec.duration_s
 
-        planned: Iterator[PlannedRequest] = plan(spec)
+        # A caller may bring its own requests (the twin-vs-live check sends the twin's workload).
+        planned: Iterator[PlannedRequest] = iter(planned_requests) if planned_requests is not None else plan(spec)
         with bar:
             if spec.open_loop:
                 for p in planned:

@@ -17,6 +17,8 @@ from urllib.parse import quote, unquote
 import orjson
 
 OBS_HEADER = "x-aigrid-obs"
+# Envoy dynamic-metadata namespace the usage Lua filter writes and the access-log receiver reads.
+USAGE_NAMESPACE = "aigrid.usage"
 _SUMMARY_VERSION = "1"
 
 

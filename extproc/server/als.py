@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
-from extproc.envoyconf.usage_lua import NAMESPACE
-from extproc.observe.request import OBS_HEADER, compression_estimate, decode_summary
+from extproc.observe.request import OBS_HEADER, USAGE_NAMESPACE as NAMESPACE
+from extproc.observe.request import compression_estimate, decode_summary
 from extproc.observe.usage import Usage
 from extproc.server.observer import COMPRESSION_HEADER, SITE_HEADER, ResponseObserver
 

@@ -19,7 +19,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from extproc.observe.settings import ObservabilitySettings
+from extproc.config.observability import ObservabilitySettings
 from extproc.observe import names
 from extproc.observe.request import (
     OBS_HEADER,

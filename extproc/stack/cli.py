@@ -46,17 +46,19 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from extproc.stack.demo import SCENARIOS, run_demo  # noqa: PLC0415
+    from extproc.stack.demo import ALL_ARMS, run_demo  # noqa: PLC0415
 
-    wanted = [s for s in SCENARIOS if s.key in set(args.scenarios.split(","))]
-    if not wanted:
-        print(f"aigrid demo: --scenarios must name some of {', '.join(s.key for s in SCENARIOS)}", file=sys.stderr)
-        return 2
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else None
+    if arms is not None:
+        bad = [a for a in arms if a not in ALL_ARMS]
+        if bad:
+            print(f"aigrid demo: --arms: unknown arm {', '.join(bad)}; known: {', '.join(ALL_ARMS)}", file=sys.stderr)
+            return 2
     try:
         run_demo(
-            Path(args.workdir), Path(args.out), duration_s=args.duration, concurrency=args.concurrency,
-            envoy_port=args.port, admin_port=args.admin_port, model_path=args.compression_model,
-            scenarios=tuple(wanted),
+            Path(args.workdir), Path(args.out), envoy_port=args.port, admin_port=args.admin_port, long=args.long,
+            arms=arms, seeds=args.seeds, live_seconds=args.live_seconds, live=not args.no_live,
+            twin_duration_s=args.twin_duration,
         )
     except StackError as exc:
         print(f"aigrid demo: {exc}", file=sys.stderr)
@@ -68,12 +70,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("demo", help="run the AI Grid comparison on a local grid and write the report")
-    d.add_argument("--duration", type=float, default=45, help="seconds of load per scenario (default 45)")
-    d.add_argument("--concurrency", type=int, default=48, help="users in flight (default 48)")
-    d.add_argument("--scenarios", default="a,b,c", help="which of a,b,c to run (default all)")
-    d.add_argument("--compression-model", default=None,
-                   help="local LLMLingua-2 model directory for the fine step (default: coarse step only)")
+    d = sub.add_parser("demo", help="goodput at SLO per arm in the grid twin, plus a live check through Envoy")
+    d.add_argument("--long", action="store_true", help="every arm, 40 s runs (default: the main arms, 20 s runs)")
+    d.add_argument("--arms", default=None, help="comma-separated arms instead (B0,B1,B2,R,C,R+C,...)")
+    d.add_argument("--seeds", type=int, default=5, help="seeds per arm (default 5)")
+    d.add_argument("--live-seconds", type=float, default=12.0, help="seconds of live load per rate (default 12)")
+    d.add_argument("--no-live", action="store_true", help="skip the live confirmation")
+    d.add_argument("--twin-duration", type=float, default=None, help="simulated seconds per twin run (default: the scenario's 20, 40 with --long)")
     d.add_argument("--port", type=int, default=10000, help="Envoy listener port (default 10000)")
     d.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
     d.add_argument("--workdir", default=".aigrid/demo", help="config and logs (default .aigrid/demo)")

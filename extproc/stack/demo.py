@@ -1,160 +1,187 @@
-"""`aigrid demo`: the seed's AI Grid comparison on one machine, read from Envoy's admin stats.
+"""`aigrid demo`: goodput at SLO per arm in the grid twin, then a short live confirmation through real
+Envoy, ext_proc, Redis and simulated GPU sites.
 
-One local grid (Redis, two simulated GPU sites with their agents, `aigrid serve`, Envoy) runs the same
-seeded workload three times, changing only the gateway:
-  (a) edge only, no compression          — everything to the edge site (policy.strategy default_only)
-  (b) least-loaded routing, no compression — what today's load-aware routers do
-  (c) the AI Grid gateway                 — load-aware spill with hysteresis, SLA classes, conversation
-                                            affinity, and load-driven prompt compression
-Between scenarios `aigrid serve` restarts with the new policy and the sites drain to idle. Every process
-is stopped at the end, also on Ctrl-C or failure.
+1. Twin sweep (virtual time, `extproc/twin/`): the reference scenario's main arms x rates x seeds; goodput
+   (highest rate at which >= 90% of requests, >= 99% of realtime ones, meet their SLO) with 95% bootstrap
+   intervals over the seeds; charts.
+2. Live: the local grid (`extproc/stack/local.py`) under the same requests at two rates, and the twin
+   under the same requests: requests/s and p95 TTFT side by side (`twin_vs_live`).
+Writes `<out>/summary.json`. Every process is stopped at the end, also on Ctrl-C or failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from extproc.stack.local import LocalStack
-from extproc.stack.procs import StackError
+
+MAIN_ARMS = ("B1", "B2", "R", "C", "R+C")
+ALL_ARMS = ("B0", "B1", "B2", "R", "C", "R+C", "R+C-noSLA", "R+C-noAff", "R+C-fixed", "R-base", "R-noAff", "T", "T+C")
 
 
-@dataclass(frozen=True)
-class Scenario:
-    key: str
-    title: str
-    strategy: str
-    compress: bool
+def _twin(arms: tuple[str, ...], seeds: int, long: bool, console: Console, duration_s: float | None = None) -> tuple[Any, dict[str, Any]]:
+    from extproc.twin.experiment import run_experiment  # noqa: PLC0415
+    from extproc.twin.scenario import REFERENCE_SCENARIO, load_scenario  # noqa: PLC0415
+
+    sc = load_scenario(REFERENCE_SCENARIO)
+    dur = duration_s or (40.0 if long else sc.sweep.duration_s)
+    sw = sc.sweep.model_copy(update={"seeds": list(range(1, seeds + 1)), "duration_s": dur,
+                                     "warmup_s": min(sc.sweep.warmup_s, dur / 4)})
+    sc = sc.model_copy(update={"sweep": sw, "arms": list(arms)})
+    import os  # noqa: PLC0415
+
+    doc = run_experiment(sc, arms, progress=lambda m: console.print(f"  twin: {m}"), workers=min(2, os.cpu_count() or 1))
+    return sc, doc
 
 
-SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("a", "edge only, no compression", "default_only", False),
-    Scenario("b", "least-loaded routing, no compression", "least_loaded", False),
-    Scenario("c", "AI Grid gateway: load-aware spill + affinity + compression", "aigrid", True),
-)
+def _live(stack: LocalStack, sc: Any, rates: tuple[float, ...], seconds: float, console: Console) -> dict[str, Any]:
+    from extproc.loadtest.runner import Endpoints, run_loadtest  # noqa: PLC0415
+    from extproc.loadtest.workloads import LoadSpec  # noqa: PLC0415
+    from extproc.stack.demo_wait import wait_ready_and_idle  # noqa: PLC0415
+    from extproc.twin.arms import ARMS  # noqa: PLC0415
+    from extproc.twin.grid import run_grid  # noqa: PLC0415
+    from extproc.twin.live import compare_side, live_figures, planned_requests, twin_figures  # noqa: PLC0415
+    from extproc.workload.generate import generate_open_loop  # noqa: PLC0415
 
-REFERENCE_WORKLOAD = Path(__file__).resolve().parents[1] / "loadtest" / "reference.yaml"
-
-
-def _site_idle(metrics_url: str) -> bool:
-    """True when the site's engine reports nothing running or waiting."""
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=2) as r:  # noqa: S310 (loopback)
-            text = r.read().decode()
-    except OSError:
-        return False
-    busy = 0.0
-    for line in text.splitlines():
-        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-            busy += float(line.rsplit(" ", 1)[-1])
-    return busy == 0.0
-
-
-def _wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.25)
-    raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def _gateway_sees_all_sites(stack: LocalStack) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=2) as r:  # noqa: S310
-            text = r.read().decode()
-    except OSError:
-        return False
-    seen = 0
-    for s in stack.sites:
-        for line in text.splitlines():
-            if line.startswith(f'aigrid_site_pressure{{site="{s.name}"}}') and float(line.rsplit(" ", 1)[-1]) >= 0:
-                seen += 1
-                break
-    return seen == len(stack.sites)
+    warm = min(2.0, seconds / 4)
+    lsc = sc.model_copy(update={"sweep": sc.sweep.model_copy(update={"duration_s": seconds, "warmup_s": warm, "drain_s": 30})})
+    endpoints = Endpoints(url=stack.url, admin=f"http://127.0.0.1:{stack.admin_port}",
+                          gateway_metrics=[f"http://127.0.0.1:{stack.metrics_port}/metrics"],
+                          site_metrics={s.name: f"http://127.0.0.1:{stack.site_ports[s.name]}/metrics" for s in stack.sites})
+    out: dict[str, Any] = {"arm": "B1", "seconds": seconds, "warmup_s": warm, "rates": {}}
+    site_urls = {s.name: f"http://127.0.0.1:{stack.site_ports[s.name]}" for s in stack.sites}
+    for rate in rates:
+        reqs = generate_open_loop(sc.workload, rate, seconds, 1)
+        wait_ready_and_idle(stack)
+        sim_timing(site_urls, reset=True)
+        spec = LoadSpec(rate=rate, duration_s=seconds + 30, request_timeout_s=60, model="llama-3.1-8b")
+        res = asyncio.run(run_loadtest(spec, endpoints, name=f"live-{rate:g}", progress=False,
+                                       planned_requests=planned_requests(sc.workload, reqs, "llama-3.1-8b")))
+        live = live_figures(res.records, reqs, warm, seconds)
+        twin = twin_figures(run_grid(lsc, ARMS["B1"], rate, 1, requests=reqs).flights, warm, seconds)
+        cmp_ = compare_side(live, twin)
+        # The simulated sites' own verdict: a site that fell behind real time measured the host's CPU.
+        timing = sim_timing(site_urls)
+        valid = all(t.get("valid", False) for t in timing.values())
+        out["rates"][str(rate)] = {"live": live, "twin": twin, **cmp_, "live_valid": valid, "sim_timing": timing}
+        if not valid:
+            console.print(f"  [yellow]live run at {rate:g} req/s is INVALID (simulator fell behind real time): "
+                          + "; ".join(f"{k}: {v.get('reason')}" for k, v in timing.items() if not v.get("valid")))
+        console.print(f"  live vs twin at {rate:g} req/s: requests/s {live['requests_per_s']:.2f} vs {twin['requests_per_s']:.2f}; "
+                      f"p95 TTFT {live['ttft_p95_ms']} vs {twin['ttft_p95_ms']} ms")
+    return out
 
 
-def compression_settings(model_path: str | None) -> dict:
-    """Compression for scenario (c). The coarse step (real MiniLM / BM25) always runs; the LLMLingua-2
-    fine step runs when a model directory is given."""
-    # BM25 ranking: on a CPU-only box that also hosts the simulated sites, MiniLM (~0.65 s of CPU per
-    # RAG request here) would compete with the sites for the two cores; BM25 ranked as well on our eval set.
-    cfg: dict = {"enabled": True, "deadline_ms": 1500, "ranker": "bm25"}
-    if model_path:
-        cfg["model_path"] = model_path
-    return cfg
+def burst_trace(sc: Any, arm: str, doc: dict[str, Any]) -> dict[str, Any] | None:
+    """One traced run of `arm` with bursty arrivals (Gamma, CV 2) at 80% of its goodput: site pressure as
+    the gateway saw it, and the keep-rate chosen per RAG request, over time."""
+    from extproc.twin.burst import traced_burst  # noqa: PLC0415
+
+    v = doc["arms"].get(arm, {})
+    if "goodput" not in v or v["goodput"]["value"] <= 0:
+        return None
+    return traced_burst(sc, arm, 0.8 * v["goodput"]["value"])
 
 
-async def _run_scenarios(stack: LocalStack, spec, scenarios, model_path: str | None, console: Console) -> dict:  # type: ignore[no-untyped-def]
-    from extproc.loadtest.runner import Endpoints, attach_retention, fetch_standin_prompts, run_loadtest  # noqa: PLC0415
+def sim_timing(site_urls: dict[str, str], reset: bool = False) -> dict[str, Any]:
+    """Each simulated site's timing verdict (GET /sim/timing), or why it could not be read."""
+    import urllib.request  # noqa: PLC0415
 
-    endpoints = Endpoints(
-        url=stack.url,
-        admin=f"http://127.0.0.1:{stack.admin_port}",
-        gateway_metrics=[f"http://127.0.0.1:{stack.metrics_port}/metrics"],
-        site_metrics={s.name: f"http://127.0.0.1:{stack.site_ports[s.name]}/metrics" for s in stack.sites},
-    )
-    results = {}
-    for sc in scenarios:
-        console.rule(f"[bold]({sc.key}) {sc.title}")
-        stack.restart_serve({"strategy": sc.strategy}, compression_settings(model_path) if sc.compress else {})
-        await asyncio.to_thread(_wait, lambda: _gateway_sees_all_sites(stack), 60, "the gateway to read every site's load")
-        for s in stack.sites:
-            url = endpoints.site_metrics[s.name]
-            await asyncio.to_thread(_wait, lambda url=url: _site_idle(url), 120, f"site {s.name} to drain")
-        site_urls = {s.name: f"http://127.0.0.1:{stack.site_ports[s.name]}" for s in stack.sites}
-        await asyncio.to_thread(_clear_records, site_urls)
-        result = await run_loadtest(spec, endpoints, name=sc.key)
-        # Answer retention: does the prompt as it reached the GPU still contain the gold answer?
-        arrived = await fetch_standin_prompts(site_urls)
-        results[sc.key] = attach_retention(result, arrived, "simulated sites' request records")
-    return results
+    out: dict[str, Any] = {}
+    for name, base in site_urls.items():
+        try:
+            with urllib.request.urlopen(base + "/sim/timing" + ("?reset=1" if reset else ""), timeout=5) as r:  # noqa: S310
+                t = json.loads(r.read())
+            out[name] = {"valid": t["valid"], "reason": t["reason"], "lateness_p99_ms": round(1000 * t["lateness_p99_s"], 2),
+                         "slip_seconds": t["slip_seconds"]}
+        except (OSError, ValueError, KeyError) as exc:
+            out[name] = {"valid": False, "reason": f"no timing verdict: {exc}"}
+    return out
 
 
-def _clear_records(site_urls: dict[str, str]) -> None:
-    for url in site_urls.values():
-        req = urllib.request.Request(url + "/_aigrid/records", method="DELETE")
-        with urllib.request.urlopen(req, timeout=5):  # noqa: S310 (loopback)
-            pass
-
-
-def run_demo(
-    workdir: Path,
-    out_dir: Path,
-    *,
-    duration_s: float,
-    concurrency: int,
-    envoy_port: int = 10000,
-    admin_port: int = 9901,
-    model_path: str | None = None,
-    scenarios: tuple[Scenario, ...] = SCENARIOS,
-) -> dict:
-    from extproc.loadtest.report import render_compare, render_summary, write_report  # noqa: PLC0415
-    from extproc.loadtest.workloads import load_workload_file  # noqa: PLC0415
+def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_port: int = 9901, long: bool = False,
+             arms: tuple[str, ...] | None = None, seeds: int = 5, live_rates: tuple[float, ...] = (2.0, 4.0),
+             live_seconds: float = 12.0, live: bool = True, twin_duration_s: float | None = None) -> dict[str, Any]:
+    from extproc.twin.gateway_adapter import measure_coarse_speed  # noqa: PLC0415
+    from extproc.twin.plots import write_charts  # noqa: PLC0415
+    from extproc.workload.rag import build_corpus  # noqa: PLC0415
 
     console = Console()
-    spec = load_workload_file(REFERENCE_WORKLOAD, duration_s=duration_s, concurrency=concurrency)
-    stack = LocalStack(workdir, envoy_port=envoy_port, admin_port=admin_port, upstream="sim")
     t0 = time.monotonic()
-    with console.status("starting the local grid (Redis, simulated sites, agents, ext_proc, Envoy)..."):
-        stack.start()
-    try:
-        console.print(f"grid up in {time.monotonic() - t0:.0f}s: sites " + ", ".join(
-            f"{s.name} ({s.replicas}x {s.gpu}, +{s.link_delay_ms:g} ms link)" for s in stack.sites))
-        results = asyncio.run(_run_scenarios(stack, spec, scenarios, model_path, console))
-    finally:
-        stack.stop()
-    paths = write_report(results, out_dir, baseline="a")
-    console.print(render_summary(results))
-    if len(results) > 1:
-        console.print(render_compare(results, "a"))
-    console.print(f"report: {paths.json}")
-    for name, p in paths.charts.items():
-        console.print(f"  chart {name}: {p}")
-    console.print(f"demo finished in {time.monotonic() - t0:.0f}s; every process stopped")
-    return results
+    stack = LocalStack(workdir, envoy_port=envoy_port, admin_port=admin_port, upstream="sim")
+    if live:
+        stack._check_ports()  # a taken port is a clear error before minutes of twin work
+    arms = arms or (ALL_ARMS if long else MAIN_ARMS)
+    console.rule("[bold]twin: goodput at SLO per arm (virtual time)")
+    sc, doc = _twin(arms, seeds, long, console, twin_duration_s)
+    burst_doc = burst_trace(sc, "R+C" if "R+C" in arms else arms[-1], doc)
+    measured_speed = measure_coarse_speed(build_corpus(sc.workload.rag))
+    summary: dict[str, Any] = {
+        "scenario": "extproc/twin/reference.yaml" + (" (--long: 40 s per run)" if long else ""),
+        "seeds": seeds,
+        "arms": {},
+        "compare": doc["compare"],
+        "compressor": {"coarse_tokens_per_s_used": sc.compressor.coarse_tokens_per_s,
+                       "coarse_tokens_per_s_measured_now": round(measured_speed),
+                       "note": "BM25 coarse step, process CPU time over the corpus' items on this machine"},
+    }
+    for k, v in doc["arms"].items():
+        if "goodput" not in v:
+            summary["arms"][k] = {"unavailable": v.get("unavailable")}
+            continue
+        g = v["goodput"]
+        top = max(v["curves"], key=float)
+        at = max((r for r in v["curves"] if float(r) <= max(g["value"], float(min(v["curves"], key=float)))), key=float)
+        c = v["curves"][at]
+        summary["arms"][k] = {
+            "title": v["title"],
+            "goodput": {"value": g["value"], "ci95": g["ci95"], "per_seed": g["per_seed"], "capped_at_top_rate": g["capped_at_top_rate"]},
+            "at_rate": float(at),
+            "at_goodput": {key: c[key] for key in ("attainment", "requests_per_s", "output_tokens_per_s", "prompt_tokens_sent",
+                                                    "prompt_tokens_to_gpu", "prompt_tokens_processed", "prefix_cache_hit_rate",
+                                                    "preemptions", "rewrites", "retention", "retention_of_compressed",
+                                                    "compressor_cpu_s_per_request")},
+            "class_attainment_at_goodput": {x: c["classes"][x]["attainment"] for x in c["classes"]},
+            "top_rate": float(top),
+        }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary["charts"] = write_charts(doc, out_dir)
+    if burst_doc is not None:
+        from extproc.twin.plots import burst  # noqa: PLC0415
+
+        summary["charts"]["burst"] = str(burst(burst_doc, out_dir / "burst.png"))
+        summary["burst"] = {k: v for k, v in burst_doc.items() if k not in ("timeline", "keep_rates")}
+    (out_dir / "twin.json").write_text(json.dumps(doc, indent=1))
+    if live:
+        console.rule("[bold]live confirmation through Envoy (B1 arm)")
+        with console.status("starting the local grid (Redis, simulated sites, agents, ext_proc, Envoy)..."):
+            stack.policy = {"strategy": "least_loaded"}
+            stack.start()
+        try:
+            summary["twin_vs_live"] = _live(stack, sc, live_rates, live_seconds, console)
+        finally:
+            stack.stop()
+    else:
+        summary["twin_vs_live"] = {"skipped": "--no-live"}
+    summary["wall_seconds"] = round(time.monotonic() - t0, 1)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    console.rule("[bold]goodput at SLO (requests/s), 95% interval over seeds")
+    for k, v in summary["arms"].items():
+        if "goodput" in v:
+            g = v["goodput"]
+            cap = " (top of sweep: a lower bound)" if g["capped_at_top_rate"] else ""
+            console.print(f"  {k:9s} {g['value']:7.2f}  [{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]{cap}")
+        else:
+            console.print(f"  {k:9s} not run: {v['unavailable']}")
+    for k, v in doc["compare"].items():
+        if "/" in k:
+            console.print(f"  {k:9s} {v['value']:.2f}x  [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
+    console.print(f"report: {out_dir / 'summary.json'}")
+    console.print(f"demo finished in {summary['wall_seconds']:.0f}s; every process stopped")
+    return summary

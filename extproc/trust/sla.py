@@ -117,7 +117,7 @@ def headers_read(rule: TrustRule) -> frozenset[str]:
 
 
 def rule_from_settings(settings: Any) -> TrustRule:
-    """The rule for a `TrustSettings` (extproc.trust.settings)."""
+    """The rule for a `TrustSettings` (extproc.config.trust)."""
     return TrustRule(
         source=SlaSource(settings.sla_source),
         default_class=SlaClass(settings.default_class),

@@ -54,6 +54,25 @@ class EveryOther:
         self.closed = True
 
 
+class RandomKeep(EveryOther):
+    """Keeps a different random subset of units on every call: a compressor whose output depends on more
+    than its input (like int8 activations quantised per batch)."""
+
+    def __init__(self, seed: int = 1) -> None:
+        super().__init__()
+        import random
+
+        self.rng = random.Random(seed)
+
+    async def compress(self, texts: Sequence[str], rate: float, deadline_s: float) -> FineResult | Skipped:
+        self.calls.append((list(texts), rate))
+        if self.skip:
+            return Skipped(self.skip)
+        out = tuple(" ".join(u for u in units(t) if self.rng.random() < rate) for t in texts)
+        n = tuple(len(units(t)) for t in texts)
+        return FineResult(out, n, tuple(len(units(o)) for o in out), 0.001, 0.0)
+
+
 def make_request(
     body: dict[str, Any],
     *,

@@ -155,3 +155,88 @@ async def test_a_slow_or_busy_embedding_falls_back_to_bm25() -> None:
         assert ok.method == "hybrid"
     finally:
         await r.close()
+
+
+# ---- the quality floor, rare entities, pseudo-relevance feedback, links ---------------------------------------
+from extproc.compression.coarse import (  # noqa: E402
+    FLAT_MARGIN,
+    choose_documents,
+    entity_candidates,
+    katakana_name,
+    lexical_scores,
+    promote_linked,
+)
+
+
+def test_floor_does_not_bind_on_a_separated_ranking() -> None:
+    sel = choose_documents([0.1, 0.9, 0.5, 0.7], [100] * 4, 250)
+    assert sel.kept == [1, 3] and sel.decision == "rate"
+
+
+def test_floor_keeps_a_tie_at_the_cut_and_says_so() -> None:
+    # 0.70 and 0.69 cannot be told apart (within FLAT_MARGIN of the spread): both stay, beyond the budget.
+    sel = choose_documents([0.0, 1.0, 0.70, 0.69, 0.1], [100] * 5, 250)
+    assert sel.kept == [1, 2, 3] and sel.decision == "floor"
+    # Just outside the margin: the budget decides.
+    gap = FLAT_MARGIN * 1.0 + 0.01
+    assert choose_documents([0.0, 1.0, 0.70, 0.70 - gap], [100] * 4, 250).decision == "rate"
+
+
+def test_floor_on_an_all_flat_ranking_is_capped() -> None:
+    sel = choose_documents([0.5] * 6, [100] * 6, 200, max_factor=2.0)
+    assert sel.decision == "floor" and len(sel.kept) == 4
+    # Never more than max_factor x budget, even for a tie.
+    sel = choose_documents([1.0, 0.9, 0.9, 0.9, 0.9, 0.0], [100] * 6, 200, max_factor=1.5)
+    assert sum(100 for _ in sel.kept) <= 300 and sel.decision == "floor"
+    # Everything fits already: nothing to decide.
+    assert choose_documents([1.0, 1.0], [10, 10], 100).decision == "rate"
+    assert choose_documents([], [], 100).kept == []
+
+
+def test_entity_candidates_english() -> None:
+    text = ("Lyntamquis Foods changed its name to Rotamquis Group in 2022. The Vendra Chemistry Lab is led by "
+            "Oliver Osei. Shipment SHP-99234 left. Customs were cleared.")
+    e = entity_candidates(text, "en")
+    assert {"Lyntamquis Foods", "Rotamquis Group", "Vendra Chemistry Lab", "Oliver Osei", "SHP-99234"} <= e
+    # A sentence-initial common word alone and a leading "The" are not names.
+    assert "Customs" not in e and "The Vendra Chemistry Lab" not in e and "Osei" not in e
+
+
+def test_entity_candidates_japanese_and_katakana_names() -> None:
+    e = entity_candidates("ネヴェダアスタットはルリナ化学研究室で合成された。さたま丸は中村翔太さんの船。冷凍コンテナ。", "ja")
+    assert {"ネヴェダアスタット", "ルリナ", "さたま丸", "中村翔太"} <= e
+    assert "コンテナ" not in e
+    assert katakana_name("ニダノ") and katakana_name("トホリリスタット")
+    assert not katakana_name("セキュリティポリシー") and not katakana_name("コンテナ")
+
+
+BRIDGE = [
+    "Orlan Foods changed its name to Kestimor Group in 2023 after its merger with Bellweather Partners.",
+    "Kestimor Group reported revenue of $648.5 million for fiscal 2024, the company said in its annual filing.",
+    "Peltor Energy reported revenue of $580.6 million for fiscal 2024, the company said in its annual filing.",
+    "Ansol Energy reported revenue of $568.4 million for fiscal 2024, the company said in its annual filing.",
+    "The Night Heron No. 984 departs Santos at 08:20 from platform 7 and runs with 12 cars.",
+]
+BRIDGE_Q = "What revenue did Orlan Foods report for fiscal 2024, in millions of dollars?"
+
+
+def test_prf_and_links_find_the_second_half_of_a_bridge() -> None:
+    plain, _ = lexical_scores(BRIDGE_Q, BRIDGE, "en", prf=False)
+    # Alone, the results under the new name are no better than the other companies' results.
+    assert plain[1] <= max(plain[2], plain[3]) + 1e-9
+    scores, links = lexical_scores(BRIDGE_Q, BRIDGE, "en")
+    # The rename notice names the question's company: it anchors a link to the new name's results.
+    assert links[0] == (1,)
+    assert scores[1] > max(scores[2], scores[3])  # expansion with "Kestimor Group"
+    final = promote_linked(scores, links)
+    order = sorted(range(len(BRIDGE)), key=lambda i: -final[i])
+    assert set(order[:2]) == {0, 1}
+    assert choose_documents(final, [25] * 5, 50).kept == [0, 1]
+
+
+def test_promote_linked() -> None:
+    assert promote_linked([], []) == []
+    out = promote_linked([1.0, 0.2, 0.5], [(1,), (), ()])
+    assert out[1] < out[0] and out[1] > out[2]
+    # A link from a document that does not rank among the anchors promotes nothing.
+    assert promote_linked([1.0, 0.9, 0.1, 0.0], [(), (), (3,), ()], anchors=2) == [1.0, 0.9, 0.1, 0.0]

@@ -11,14 +11,23 @@ from pathlib import Path
 import pytest
 
 from extproc.cli import main as aigrid
-from extproc.compression.evaluate import DEFAULT_DATA, build_request, load_items, summarize, ItemResult
+from extproc.compression.evaluate import (
+    DEFAULT_DATA, EASY_DATA, HARD_DATA, ItemResult, build_request, gold_docs, load_items, summarize,
+)
 from extproc.compression.segment import segment
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _generator():  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location("make_rag_eval", ROOT / "bench" / "make_rag_eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
 def test_shipped_set_shape() -> None:
-    items = load_items(DEFAULT_DATA)
+    items = load_items(EASY_DATA)
     assert len(items) >= 100
     langs = collections.Counter(i["lang"] for i in items)
     assert langs["en"] >= 50 and langs["ja"] >= 50
@@ -36,15 +45,53 @@ def test_shipped_set_shape() -> None:
     assert any(re.fullmatch(r"[\u3040-\u9fff]+", i["answer"]) for i in items if i["lang"] == "ja")
 
 
-def test_shipped_set_is_reproducible_from_the_generator() -> None:
-    spec = importlib.util.spec_from_file_location("make_rag_eval", ROOT / "bench" / "make_rag_eval.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    assert mod.generate() == load_items(DEFAULT_DATA)
+def test_shipped_sets_are_reproducible_from_the_generator() -> None:
+    mod = _generator()
+    assert mod.generate() == load_items(EASY_DATA)
+    assert mod.generate_hard() == load_items(HARD_DATA)
+    assert DEFAULT_DATA == HARD_DATA
+
+
+def test_hard_set_shape() -> None:
+    items = load_items(HARD_DATA)
+    cells = collections.Counter((i["lang"], i["kind"]) for i in items)
+    assert set(cells) == {(lang, k) for lang in ("en", "ja") for k in ("paraphrase", "distractor", "version", "bridge")}
+    assert min(cells.values()) >= 30
+    assert len({i["id"] for i in items}) == len(items)
+    for it in items:
+        docs, golds = it["documents"], gold_docs(it)
+        assert len(set(docs)) == len(docs) >= 5
+        assert it["answer_doc"] in golds and all(0 <= g < len(docs) for g in golds)
+        # The answer string is in its document and nowhere else: retention is then unambiguous.
+        assert [i for i, d in enumerate(docs) if it["answer"] in d] == [it["answer_doc"]], it["id"]
+        if it["kind"] == "bridge":
+            # Two documents needed; the question's name for the entity is not in the answer's document.
+            assert len(golds) == 2
+            other = next(g for g in golds if g != it["answer_doc"])
+            assert docs[other] != docs[it["answer_doc"]]
+        else:
+            assert golds == [it["answer_doc"]]
+
+
+def test_hard_bridge_answer_documents_do_not_name_the_question_entity() -> None:
+    import re as _re
+
+    places = set(_generator().EN_CITIES)  # the port is shared on purpose
+    for it in load_items(HARD_DATA):
+        if it["kind"] != "bridge":
+            continue
+        doc = it["documents"][it["answer_doc"]]
+        q = it["question"]
+        # The invented names of the question (capitalised words / katakana runs / …丸) are absent from it.
+        names = _re.findall(r"MV [A-Z][a-z]+|[A-Z][a-z]{5,}|[a-z]{5,}stat|[ァ-ヴー]{4,}|[ぁ-ん]{3}丸", q)
+        # Shared vocabulary (ports, "コンテナ") is in several documents on purpose; invented names are not.
+        names = [n for n in names if n not in places and sum(n in d for d in it["documents"]) <= 2]
+        assert names, it["id"]
+        assert not any(n in doc for n in names), (it["id"], names)
 
 
 def test_every_format_segments_into_its_documents() -> None:
-    for it in load_items(DEFAULT_DATA):
+    for it in load_items(EASY_DATA) + load_items(HARD_DATA):
         seg = segment("/v1/chat/completions", build_request(it))
         assert len(seg.documents) == len(it["documents"]), it["id"]
         assert seg.rag and it["question"] in seg.question
@@ -58,12 +105,25 @@ def test_summarize() -> None:
     assert rows[2]["answer_retention"] == 0.5 and rows[2]["achieved_rate"] == pytest.approx(0.45)
 
 
+def test_summarize_per_kind_and_floor() -> None:
+    rs = [ItemResult("a", "en", 0.5, True, True, True, 0.5, 0.6, 10.0, True, "none", "bm25", "bridge", "rate"),
+          ItemResult("b", "en", 0.5, True, False, False, 0.9, 0.9, 10.0, True, "none", "bm25", "bridge", "floor"),
+          ItemResult("c", "en", 0.5, False, False, False, 0.4, 0.5, 30.0, True, "none", "bm25", "version", "rate")]
+    rows = {(r["kind"], r["lang"]): r for r in summarize(rs)}
+    assert set(rows) == {("bridge", "en"), ("bridge", "all"), ("version", "en"), ("version", "all"),
+                         ("all", "en"), ("all", "all")}
+    b = rows[("bridge", "en")]
+    assert b["n"] == 2 and b["gold_retention"] == 0.5 and b["floor_share"] == 0.5
+    assert b["achieved_rate"] == pytest.approx(0.7) and b["achieved_rate_unfloored"] == pytest.approx(0.5)
+    assert rows[("all", "all")]["answer_retention"] == pytest.approx(2 / 3)
+
+
 def test_cli_coarse_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.json"
-    rc = aigrid(["eval-compression", "--ranker", "bm25", "--rates", "0.33,0.7", "--json", str(out)])
+    rc = aigrid(["eval-compression", "--easy", "--ranker", "bm25", "--rates", "0.33,0.7", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "answer kept" in printed and "coarse step only" in printed
+    assert "answer" in printed and "kept" in printed and "coarse step only" in printed
     rep = json.loads(out.read_text())
     rows = {(r["lang"], r["rate"]): r for r in rep["summary"]}
     assert set(rows) == {(lang, rate) for lang in ("en", "ja", "all") for rate in (0.33, 0.7)}
@@ -71,8 +131,12 @@ def test_cli_coarse_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert r["segmented_ok"] == 1.0
         # BM25 with identifier terms finds the gold passage of this set (a regression guard).
         assert r["gold_top1"] >= 0.9 and r["gold_retention"] >= 0.9
-        # Coarse-only meets the rate by dropping whole documents: never more than asked, within a document.
-        assert r["achieved_rate"] <= r["rate"] + 0.02
+        # Coarse-only meets the rate (whole documents, the last one cut to fill the budget) where the floor
+        # did not bind; where it did (sibling documents tied at the cut), never more than twice the rate.
+        # (At 0.7 the best dropped document is often unrelated, score 0, and is not brought back: 0.65.)
+        if r["achieved_rate_unfloored"] is not None:
+            assert abs(r["achieved_rate_unfloored"] - r["rate"]) <= 0.06
+        assert r["achieved_rate"] <= 2 * r["rate"] + 0.05
     assert len(rep["items"]) == 2 * rep["meta"]["items"]
 
 
@@ -93,3 +157,54 @@ def test_cli_with_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert all(i["fine"].startswith("ok") for i in rep["items"])
     for r in rep["summary"]:
         assert 0.3 <= r["achieved_rate"] <= 0.75
+
+
+def _hard_rankings(kind: str) -> list[tuple[dict, list[float], list[float], tuple, list[int]]]:
+    from extproc.compression.coarse import lexical_scores  # noqa: PLC0415
+    from extproc.compression.segment import script_of  # noqa: PLC0415
+
+    out = []
+    for it in load_items(HARD_DATA):
+        if it["kind"] != kind:
+            continue
+        seg = segment("/v1/chat/completions", build_request(it))
+        docs = [d.text for d in seg.documents]
+        lang = script_of(seg.question + " " + " ".join(d[:200] for d in docs[:3]))
+        plain, _ = lexical_scores(seg.question, docs, lang, prf=False)
+        prf, links = lexical_scores(seg.question, docs, lang)
+        out.append((it, plain, prf, links, [d.tokens for d in seg.documents]))
+    return out
+
+
+def test_the_hard_set_fails_a_per_document_ranker() -> None:
+    """The evidence that the check can fail: BM25 ranking each document alone, cut at the budget (the coarse
+    step before issue 13), loses a gold document of most two-document answers at keep-rate 0.33; the
+    coarse step with feedback, links and the floor keeps them."""
+    from extproc.compression.coarse import choose_documents, promote_linked, select_documents  # noqa: PLC0415
+
+    rows = _hard_rankings("bridge")
+    plain_ok = new_ok = 0
+    for it, plain, prf, links, tokens in rows:
+        budget = int(sum(tokens) * 0.33)
+        plain_ok += all(g in select_documents(plain, tokens, budget) for g in gold_docs(it))
+        new_ok += all(g in choose_documents(promote_linked(prf, links), tokens, budget).kept for g in gold_docs(it))
+    assert plain_ok / len(rows) < 0.5
+    assert new_ok / len(rows) >= 0.9
+
+
+def test_cli_hard_set_per_kind(tmp_path: Path) -> None:
+    """The default set through the CLI (BM25): rows per kind and language; regression guards at the levels
+    measured when the coarse step was built (docs/compression.md has the table)."""
+    out = tmp_path / "r.json"
+    assert aigrid(["eval-compression", "--ranker", "bm25", "--rates", "0.33,0.5", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    rows = {(r["kind"], r["lang"], r["rate"]): r for r in rep["summary"]}
+    for kind in ("bridge", "distractor", "version", "paraphrase"):
+        for lang in ("en", "ja"):
+            r33, r50 = rows[(kind, lang, 0.33)], rows[(kind, lang, 0.5)]
+            assert r33["answer_retention"] >= 0.9 and r50["answer_retention"] >= 0.96, (kind, lang)
+            assert r50["gold_retention"] >= 0.93, (kind, lang)
+            # Where the floor did not bind, the rate is met (whole documents: a little under, never over).
+            for r in (r33, r50):
+                if r["achieved_rate_unfloored"] is not None:
+                    assert abs(r["achieved_rate_unfloored"] - r["rate"]) <= 0.05, (kind, lang, r["rate"])

@@ -27,3 +27,16 @@ def test_onnx_fp32_same_decisions_as_torch(tiny_model_dir: Path, tmp_path: Path)
     out = FinePipeline.load(tiny_model_dir).compress_sync(q, [text], 0.5)[0]
     it = iter(text.split())
     assert out != text and all(w in it for w in out.split())
+
+
+async def test_int8_is_onnx_runtime_not_deprecated_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """torch's dynamic quantisation is deprecated: int8 is ORT's, chosen by backend "auto" on CPU."""
+    from extproc.compression.worker import BatchingCompressor  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="onnx"):
+        TokenClassifier.load(tiny_model_dir, quantize=True)
+    int8 = BatchingCompressor.from_path(tiny_model_dir, quantize=True, onnx_cache_dir=tmp_path)
+    fp32 = BatchingCompressor.from_path(tiny_model_dir)
+    assert isinstance(int8.model, OrtClassifier) and isinstance(fp32.model, TokenClassifier)
+    await int8.close()
+    await fp32.close()

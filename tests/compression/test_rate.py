@@ -161,3 +161,53 @@ def test_decision_is_always_well_formed(tokens, p, w, prefill, tps, dl, sla) -> 
         assert d.rate >= floor_for(RatePolicy(), sla, None) and d.saved_s > d.cost_s and d.cost_s <= dl
     else:
         assert d.rate == 1.0
+
+
+# ---- net of the prefix cache ------------------------------------------------------------------------------
+from extproc.compression.rate import net_gpu_seconds_saved  # noqa: E402
+
+
+def test_net_saving_counts_only_uncached_tokens_and_charges_lost_hits() -> None:
+    assert net_gpu_seconds_saved(1000, 0, 0.5, 1000.0, 0.0) == pytest.approx(0.5)
+    # Half of them cached: removing those saves nothing, and their rewritten half must now be prefilled.
+    assert net_gpu_seconds_saved(1000, 500, 0.5, 1000.0, 0.0) == pytest.approx(0.25 - 0.25)
+    # All cached: compression only loses.
+    assert net_gpu_seconds_saved(1000, 1000, 0.5, 1000.0, 0.0) < 0
+    assert net_gpu_seconds_saved(1000, 5000, 0.5, 1000.0, 0.0) == net_gpu_seconds_saved(1000, 1000, 0.5, 1000.0, 0.0)
+    assert net_gpu_seconds_saved(1000, 0, 0.5, 0.0, 0.0) == 0.0
+
+
+def test_precomputed_tokens_cost_no_compressor_time() -> None:
+    base = dict(pressure=0.95, requests_waiting=2, prefill_tokens_per_s=10_000.0, compressor_tokens_per_s=500.0)
+    # 4000 tokens at 500 tok/s = 8 s of CPU for 4000 x 0.5 / 10k x 3 = 0.6 s of GPU: skip.
+    assert decide_rate(P, inputs(**base)).reason == "break_even"
+    # The same prompt, all of it compressed before (a popular document): a lookup, so it pays.
+    d = decide_rate(P, inputs(**base, precomputed_tokens=4000))
+    assert d.compress and d.cost_s == 0.0
+
+
+def test_rewriting_the_cached_prefix_is_charged() -> None:
+    base = dict(pressure=0.95, requests_waiting=20, prefill_tokens_per_s=10_000.0, compressor_tokens_per_s=50_000.0)
+    assert decide_rate(P, inputs(**base)).compress
+    d = decide_rate(P, inputs(**base, cached_compressible_tokens=4000))
+    assert not d.compress and d.reason == "break_even" and d.saved_s < 0
+
+
+def test_worked_example_in_the_docs() -> None:
+    """docs/compression.md, break-even net of the prefix cache: a 2nd turn of a RAG conversation at an
+    H100-class site (prefill 10,000 tok/s), our CPU compressor at 500 tok/s (bench/compressor.py, int8,
+    2,048 tokens, this box), rate 0.5. Turn 2 adds 3,000 compressible tokens, 1,000 of them a shared
+    document compressed before; 6,000 earlier tokens sit in the site's prefix cache and are not touched."""
+    pol = RatePolicy(min_compressible_tokens=1024)
+    x = dict(compressible_tokens=3000, sla="standard", model=None, pressure=0.95, prefill_tokens_per_s=10_000.0,
+             compressor_tokens_per_s=500.0, deadline_s=60.0, precomputed_tokens=1000)
+    # cost 2000 / 500 = 4.0 s; saved 3000 x 0.5 / 10,000 = 0.15 s per request in the queue + 1.
+    d = decide_rate(pol, RateInputs(**x, requests_waiting=25))
+    assert d.cost_s == pytest.approx(4.0) and d.saved_s == pytest.approx(0.15 * 26) and d.reason == "break_even"
+    d = decide_rate(pol, RateInputs(**x, requests_waiting=27))
+    assert d.compress and d.saved_s == pytest.approx(0.15 * 28)
+    # Had the rewrite touched the 6,000 cached tokens too (9,000 compressible, 6,000 of them cached), it
+    # would cost 16 s and save less than nothing: 3000 x 0.5 - 6000 x 0.5 < 0.
+    bad = dict(x, compressible_tokens=9000)
+    d = decide_rate(pol, RateInputs(**bad, requests_waiting=27, cached_compressible_tokens=6000))
+    assert d.cost_s == pytest.approx(16.0) and d.saved_s < 0 and not d.compress

@@ -23,7 +23,7 @@ from extproc.compression.rewriter import (  # noqa: E402
     model_rate,
 )
 from extproc.compression.segment import is_subsequence, units  # noqa: E402
-from extproc.compression.settings import CompressionSettings  # noqa: E402
+from extproc.config.compression import CompressionSettings  # noqa: E402
 from extproc.config.schema import GatewayConfig  # noqa: E402
 from extproc.rewrite import Rewrite, Skip  # noqa: E402
 from extproc.routing.features import SlaClass  # noqa: E402
@@ -59,7 +59,9 @@ def rewriter(fine=None, ranker="bm25", registry=None, **kw) -> CompressionRewrit
 async def test_rag_request_is_compressed() -> None:
     reg = CollectorRegistry()
     fine = EveryOther()
-    rw = rewriter(fine, registry=reg)
+    # The six documents differ only in a ticket number: a flat ranking below the gold one. Without room for
+    # the quality floor (max factor 1) the budget decides.
+    rw = rewriter(fine, registry=reg, coarse_floor_max_factor=1.0)
     body = rag_body()
     res = await rw.rewrite(make_request(body))
     assert isinstance(res, Rewrite)
@@ -73,11 +75,29 @@ async def test_rag_request_is_compressed() -> None:
     assert len(res.body) < len(orjson.dumps(body))
     h = res.headers[HEADER]
     assert h.startswith("tokens=") and "docs=6->" in h and "ranker=bm25" in h and "fine=ok" in h
+    assert "coarse=rate" in h
+    assert reg.get_sample_value("aigrid_compression_coarse_decisions_total", {"decision": "rate"}) == 1
     assert reg.get_sample_value("aigrid_compression_requests_total", {"outcome": "compressed"}) == 1
     assert reg.get_sample_value("aigrid_compression_tokens_before_total") > reg.get_sample_value("aigrid_compression_tokens_after_total")
     assert reg.get_sample_value("aigrid_compression_documents_dropped_total") >= 1
     await rw.close()
     assert fine.closed
+
+
+async def test_flat_ranking_binds_the_quality_floor_and_says_so() -> None:
+    reg = CollectorRegistry()
+    rw = rewriter(None, registry=reg)  # coarse only, default floor
+    res = await rw.rewrite(make_request(rag_body()))
+    assert isinstance(res, Rewrite)
+    h = res.headers[HEADER]
+    assert "coarse=floor" in h
+    kept = int(h.split("docs=6->")[1].split()[0].split("+")[0])
+    # The rate (0.4) would keep 2 of 6 equal-sized documents; the tied siblings add up to 2x that.
+    assert 2 < kept <= 5
+    assert reg.get_sample_value("aigrid_compression_coarse_decisions_total", {"decision": "floor"}) == 1
+    text = orjson.loads(res.body)["messages"][1]["content"]
+    assert "INC-4803" in text.split("Question")[0]
+    await rw.close()
 
 
 async def test_coarse_only_without_a_model() -> None:
@@ -193,8 +213,8 @@ async def test_fine_skips() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": FILL * 40 + "\n\nSummarise."}]}
     res = await rewriter(EveryOther(skip="saturated")).rewrite(make_request(body))
     assert isinstance(res, Skip) and res.reason == "fine_saturated"
-    # RAG-shaped: the coarse step's result still goes out.
-    res = await rewriter(EveryOther(skip="deadline")).rewrite(make_request(rag_body()))
+    # RAG-shaped: the coarse step's result still goes out (no room for the floor: these siblings tie).
+    res = await rewriter(EveryOther(skip="deadline"), coarse_floor_max_factor=1.0).rewrite(make_request(rag_body()))
     assert isinstance(res, Rewrite) and "fine=deadline" in res.headers[HEADER]
 
 

@@ -53,9 +53,28 @@ def test_tool_output_and_earlier_user_context_are_compressible_documents() -> No
         {"role": "tool", "tool_call_id": "c1", "content": LONG},
         {"role": "user", "content": "So what happened in Osaka?"},
     ]}
-    seg = segment(CHAT, body, OPTS)
+    # With earlier turns open to rewriting (not the default), both are documents.
+    seg = segment(CHAT, body, SegmentOptions(min_segment_tokens=OPTS.min_segment_tokens, rewrite_earlier_turns=True))
     assert len(seg.documents) == 2 and all(d.whole_message for d in seg.documents)
     assert seg.question == "So what happened in Osaka?" and seg.rag
+    # By default the first user message, sent before the assistant's tool call, is an earlier turn: the
+    # site has it in its prefix cache, so it is protected; the tool output since is new and compressible.
+    seg = segment(CHAT, body, OPTS)
+    assert [d.slot for d in seg.documents] == [next(i for i, s in enumerate(seg.slots) if s.path[1] == 2)]
+    assert all(not p.compress for s in seg.slots if s.path[1] == 0 for p in s.pieces)
+
+
+def test_earlier_turns_are_never_rewritten() -> None:
+    turn = "Document [1]: " + LONG + "\n\nDocument [2]: " + LONG + "\n\nQuestion: what happened?"
+    body = {"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": turn},
+        {"role": "assistant", "content": "It rained."},
+        {"role": "user", "content": turn.replace("what happened?", "and then?")},
+    ]}
+    seg = segment(CHAT, body, OPTS)
+    assert {s.path[1] for s in seg.slots for p in s.pieces if p.compress} == {3}
+    assert len(seg.documents) == 2 and seg.rag
 
 
 def test_json_tool_output_is_protected() -> None:

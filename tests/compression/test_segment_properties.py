@@ -19,7 +19,7 @@ from fakes import EveryOther  # noqa: E402
 from extproc.compression.coarse import CoarseRanker  # noqa: E402
 from extproc.compression.rewriter import CompressionPipeline  # noqa: E402
 from extproc.compression.segment import PROTECT_CLOSE, PROTECT_OPEN, SegmentOptions, is_subsequence, segment, units  # noqa: E402
-from extproc.compression.settings import CompressionSettings  # noqa: E402
+from extproc.config.compression import CompressionSettings  # noqa: E402
 
 CHAT = "/v1/chat/completions"
 EN = ("the gateway routes long prompts to the least loaded site when the edge is busy and the compressor "
@@ -113,6 +113,12 @@ def test_compressed_request_invariants(body: dict, rate: float) -> None:
         for m in PROTECTED_BLOCK.finditer(t):
             assert m.group() in t2
         assert is_subsequence(units(t2), units(t))
+    # 5. Earlier turns (before the last assistant message) are not rewritten anew: each goes as written,
+    #    or exactly as the pipeline sent it before (remembered by content), never a fresh compression.
+    last_a = max((i for i, m in enumerate(body["messages"]) if m["role"] == "assistant"), default=-1)
+    for path, t in before.items():
+        if path[0] == "messages" and path[1] < last_a:
+            assert after[path] in (t, PIPE.turns.get(t))
     seg = segment(CHAT, body, PIPE.seg_opts)
     if seg.question:
         assert any(seg.question in t2 for t2 in after.values())

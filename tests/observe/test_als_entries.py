@@ -6,7 +6,7 @@ from __future__ import annotations
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from prometheus_client import CollectorRegistry
 
-from extproc.observe.settings import ObservabilitySettings
+from extproc.config.observability import ObservabilitySettings
 from extproc.observe.request import RequestSummary
 from extproc.server.als import AccessLogReceiver, entry_usage
 from extproc.server.observer import ResponseObserver

@@ -20,7 +20,7 @@ from fakes import EveryOther, make_request  # type: ignore[import-not-found]  # 
 
 from extproc.compression.coarse import CoarseRanker  # noqa: E402
 from extproc.compression.rewriter import CompressionRewriter  # noqa: E402
-from extproc.compression.settings import CompressionSettings  # noqa: E402
+from extproc.config.compression import CompressionSettings  # noqa: E402
 from extproc.request.openai import body_features, inspect_headers, parse_json_body  # noqa: E402
 from extproc.rewrite import Rewrite  # noqa: E402
 from extproc.routing.features import SlaClass  # noqa: E402

@@ -141,7 +141,7 @@ envoy:
 def test_client_tls_needs_cert_and_key_together() -> None:
     from pydantic import ValidationError
 
-    from extproc.trust.settings import ClientTls
+    from extproc.config.trust import ClientTls
 
     with pytest.raises(ValidationError, match="cert_path and key_path go together"):
         ClientTls(ca_path="/ca.pem", cert_path="/c.pem")

@@ -13,7 +13,7 @@ from extproc.config.load import load_config_text
 from extproc.envoyconf.render import render_envoy_config, render_envoy_yaml
 from extproc.routing.features import SlaClass
 from extproc.stack.procs import envoy_binary
-from extproc.trust.settings import TrustSettings
+from extproc.config.trust import TrustSettings
 from jwtutil import Signer  # type: ignore[import-not-found]
 
 from extproc.trust.sla import SlaSource, TrustRule, api_key_digest, headers_read, resolve_sla, rule_from_settings

@@ -1,4 +1,5 @@
-"""`observability:` in aigrid.yaml (see docs/observability.md). Everything is off by default."""
+"""`observability:` in aigrid.yaml (see docs/observability.md). Everything is off by default. It lives in the
+config layer, below everything that reads it (extproc.observe, the server, the Envoy renderer)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,56 @@
+"""How fast the grid twin simulates: requests per CPU-second, per arm, on the reference scenario.
+
+Baseline in the same run: the engine alone (the simulator's EngineCore on one replica driven by
+VirtualSim with the same prompt/output lengths), so the ratio shows what the gateway, agents, map and
+compressor cost on top of the engine. Goal in issue 9: >= 20,000 simulated requests per CPU-second.
+
+    .venv/bin/python bench/twin_speed.py [--rate 48] [--duration 20] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from extproc.sim.engine import Arrival, VirtualSim
+from extproc.sim.profiles import load_profiles, make_hardware
+from extproc.twin.arms import ARMS
+from extproc.twin.grid import run_grid
+from extproc.twin.scenario import REFERENCE_SCENARIO, load_scenario
+from extproc.workload.generate import generate_open_loop
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=48)
+    ap.add_argument("--duration", type=float, default=20)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--arms", default="B0,B1,R,R+C")
+    a = ap.parse_args()
+    sc = load_scenario(REFERENCE_SCENARIO)
+    sc = sc.model_copy(update={"sweep": sc.sweep.model_copy(update={"duration_s": a.duration, "warmup_s": 1})})
+    run_grid(sc, ARMS["R+C"], 4, 1)  # corpus, BM25 item cache, profiles: built once, not timed
+    reqs = generate_open_loop(sc.workload, a.rate, a.duration, 1)
+    # Baseline: the engines alone, the same requests (no prefix hashes), spread over the 3 replicas.
+    prof = load_profiles()
+    best_base = 0.0
+    for _ in range(a.rounds):
+        t0 = time.process_time()
+        for k, (gpu, share) in enumerate((("L40S", 0), ("H100", 1), ("H100", 2))):
+            sim = VirtualSim(make_hardware(prof, gpu, "llama-3.1-8b"))
+            sim.schedule_arrivals(Arrival(r.at, r.prompt_tokens, r.output_tokens) for i, r in enumerate(reqs) if i % 3 == share)
+            sim.run()
+        best_base = max(best_base, len(reqs) / (time.process_time() - t0))
+    print(f"engine alone (3 VirtualSims, no prefix cache): {best_base:,.0f} requests/CPU-s")
+    for arm in a.arms.split(","):
+        best = 0.0
+        for _ in range(a.rounds):
+            t0 = time.process_time()
+            res = run_grid(sc, ARMS[arm], a.rate, 1)
+            best = max(best, len(res.flights) / (time.process_time() - t0))
+        print(f"twin {arm:5s} at {a.rate:g} req/s x {a.duration:g} s ({len(res.flights)} requests, {res.events} events): "
+              f"{best:,.0f} requests/CPU-s = {best / best_base:.2f}x the engine alone (goal 20,000)")
+
+
+if __name__ == "__main__":
+    main()
