@@ -28,14 +28,14 @@ def tiny_model(tmp_path_factory):  # type: ignore[no-untyped-def]
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert-base-multilingual-cased")
 
 
-def _bodies(n: int = 16) -> list[bytes]:
-    spec = RagSpec(prompt_tokens={"median": 600, "sigma": 0.1, "min": 500, "max": 700}, documents_min=4,
-                   documents_max=4, japanese_share=0.0)
-    out = []
-    for seed in range(n):
-        item = synth_rag_item(random.Random(seed), spec)
-        out.append(json.dumps({"model": "m", "max_tokens": 8, "messages": rag_messages(item)}).encode())
-    return out
+SPEC = RagSpec(prompt_tokens={"median": 600, "sigma": 0.1, "min": 500, "max": 700}, documents_min=4, documents_max=4,
+               japanese_share=0.0)
+
+
+def _body(seq: int) -> bytes:
+    # A distinct prompt per request: the compressor's result cache must not answer for the worker.
+    item = synth_rag_item(random.Random(1000 + seq), SPEC)
+    return json.dumps({"model": "m", "max_tokens": 8, "messages": rag_messages(item)}).encode()
 
 
 def _worker_pid(st) -> int:  # type: ignore[no-untyped-def]
@@ -65,17 +65,11 @@ def comp_grid(tmp_path_factory, tiny_model):  # type: ignore[no-untyped-def]
         "compression": {"enabled": True, "model_path": str(tiny_model), "ranker": "bm25", "fixed_rate": 0.5,
                         "break_even": False, "min_prompt_tokens": 200, "deadline_ms": 1000,
                         "compressor_tokens_per_s": 50_000,
-                        "coarse": False},  # every compression goes through the model worker
+                        "coarse": False,  # every compression goes through the model worker
+                        "cache_max_documents": 0},  # ... every time: no cached result answers for it
     })
     yield st
     st.stop()
-
-
-BODIES = _bodies()
-
-
-def _body(seq: int) -> bytes:
-    return BODIES[seq % len(BODIES)]
 
 
 @pytest.mark.parametrize("mode", ["stuck", "slow", "killed"])
