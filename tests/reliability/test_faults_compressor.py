@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import run_fault, supervise_for  # type: ignore[import-not-found]
+from faultkit import run_fault, supervise_for  # type: ignore[import-not-found]
 from extproc.compression.offline import install_tiktoken_cache
 from extproc.loadtest.workloads import RagSpec, rag_messages, synth_rag_item
 from proctree import descendants  # type: ignore[import-not-found]
@@ -59,9 +59,9 @@ def _skips(st) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def comp_grid(tmp_path_factory, tiny_model):  # type: ignore[no-untyped-def]
-    from conftest import _make  # type: ignore[import-not-found]
+    from faultkit import make_grid  # type: ignore[import-not-found]
 
-    st = _make(tmp_path_factory.mktemp("compgrid"), "standin", None, {
+    st = make_grid(tmp_path_factory.mktemp("compgrid"), "standin", None, {
         "compression": {"enabled": True, "model_path": str(tiny_model), "ranker": "bm25", "fixed_rate": 0.5,
                         "break_even": False, "min_prompt_tokens": 200, "deadline_ms": 1000,
                         "compressor_tokens_per_s": 50_000,

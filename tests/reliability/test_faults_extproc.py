@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_fault  # type: ignore[import-not-found]
+from faultkit import run_fault  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import read_all_access  # type: ignore[import-not-found]
+from faultkit import read_all_access  # type: ignore[import-not-found]
 from extproc.stack.openloop import OpenLoop, summarize
 from extproc.stack.procs import free_port
 from harness import chat_body, wait_until
