@@ -149,9 +149,8 @@ class LocalStack:
                 "-m", "extproc.cli", "--log-level", "WARNING", "sim", "--name", s.name, "--gpu", s.gpu, "--model", s.model,
                 "--gpus-per-replica", str(s.gpus_per_replica), "--replicas", str(s.replicas),
                 "--host", "127.0.0.1", "--port", str(port), "--link-delay-ms", str(s.link_delay_ms),
-                # Served under the name the local grid's clients use (the demo's workloads, `aigrid up`
-                # users): the agents report the served name, and the gateway answers 404 for a model no
-                # site serves.
+                # The name the local grid's clients send is the one the site lists in /v1/models (its
+                # agent reports that list, and the gateway answers 404 for a model no site lists).
                 "--served-model-name", s.model,
                 # The demo reads prompts as they arrived (answer retention after compression).
                 "--record-prompts", "5000",

@@ -11,14 +11,15 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from extproc.compression.coarse import MAX_RANK_CHARS, CoarseRanker, coarse_budget, select_documents
+from extproc.compression.cache import quantize_rate
+from extproc.compression.coarse import MAX_RANK_CHARS, CoarseRanker
 from extproc.compression.rate import RateInputs, decide_rate
-from extproc.compression.rewriter import COARSE_TOKENS_PER_S, CompressionRewriter
+from extproc.compression.rewriter import COARSE_TOKENS_PER_S, OWN_DEADLINE_SHARE, CompressionRewriter
 from extproc.compression.segment import SegmentOptions, segment
 from extproc.config.compression import CompressionSettings
 from extproc.config import load_config_text
@@ -173,17 +174,24 @@ class Router:
         self.peers.update(gid, counts, self._clock())
 
 
-# ---- compression ------------------------------------------------------------------------------------------
+# ---- compression ----------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ItemPlan:
-    """What the compressor's real code sees of one RAG item (computed once per item)."""
+    """What the compressor's real segmenter sees of one RAG item (computed once per item)."""
 
     compressible_tokens: int
-    doc_tokens: tuple[int, ...]  # the segmenter's estimate per document
-    cost_tokens: int  # what a coarse-only pass reads
-    scores: tuple[float, ...]  # BM25 relevance per document
-    droppable: tuple[bool, ...]
+    cost_tokens: int  # what a coarse-only pass reads (rewriter: a capped prefix of each document)
     rag: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CoarseResult:
+    """The real coarse step's outcome for one item at one (quantised) rate."""
+
+    kept: tuple[int, ...]  # documents kept whole
+    cut: tuple[tuple[int, int], ...]  # (document, tokens) of a dropped document whose head fills the budget
+    texts: tuple[str, ...]  # each document's text after compression ("" when dropped)
+    changed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,21 +200,29 @@ class Compressed:
     rate: float
     reason: str
     cpu_s: float  # coarse-step CPU seconds charged (and latency added) for this request
+    cut: tuple[tuple[int, int], ...] = ()
+    texts: tuple[str, ...] = ()
 
 
 class CompressionModel:
-    """The compressor as the gateway runs it with no fine-step model (the demo's setting): the rate policy
-    of `CompressionRewriter`, then the coarse step. Items' segmentation and BM25 scores are computed with
-    the real code once per item and cached."""
+    """The compressor as the gateway runs it with no fine-step model (the demo's setting): the rewriter's
+    own rate decision (`RatePolicy`, `decide_rate` on the coarse-only inputs, the rate on its 0.05 cache
+    grid), then the real `CompressionPipeline.compress` (segmenter, ranking, `choose_documents` with its
+    quality floor, the head-of-document fill) — run once per (item, rate) and cached, since the same
+    prompt at the same rate always compresses to the same bytes (the rewriter's own ranking cache makes
+    that so)."""
 
     def __init__(self, sc: Scenario, arm: Arm, corpus: Corpus) -> None:
         cfg, self._sla = config_dict(sc, arm)
         self.settings = CompressionSettings.model_validate(cfg.get("compression", {"enabled": False}))
         self.enabled = arm.compress and self.settings.enabled
-        self.policy = CompressionRewriter(self.settings).policy  # the rewriter's own RatePolicy
+        rw = CompressionRewriter(self.settings, ranker=CoarseRanker("bm25"))
+        self.policy = rw.policy  # the rewriter's own RatePolicy
+        self.pipeline = rw.pipeline
         self.corpus = corpus
         self.tokens_per_s = sc.compressor.coarse_tokens_per_s
         self._items = item_plans(corpus, self.settings.min_segment_tokens)
+        self._key = (id(corpus), self.settings.model_dump_json())
 
     def decide(self, req: Request, routed: Routed) -> Compressed:
         if not self.enabled or req.kind != "rag":
@@ -220,21 +236,39 @@ class CompressionModel:
             compressible_tokens=ip.compressible_tokens, sla=sla, model=None, pressure=routed.pressure,
             requests_waiting=routed.requests_waiting,
             prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(routed.site, s.prefill_tokens_per_s),
-            compressor_tokens_per_s=COARSE_TOKENS_PER_S, deadline_s=s.deadline_ms / 1000.0 * 0.85,
+            compressor_tokens_per_s=COARSE_TOKENS_PER_S, deadline_s=s.deadline_ms / 1000.0 * OWN_DEADLINE_SHARE,
             cost_tokens=ip.cost_tokens,
         )
         d = decide_rate(self.policy, inputs)
         if not d.compress:
             return Compressed(None, 1.0, d.reason, 0.0)
-        budget = coarse_budget(sum(ip.doc_tokens), d.rate, False, s.coarse_slack)
-        keep = set(select_documents(ip.scores, ip.doc_tokens, budget, s.coarse_min_docs))
-        kept = tuple(i for i in range(len(ip.doc_tokens)) if i in keep or not ip.droppable[i])
+        rate = quantize_rate(d.rate)
         cpu = ip.cost_tokens / self.tokens_per_s
-        if len(kept) == len(ip.doc_tokens):
-            return Compressed(None, d.rate, "no_change", cpu)
-        return Compressed(kept, d.rate, "compressed", cpu)
+        res = self._coarse(req.item, rate)
+        if not res.changed:
+            return Compressed(None, rate, "no_change", cpu)
+        return Compressed(res.kept, rate, "compressed", cpu, res.cut, res.texts)
+
+    def _coarse(self, item: int, rate: float) -> CoarseResult:
+        key = (*self._key, item, rate)
+        hit = _COARSE_CACHE.get(key)
+        if hit is not None:
+            return hit
+        import asyncio  # noqa: PLC0415
+
+        from extproc.sim.tokens import count_text  # noqa: PLC0415
+
+        it = self.corpus.items[item]
+        body = {"model": "m", "messages": rag_messages(it)}
+        out = asyncio.run(self.pipeline.compress("/v1/chat/completions", body, rate, 60.0, None, use_fine=False))
+        texts = tuple(out.doc_texts_after) if out.doc_texts_after else tuple(d.text for d in it.docs)
+        cut = tuple((i, count_text(texts[i])) for i in out.cut_docs)
+        res = CoarseResult(tuple(out.kept_docs), cut, texts, out.body is not None)
+        _COARSE_CACHE[key] = res
+        return res
 
 
+_COARSE_CACHE: dict[tuple[Any, ...], CoarseResult] = {}
 _ITEM_CACHE: dict[tuple[int, int], tuple[ItemPlan, ...]] = {}
 
 
@@ -243,26 +277,15 @@ def item_plans(corpus: Corpus, min_segment_tokens: int) -> tuple[ItemPlan, ...]:
     hit = _ITEM_CACHE.get(key)
     if hit is not None:
         return hit
-    from extproc.compression.rewriter import _droppable  # the rewriter's own rule for whole-document drops
-
     opts = SegmentOptions(min_segment_tokens=min_segment_tokens)
-    ranker = CoarseRanker("bm25")
     out = []
     for it in corpus.items:
-        body = {"model": "m", "messages": rag_messages(it)}
-        seg = segment("/v1/chat/completions", body, opts)
+        seg = segment("/v1/chat/completions", {"model": "m", "messages": rag_messages(it)}, opts)
         if seg.rag and len(seg.documents) != len(it.docs):
             raise RuntimeError(f"item {it.key}: the segmenter found {len(seg.documents)} documents, the item has {len(it.docs)}")
-        if seg.rag:
-            _, scores = ranker._lexical(seg.question, [d.text for d in seg.documents])
-        else:
-            scores = [0.0] * len(seg.documents)
         out.append(ItemPlan(
             compressible_tokens=seg.compressible_tokens,
-            doc_tokens=tuple(d.tokens for d in seg.documents),
             cost_tokens=sum(min(d.tokens, MAX_RANK_CHARS // 4) for d in seg.documents),
-            scores=tuple(scores),
-            droppable=tuple(_droppable(seg, i) for i in range(len(seg.documents))),
             rag=bool(seg.rag),
         ))
     res = tuple(out)
@@ -271,18 +294,19 @@ def item_plans(corpus: Corpus, min_segment_tokens: int) -> tuple[ItemPlan, ...]:
 
 
 def measure_coarse_speed(corpus: Corpus, repeats: int = 1) -> float:
-    """Tokens/s of the real coarse step's BM25 ranking over the corpus' items, on this machine (wall)."""
+    """Tokens/s of the real coarse step's ranking (BM25 with its expansion and links, `rank_sync`) over the
+    corpus' items, on this machine (process CPU time)."""
     ranker = CoarseRanker("bm25")
     tokens = 0
     t0 = time.process_time()
     for _ in range(repeats):
         for it in corpus.items:
             docs = [d.text for d in it.docs]
-            ranker._lexical(it.question, docs)
+            ranker.rank_sync(it.question, docs)
             tokens += sum(min(len(d) // 4, MAX_RANK_CHARS // 4) for d in docs)
     dt = max(time.process_time() - t0, 1e-9)
     return tokens / dt
 
 
 __all__ = ["ArmUnavailable", "CompressionModel", "Compressed", "Routed", "Router", "config_dict",
-           "measure_coarse_speed", "replace", "routing_available"]
+           "measure_coarse_speed", "routing_available"]

@@ -77,6 +77,22 @@ def _block_hashes(segments: tuple[tuple[str, int], ...], bs: int = BLOCK) -> tup
 _block_hashes_cached = functools.lru_cache(maxsize=8192)(_block_hashes)
 
 
+def compressed_segments(corpus: Any, item: int, kept: tuple[int, ...], cut: tuple[tuple[int, int], ...]) -> tuple[tuple[str, int], ...]:
+    """The segments of a compressed RAG prompt: the kept documents whole, a dropped one's head where the
+    coarse step filled the budget with it (same key, fewer tokens: it shares the document's first blocks)."""
+    full = rag_segments(corpus, item)
+    heads = dict(cut)
+    docs = corpus.items[item].docs
+    out = [full[0], full[1]]
+    for i in range(len(docs)):
+        if i in kept:
+            out.append(full[2 + i])
+        elif i in heads:
+            out.append((full[2 + i][0], heads[i] + 2))
+    out.append(full[-1])
+    return tuple(out)
+
+
 @dataclass(slots=True)
 class Flight:
     """One request's life in the twin."""
@@ -263,11 +279,12 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
             if trace and comp.enabled and req.kind == "rag":
                 res.keep_rates.append((now, c.rate))
             if c.kept is not None:
-                segs = rag_segments(corpus, req.item, c.kept)
+                segs = compressed_segments(corpus, req.item, c.kept, c.cut)
                 fl.segments = segs
                 fl.prompt_gpu = sum(x for _, x in segs)
-                gold = corpus.items[req.item].gold
-                fl.retained = all(g in c.kept for g in gold)
+                it = corpus.items[req.item]
+                # Kept: every gold document whole, or the part of it the answer needs still in its text.
+                fl.retained = all(g in c.kept or needle in c.texts[g] for g, needle in zip(it.gold, it.needles))
             else:
                 fl.prompt_gpu = req.prompt_tokens
                 fl.segments = req.segments

@@ -59,6 +59,8 @@ def goodput_bars(doc: dict[str, Any], path: Path) -> Path:
             ax.annotate("≥ (top of sweep)", (i, vals[i]), ha="center", va="bottom", fontsize=7)
     ax.set_ylabel("goodput (requests/s at SLO)")
     ax.set_title("Goodput per arm, 95% bootstrap interval over seeds")
+    # Arm names such as R+C-noSLA run into each other on a horizontal axis.
+    ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -74,6 +74,9 @@ class RagItem:
     answer: str
     docs: tuple[Document, ...]  # in prompt order
     gold: tuple[int, ...]  # indices into docs the answer needs (all of them)
+    # Per gold document, the text that must survive in it: the answer in the fact document, the
+    # engineer's name in a two-document question's bridge document.
+    needles: tuple[str, ...] = ()
 
     @property
     def doc_tokens(self) -> int:
@@ -179,7 +182,9 @@ def build_corpus(spec: RagSpec) -> Corpus:
             docs = [*gold_docs, *distractors]
             irng.shuffle(docs)
             gold = tuple(sorted(docs.index(g) for g in gold_docs))
-            items.append(RagItem(f"{e}:{kind}", kind, e, question, answer, tuple(docs), gold))
+            needle = {id(staff[e]): f["engineer"] if kind == "two_doc" else answer, id(profile[e]): answer}
+            needles = tuple(needle[id(docs[g])] for g in gold)
+            items.append(RagItem(f"{e}:{kind}", kind, e, question, answer, tuple(docs), gold, needles))
     return Corpus(tuple(items), n)
 
 

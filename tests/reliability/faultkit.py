@@ -1,13 +1,16 @@
-"""Fault injection under steady open-loop load through the real local grid (`LocalStack`, what `aigrid up`
-runs): every client-visible error and every request Envoy failed open on is counted. (A module of its own
-name: `conftest` is ambiguous across test folders when imported by name.)"""
+"""Fault injection helpers and fixtures (tests/reliability/conftest.py exposes the fixtures; a module of
+its own because every tests folder has a conftest.py, and `from conftest import ...` finds whichever
+was imported first). Fault injection under steady open-loop load through the real local grid (`LocalStack`, what `aigrid up`
+runs): every client-visible error and every request Envoy failed open on is counted."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from extproc.stack.local import LocalStack, SiteSpec
 from extproc.stack.openloop import OpenLoop, Summary, read_access_log, recovery_s, summarize
@@ -89,7 +92,28 @@ def read_all_access(stack: LocalStack | Path, since: float, expected: int, timeo
         time.sleep(0.2)
 
 
-def make_grid(root: Path, upstream: str, sites: tuple[SiteSpec, ...] | None, overrides: dict) -> LocalStack:
+@pytest.fixture
+def grid(tmp_path: Path) -> Iterator[Callable[..., LocalStack]]:
+    made: list[LocalStack] = []
+
+    def make(upstream: str = "standin", sites: tuple[SiteSpec, ...] | None = None, **overrides: dict) -> LocalStack:
+        o = {"envoy": {"access_log": True, "health_check_interval_ms": 500}, "gateway": {"drain_grace_s": 5}}
+        for k, v in overrides.items():
+            o.setdefault(k, {}).update(v)
+        kw = {"sites": sites} if sites else {}
+        st = LocalStack(tmp_path / f"grid{len(made)}", envoy_port=free_port(), admin_port=free_port(),
+                        upstream=upstream, overrides=o, **kw)
+        st.group.policy = RestartPolicy(base_s=0.2, max_s=2.0)
+        made.append(st)
+        st.__enter__()
+        return st
+
+    yield make
+    for st in made:
+        st.stop()
+
+
+def _make(root: Path, upstream: str, sites: tuple[SiteSpec, ...] | None, overrides: dict) -> LocalStack:
     o: dict = {"envoy": {"access_log": True, "health_check_interval_ms": 500}, "gateway": {"drain_grace_s": 5}}
     for k, v in overrides.items():
         o.setdefault(k, {}).update(v)
@@ -109,3 +133,12 @@ SIM_SITES = (
     SiteSpec("edge", "edge", gpu="L40S", replicas=1, link_delay_ms=5.0, rtt_ms=10.0, running_capacity=8),
     SiteSpec("remote", "remote", gpu="H100", replicas=2, link_delay_ms=0.0, rtt_ms=1.0, running_capacity=48),
 )
+
+
+@pytest.fixture(scope="module")
+def sim_grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Simulated GPU sites with their agents, Redis, ext_proc and Envoy: shared by a module's scenarios,
+    each of which leaves it healthy again."""
+    st = _make(tmp_path_factory.mktemp("simgrid"), "sim", SIM_SITES, {"gateway": {"rtt_probe_interval_s": 0.5}})
+    yield st
+    st.stop()

@@ -4,6 +4,7 @@ simply goes uncompressed (`aigrid_rewrite_skips_total`)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -28,14 +29,14 @@ def tiny_model(tmp_path_factory):  # type: ignore[no-untyped-def]
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert-base-multilingual-cased")
 
 
-SPEC = RagSpec(prompt_tokens={"median": 600, "sigma": 0.1, "min": 500, "max": 700}, documents_min=4, documents_max=4,
-               japanese_share=0.0)
-
-
-def _body(seq: int) -> bytes:
-    # A distinct prompt per request: the compressor's result cache must not answer for the worker.
-    item = synth_rag_item(random.Random(1000 + seq), SPEC)
-    return json.dumps({"model": "m", "max_tokens": 8, "messages": rag_messages(item)}).encode()
+def _bodies(n: int = 16) -> list[bytes]:
+    spec = RagSpec(prompt_tokens={"median": 600, "sigma": 0.1, "min": 500, "max": 700}, documents_min=4,
+                   documents_max=4, japanese_share=0.0)
+    out = []
+    for seed in range(n):
+        item = synth_rag_item(random.Random(seed), spec)
+        out.append(json.dumps({"model": "m", "max_tokens": 8, "messages": rag_messages(item)}).encode())
+    return out
 
 
 def _worker_pid(st) -> int:  # type: ignore[no-untyped-def]
@@ -59,17 +60,27 @@ def _skips(st) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def comp_grid(tmp_path_factory, tiny_model):  # type: ignore[no-untyped-def]
-    from faultkit import make_grid  # type: ignore[import-not-found]
+    from faultkit import _make  # type: ignore[import-not-found]
 
-    st = make_grid(tmp_path_factory.mktemp("compgrid"), "standin", None, {
+    st = _make(tmp_path_factory.mktemp("compgrid"), "standin", None, {
         "compression": {"enabled": True, "model_path": str(tiny_model), "ranker": "bm25", "fixed_rate": 0.5,
                         "break_even": False, "min_prompt_tokens": 200, "deadline_ms": 1000,
                         "compressor_tokens_per_s": 50_000,
-                        "coarse": False,  # every compression goes through the model worker
-                        "cache_max_documents": 0},  # ... every time: no cached result answers for it
+                        "coarse": False},  # every compression goes through the model worker
     })
     yield st
     st.stop()
+
+
+# Every request its own documents, across the three runs too (each numbers its requests from 0): the
+# compressor caches results by content (same input, same bytes), so a repeated body would be answered
+# from that cache without the worker this test takes down.
+BODIES = _bodies(400)
+_SENT = itertools.count()
+
+
+def _body(seq: int) -> bytes:
+    return BODIES[next(_SENT) % len(BODIES)]
 
 
 @pytest.mark.parametrize("mode", ["stuck", "slow", "killed"])
