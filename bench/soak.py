@@ -29,6 +29,7 @@ from extproc.stack.local import LocalStack  # noqa: E402
 from extproc.stack.openloop import OpenLoop, summarize  # noqa: E402
 from extproc.stack.procs import free_port  # noqa: E402
 
+# The local grid's sites serve under this name (LocalStack passes --served-model-name).
 MODEL = "llama-3.1-8b"
 
 

@@ -127,6 +127,9 @@ def _aggregate_cluster(site: SiteConfig, cfg: GatewayConfig) -> dict[str, Any]:
                 "clusters": [s.cluster_name for s in _failover_order(site, cfg)],
             },
         },
+        # Retries are admitted by the route's cluster, this one: Envoy's default of 3 concurrent retries
+        # refused failover (503, flags UO) when a site died under 10 req/s of 100-400 ms requests.
+        "circuit_breakers": {"thresholds": [{"max_retries": cfg.envoy.upstream_max_requests}]},
     }
 
 

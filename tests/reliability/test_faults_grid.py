@@ -76,13 +76,11 @@ def test_site_killed_and_restarted(sim_grid) -> None:
     failed = [o for o in run.outcomes if not o.ok]
     print(f"in flight at the kill: {len(cut)} (client side; Envoy's upstream_rq_active on the site just before: {in_flight[0]}); "
           f"failed: {len(failed)}, of which started after the site was gone: {sum(o.start > killed_at[0] for o in failed)}")
-    # A request Envoy dispatches in the instant after the kill, onto a pooled connection to the dead
-    # process whose close it has not yet read, fails too (reset after the request was written: not
-    # retried, by design — an LLM request is never run twice). Measured: 0-1 per kill. Beyond that
-    # instant, every request is served.
-    late = [o for o in failed if o.start > killed_at[0] + 0.2]
+    # Every request sent after the kill is served elsewhere (connect failure → next priority). This
+    # caught Envoy's default of 3 concurrent retries on the aggregate cluster refusing failover (503 UO).
+    late = [o for o in failed if o.start > killed_at[0]]
     assert late == [], late
-    assert len(failed) <= len(cut) + 1
+    assert len(failed) <= len(cut)
     assert st.process("site-remote").alive()
     served_after = [a for a in run.access if a.start > run.fault_at + 0.5 and a.status == 200]
     assert served_after, "requests were served after the kill"
