@@ -54,8 +54,12 @@ def sentinel(redis_proc: RedisProc, tmp_path: Path) -> Iterator[int]:
 def cluster(tmp_path: Path) -> Iterator[int]:
     """A one-node Redis Cluster owning all 16384 slots."""
     port = free_port()
+    # The cluster bus listens on its own port: by default port + 10000, which for a free port above
+    # 55535 does not exist and the server exits (the fixture's old intermittent "did not start").
+    bus = free_port()
     proc = subprocess.Popen(
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+         "--cluster-port", str(bus),
          "--cluster-config-file", str(tmp_path / "nodes.conf"), "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
