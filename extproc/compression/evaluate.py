@@ -31,7 +31,7 @@ from typing import Any
 
 from extproc.compression.coarse import CoarseRanker
 from extproc.compression.fine import FineCompressor
-from extproc.compression.rewriter import CompressionPipeline
+from extproc.compression.pipeline import CompressionPipeline
 from extproc.config.compression import CompressionSettings
 
 DATA_DIR = Path(__file__).resolve().parent / "data"

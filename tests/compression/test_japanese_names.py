@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc.compression.coarse import katakana_name, morpheme_spans_of, unknown_name_spans
-from extproc.compression.rewriter import _prepare
+from extproc.compression.pipeline import _prepare
 from extproc.compression.segment import Piece, restore
 
 KATA = ["カ", "ル", "ミ", "ナ", "ト", "セ", "リ", "ア", "ノ", "ヴェ", "ロ", "サ", "キ", "ネ", "ラ", "ソ", "ユ", "メ", "ダ", "ホ"]

@@ -16,11 +16,11 @@ from fakes import EveryOther, make_request  # noqa: E402
 
 from extproc.compression.coarse import CoarseRanker  # noqa: E402
 from extproc.compression.fine import FineResult  # noqa: E402
+from extproc.compression.pipeline import model_rate  # noqa: E402
 from extproc.compression.rewriter import (  # noqa: E402
     HEADER,
     CompressionRewriter,
     build_compression_rewriter,
-    model_rate,
 )
 from extproc.compression.segment import is_subsequence, units  # noqa: E402
 from extproc.config.compression import CompressionSettings  # noqa: E402

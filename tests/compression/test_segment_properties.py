@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakes import EveryOther  # noqa: E402
 
 from extproc.compression.coarse import CoarseRanker  # noqa: E402
-from extproc.compression.rewriter import CompressionPipeline  # noqa: E402
+from extproc.compression.pipeline import CompressionPipeline  # noqa: E402
 from extproc.compression.segment import PROTECT_CLOSE, PROTECT_OPEN, SegmentOptions, is_subsequence, segment, units  # noqa: E402
 from extproc.config.compression import CompressionSettings  # noqa: E402
 
