@@ -23,5 +23,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned (in pyproject) to the CPU build; an unpinned torch would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q -e '.[compress,dev,otel]'
+.venv/bin/python -m pip install -q -e '.[compress,agent,tools,dev,otel]'
 echo "install.sh: ready (.venv)"
