@@ -14,7 +14,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from extproc.config.schema import GatewayConfig, ProfileSpec, StepSpec
-from extproc.routing.framework import Filter, Picker, Profile, Rule, Scorer, Step, StepKind
+from extproc.routing.framework import Profile, Rule, Scorer, Step, StepKind
 
 
 class NoParams(BaseModel):

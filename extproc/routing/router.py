@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 from extproc.config.schema import GatewayConfig
 from extproc.loadmap.model import LoadSnapshot
@@ -120,10 +120,4 @@ class Router:
         self.profile.on_response(site, features, now)
 
 
-def decide_with(profile: Profile, ctx: RoutingContext) -> Decision:
-    """One decision of `profile` over an explicit context (no state advanced): for tests and tools."""
-    return profile.decide(ctx)
-
-
-SnapshotSource = Callable[[], LoadSnapshot]
-__all__: Sequence[str] = ("Router", "keyed_draw", "decide_with", "VIEW_TTL_S", "SnapshotSource")
+__all__ = ["VIEW_TTL_S", "Router", "keyed_draw"]
