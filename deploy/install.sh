@@ -24,4 +24,11 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned (in pyproject) to the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q -e '.[compress,agent,tools,dev,otel]'
+# xds-protos ships older copies of opentelemetry-proto's modules under the same paths, and whichever
+# package installs last wins. The OTLP exporter (otel extra) needs opentelemetry-proto's own files (a
+# superset: Envoy's protos load with them too), so they are put back after everything else.
+otel_proto=$(.venv/bin/python -m pip show opentelemetry-proto 2>/dev/null | sed -n 's/^Version: //p')
+if [ -n "$otel_proto" ]; then
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$otel_proto"
+fi
 echo "install.sh: ready (.venv)"
