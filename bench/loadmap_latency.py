@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,14 +36,9 @@ from extproc.loadreport.keys import RedisKeys  # noqa: E402
 from extproc.loadreport.load_report_pb2 import NodeLoadReport  # noqa: E402
 from extproc.routing.features import RequestFeatures, SlaClass  # noqa: E402
 from extproc.server.gateway import Gateway  # noqa: E402
+from extproc.stack.procs import free_port  # noqa: E402
 
 SITE, NODE = "bench", "n1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -87,10 +88,47 @@ class StackError(RuntimeError):
     """A component did not start; the message names which and where its log is."""
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for the local port of outgoing connections (Linux; IANA's 49152-65535 elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def listen_port_candidates(ephemeral: tuple[int, int], floor: int = 20000) -> range:
+    """Ports a test or a local stack may pick to listen on: below the ephemeral range, above `floor`
+    (clear of well-known and most registered services). Pure; empty when the ephemeral range starts
+    below `floor`, and the caller then falls back to the kernel's choice."""
+    return range(floor, max(floor, ephemeral[0]))
+
+
+_handed_out: set[int] = set()
+_next_pick = random.Random(os.getpid())
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now and this process has not handed out before.
+
+    Why not bind to port 0 and release it: the kernel picks that port from the *ephemeral* range, the
+    same range every outgoing connection (a health probe, a client, Envoy's upstream pool) takes its
+    local port from; between the release and the child's own bind, one of those can take it ("cannot
+    bind: Address already in use", seen in CI). Ports below the ephemeral range are never assigned to
+    outgoing sockets, so a port free now stays free until someone deliberately listens on it; the set of
+    ports handed out keeps two callers in this process from getting the same one."""
+    candidates = listen_port_candidates(ephemeral_port_range())
+    for _ in range(200 if len(candidates) else 0):
+        port = candidates[_next_pick.randrange(len(candidates))]
+        if port in _handed_out or not port_is_free(port, host):
+            continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

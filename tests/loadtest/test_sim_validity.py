@@ -4,7 +4,6 @@ sites' /sim/timing read over real HTTP (simulated sites on loopback)."""
 from __future__ import annotations
 
 import json
-import socket
 
 import aiohttp
 import pytest
@@ -14,6 +13,7 @@ from extproc.loadtest import stats as S
 from extproc.loadtest.report import render_summary, report_validity, summary_rows, write_report
 from extproc.loadtest.runner import LoadResult, attach_sim_validity, fetch_sim_timing, sim_base_url
 from extproc.sim import SiteConfig, start_sim_site
+from extproc.stack.procs import free_port as _free_port
 
 OK = {"steps": 500, "lateness_p99_s": 0.004, "lateness_p99_bound_s": 0.020, "slip_seconds": 0.0, "max_slip_s": 0.0, "valid": True}
 LATE = {**OK, "lateness_p99_s": 0.0731, "valid": False}
@@ -73,12 +73,6 @@ def test_report_marks_an_invalid_run_and_says_why(tmp_path) -> None:
 def test_base_url_from_metrics_url() -> None:
     assert sim_base_url("http://127.0.0.1:8001/metrics") == "http://127.0.0.1:8001"
     assert sim_base_url("http://127.0.0.1:8001/metrics/dcgm/") == "http://127.0.0.1:8001"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_fetch_reads_each_sites_verdict_over_http() -> None:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any, AsyncIterator, Callable, Awaitable
 
 import pytest
 
 from extproc.sim import SimSite, SiteConfig, start_sim_site
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (bind to port 0, read it back, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from extproc.stack.procs import free_port
 
 
 @pytest.fixture
