@@ -26,6 +26,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", default=None, help="LLMLingua-2 model directory (omit: coarse step only)")
     p.add_argument("--rates", default="0.33,0.5,0.7", help="comma-separated keep-rates (default 0.33,0.5,0.7)")
     p.add_argument("--ranker", default="auto", choices=["auto", "bm25", "embedding", "hybrid"])
+    p.add_argument("--embedding-model", default=None,
+                   help="sentence-transformers directory for the coarse ranker (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--embedding-languages", default="en",
+                   help="comma-separated languages 'auto' ranks with the embedding model (en, ja; default en)")
     p.add_argument("--no-coarse", action="store_true", help="skip the coarse step (fine step only)")
     p.add_argument("--lang", default=None, help="only items of this language (en, ja)")
     p.add_argument("--limit", type=int, default=None, help="only the first N items (after --lang)")
@@ -66,12 +70,17 @@ async def _run(args: argparse.Namespace) -> int:
     if not items:
         console.print("[red]no items to evaluate[/red]")
         return 2
+    langs = [x.strip() for x in args.embedding_languages.split(",") if x.strip()]
+    if any(x not in ("en", "ja") for x in langs):
+        console.print(f"[red]--embedding-languages: each must be en or ja: {args.embedding_languages!r}[/red]")
+        return 2
     settings = CompressionSettings(
         enabled=True, model_path=args.model, ranker=args.ranker, coarse=not args.no_coarse, min_prompt_tokens=0,
+        embedding_model_path=args.embedding_model, embedding_languages=langs,
         # Each item and rate is measured cold: no ranking or compressed piece reused from another rate.
         cache_max_documents=0, cache_max_chars=0, cache_max_rankings=0,
     )
-    ranker = None if args.no_coarse else CoarseRanker(args.ranker, settings.embedding_model_path)
+    ranker = None if args.no_coarse else CoarseRanker(args.ranker, settings.embedding_model_path, settings.embedding_languages)
     if ranker is not None and args.ranker != "bm25":
         if not await ranker.ready():
             console.print("[yellow]embedding model unavailable: ranking with BM25 only[/yellow]")

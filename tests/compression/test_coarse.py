@@ -240,3 +240,95 @@ def test_promote_linked() -> None:
     assert out[1] < out[0] and out[1] > out[2]
     # A link from a document that does not rank among the anchors promotes nothing.
     assert promote_linked([1.0, 0.9, 0.1, 0.0], [(), (), (3,), ()], anchors=2) == [1.0, 0.9, 0.1, 0.0]
+
+
+# ---- the dense ranker per sentence, month normalisation, embedding languages -------------------------------
+from extproc.compression.coarse import MAX_RANK_SENTENCES, dense_scores, month_terms, sentences  # noqa: E402
+
+
+def test_blend_of_three_rankers_is_the_mean_of_their_normalised_scores() -> None:
+    assert blend([0.0, 2.0], [1.0, 0.0], [5.0, 5.0]) == [pytest.approx(1 / 3), pytest.approx(1 / 3)]
+    assert blend([1.0, 2.0, 3.0]) == [0.0, 0.5, 1.0]
+
+
+def test_sentences_split_latin_and_japanese_and_never_return_none() -> None:
+    assert sentences("The root cause was DNS. It pointed at a retired host! Why?") == [
+        "The root cause was DNS.", "It pointed at a retired host!", "Why?"]
+    assert sentences("根本原因はDNSでした。廃止済みホストを指していました。") == ["根本原因はDNSでした。", "廃止済みホストを指していました。"]
+    assert sentences("line one\n\nline two") == ["line one", "line two"]
+    # A version number or a decimal is not a sentence end (no space after the dot).
+    assert sentences("Firmware 1.2.6 raised it to 19.0 Gbit/s.") == ["Firmware 1.2.6 raised it to 19.0 Gbit/s."]
+    assert sentences("") == [""] and sentences("   ") == [""]
+    assert len(sentences("A. " * 500)) == MAX_RANK_SENTENCES
+
+
+def test_dense_scores_document_and_best_sentence() -> None:
+    np = pytest.importorskip("numpy")
+    q = np.array([1.0, 0.0])
+    # Document 0: one sentence on the question, one off it; document 1: two sentences half-way.
+    s = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.8, 0.6]])
+    d = dense_scores(q, s, [2, 2])
+    assert d.best_sentence == [pytest.approx(1.0), pytest.approx(0.8)]
+    # The mean vector of document 0 points at 45 degrees: cos = 0.707 < 0.8 of document 1.
+    assert d.document == [pytest.approx(2 ** -0.5), pytest.approx(0.8)]
+    # Opposite sentences cancel: a zero mean vector scores 0, not NaN.
+    assert dense_scores(q, np.array([[0.0, 1.0], [0.0, -1.0]]), [2]).document == [0.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("the release that came out in February 2025?", ["=ym2025-02"]),
+        ("published on 2025-02-14 and fixes CVE-2025-34387", ["=ym2025-02"]),  # the CVE id is no date
+        ("left on March 6, 2025 aboard", ["=ym2025-03"]),
+        ("signed on 20 July 2024 in Osaka", ["=ym2024-07"]),  # once, not also as "July 2024"
+        ("Sept. 2023 and 2021/3/4", ["=ym2023-09", "=ym2021-03"]),
+        ("2024年7月に公開されたリリース", ["=ym2024-07"]),
+        ("2024-07-20に公開され", ["=ym2024-07"]),
+        ("version 2024.07.1 and build 1.2024-05", []),  # version strings are not dates
+        ("2024-13-01 and Smarch 2024", []),  # no 13th month, no such month name
+    ],
+)
+def test_month_terms(text: str, want: list[str]) -> None:
+    assert month_terms(text) == want
+
+
+def test_a_month_in_words_finds_the_release_note_with_the_iso_date() -> None:
+    docs = [
+        "varkakit 1.0.9 was published on 2024-11-02 and fixes CVE-2024-11111.",
+        "varkakit 1.1.0 was published on 2025-02-14 and fixes CVE-2025-34387.",
+        "varkakit 1.1.1 was published on 2025-05-30 and fixes CVE-2025-40001.",
+    ]
+    q = terms("Which CVE was fixed by the varkakit release that came out in February 2025?", "en", query=True)
+    s = bm25_scores(q, [terms(d, "en") for d in docs])
+    assert max(range(3), key=s.__getitem__) == 1
+
+
+def test_auto_sends_only_the_configured_languages_to_the_embedding_model() -> None:
+    import numpy as np
+
+    class _Unit:
+        def encode(self, texts, **kw):
+            v = np.zeros((len(texts), 2))
+            v[:, 0] = 1.0
+            return v
+
+    en_only = CoarseRanker("auto")
+    both = CoarseRanker("auto", embedding_languages=("en", "ja"))
+    for r in (en_only, both):
+        r._model = _Unit()
+    q = "特急かもめ31号は何番線から発車しますか？"
+    assert en_only.rank_sync(q, DOCS_JA).method == "bm25"
+    assert both.rank_sync(q, DOCS_JA).method == "hybrid"
+    assert en_only.rank_sync("Who opened ticket INC-4821?", DOCS_EN).method == "hybrid"
+
+
+def test_embedding_languages_setting_is_validated() -> None:
+    from pydantic import ValidationError
+
+    from extproc.config.compression import CompressionSettings
+
+    assert CompressionSettings().embedding_languages == ["en"]
+    assert CompressionSettings(embedding_languages=["en", "ja"]).embedding_languages == ["en", "ja"]
+    with pytest.raises(ValidationError):
+        CompressionSettings(embedding_languages=["fr"])
