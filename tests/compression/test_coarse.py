@@ -243,7 +243,13 @@ def test_promote_linked() -> None:
 
 
 # ---- the dense ranker per sentence, month normalisation, embedding languages -------------------------------
-from extproc.compression.coarse import MAX_RANK_SENTENCES, dense_scores, month_terms, sentences  # noqa: E402
+from extproc.compression.coarse import (  # noqa: E402
+    MAX_RANK_SENTENCES,
+    dense_scores,
+    month_terms,
+    question_clauses,
+    sentences,
+)
 
 
 def test_blend_of_three_rankers_is_the_mean_of_their_normalised_scores() -> None:
@@ -268,11 +274,41 @@ def test_dense_scores_document_and_best_sentence() -> None:
     # Document 0: one sentence on the question, one off it; document 1: two sentences half-way.
     s = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.8, 0.6]])
     d = dense_scores(q, s, [2, 2])
-    assert d.best_sentence == [pytest.approx(1.0), pytest.approx(0.8)]
+    assert d.clause_match == [pytest.approx(1.0), pytest.approx(0.8)]
     # The mean vector of document 0 points at 45 degrees: cos = 0.707 < 0.8 of document 1.
     assert d.document == [pytest.approx(2 ** -0.5), pytest.approx(0.8)]
     # Opposite sentences cancel: a zero mean vector scores 0, not NaN.
     assert dense_scores(q, np.array([[0.0, 1.0], [0.0, -1.0]]), [2]).document == [0.0]
+
+
+def test_clause_match_rewards_the_document_that_answers_every_clause() -> None:
+    np = pytest.importorskip("numpy")
+    # Two clauses, along x and y; the question vector between them.
+    clauses = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    q = np.array([0.7071, 0.7071, 0.0])
+    both = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]  # one sentence per clause: the answer's document
+    one = [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]  # the first clause only, and an unrelated sentence
+    blurred = [[0.7071, 0.7071, 0.0], [0.0, 0.0, 1.0]]  # one sentence near the whole question
+    s = np.array(both + one + blurred)
+    whole = dense_scores(q, s, [2, 2, 2])
+    # Matched whole, the blurred distractor beats the answer's document (1.0 against 0.71).
+    assert whole.clause_match[2] > whole.clause_match[0] + 0.2
+    per_clause = dense_scores(q, s, [2, 2, 2], clauses)
+    assert per_clause.clause_match == [pytest.approx(1.0), pytest.approx(0.5), pytest.approx(0.7071, abs=1e-3)]
+    # One clause is the whole question again.
+    assert dense_scores(q, s, [2, 2, 2], clauses[:1]).clause_match == whole.clause_match
+
+
+def test_question_clauses() -> None:
+    q = ("Who filed the report when the sign-in service went down because of a name-server entry aimed at a "
+         "decommissioned machine?")
+    assert question_clauses(q) == ["Who filed the report", "when the sign-in service went down",
+                                   "because of a name-server entry aimed at a decommissioned machine?"]
+    assert question_clauses("Who opened ticket INC-4821?") == []
+    # A one-word fragment is no facet; one facet left is the whole question.
+    assert question_clauses("Osaka, which line?") == []
+    assert question_clauses("撤去したサーバーが原因で、サインイン機能が止まったとき、報告を上げたのは誰ですか？") == [
+        "撤去したサーバーが原因で", "サインイン機能が止まったとき", "報告を上げたのは誰ですか？"]
 
 
 @pytest.mark.parametrize(
@@ -332,3 +368,16 @@ def test_embedding_languages_setting_is_validated() -> None:
     assert CompressionSettings(embedding_languages=["en", "ja"]).embedding_languages == ["en", "ja"]
     with pytest.raises(ValidationError):
         CompressionSettings(embedding_languages=["fr"])
+
+
+def test_a_linked_question_anchor_leads_wherever_a_blend_put_it() -> None:
+    # The rename notice (2) names the question's ship and links the shipment under the new name (3); a
+    # blended dense ranker put two other shipments from the same port above both.
+    scores = [0.88, 0.01, 0.80, 0.76, 0.85, 0.08]
+    links: list[tuple[int, ...]] = [(), (), (), (2,), (), ()]
+    final = promote_linked(scores, links)
+    order = sorted(range(6), key=lambda i: -final[i])
+    assert order[:2] == [3, 2]
+    # Low in the spread, a linked anchor promotes nothing.
+    low = [1.0, 0.9, 0.1, 0.0]
+    assert promote_linked(low, [(), (), (3,), ()]) == low
