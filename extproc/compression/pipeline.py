@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 THREAD_BODY_BYTES = 64 * 1024
 # A dropped whole-message document (a tool output, an earlier user message) keeps this many leading
 # units: removing the message would break tool_call pairing or role alternation.
-STUB_UNITS = 24
+STUB_UNITS = 8
 # The coarse step fills unspent budget with the head of the best dropped document only when at least this
 # much fits (a few words of a document help no one).
 MIN_FILL_TOKENS = 16
@@ -141,11 +141,9 @@ def _stub_tokens(seg: Segmentation, di: int) -> int:
 
 def _fill(seg: Segmentation, di: int, room: int, out: dict[tuple[int, int], str]) -> bool:
     """Bring back the head of dropped document `di` (its marker and tags as they were, then the first
-    units of its text) in about `room` tokens. False (and no change) for a whole-message document or when
-    not even a few units fit."""
+    units of its text) in about `room` tokens; for a whole-message document the head replaces its stub
+    (`room` then includes what the stub cost). False (and no change) when not even a few units fit."""
     d = seg.documents[di]
-    if d.whole_message:
-        return False
     slot = seg.slots[d.slot]
     fixed = sum(estimate_tokens(slot.pieces[pi].text) for pi in d.pieces if not slot.pieces[pi].compress)
     left = room - fixed
@@ -307,15 +305,15 @@ class CompressionPipeline:
                     out.doc_tokens_before, rate, fine is not None, self.settings.coarse_slack
                 )
                 final = ranking.final_scores()
+                # A dropped whole-message document stays as a stub, which the budget must pay for. Kept set
+                # K costs sum(t_i, K) + sum(s_i, not K) = sum(s_i) + sum(t_i - s_i, K): choosing with
+                # t_i - s_i against the budget less every stub is exact, whatever is kept.
+                stub = [_stub_tokens(seg, di) for di in range(len(tokens))]
+                if any(stub):
+                    tokens = [max(0, t - s) for t, s in zip(tokens, stub)]
+                    budget = max(0, budget - sum(stub))
                 sel = choose_documents(final, tokens, budget, self.settings.coarse_min_docs,
                                        self.settings.coarse_flat_margin, self.settings.coarse_floor_max_factor)
-                # A dropped whole-message document stays as a stub, which the budget must pay for: choose
-                # once more with what the stubs of the first choice cost taken off.
-                stubs = sum(_stub_tokens(seg, di) for di in range(len(tokens)) if di not in sel.kept)
-                if stubs:
-                    budget = max(0, budget - stubs)
-                    sel = choose_documents(final, tokens, budget, self.settings.coarse_min_docs,
-                                           self.settings.coarse_flat_margin, self.settings.coarse_floor_max_factor)
                 keep = set(sel.kept)
                 for di in range(len(seg.documents)):
                     if di not in keep and _droppable(seg, di):
@@ -327,7 +325,9 @@ class CompressionPipeline:
                     room = budget - sum(tokens[i] for i in range(len(tokens)) if i not in dropped)
                     order = sorted(dropped, key=lambda i: (-final[i], i))
                     # Only a document the ranker found relevant at all (an unrelated 1 MB log is not).
-                    if order and final[order[0]] > 0 and room >= MIN_FILL_TOKENS and _fill(seg, order[0], room, repl):
+                    if order and final[order[0]] > 0 and room >= MIN_FILL_TOKENS and _fill(
+                        seg, order[0], room + stub[order[0]], repl
+                    ):
                         out.cut_docs = [order[0]]
                 out.kept_docs = [i for i in range(len(seg.documents)) if i not in dropped]
                 out.coarse_decision = sel.decision
