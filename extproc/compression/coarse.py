@@ -14,10 +14,11 @@ Rankers:
     question against its best sentence, averaged: late interaction). A paraphrased question ("when the
     sign-in service went down | because of a name-server entry aimed at a decommissioned machine")
     matches one sentence of the answer's document per clause ("the login service returned 503", "a DNS
-    record that pointed at a retired host"); a distractor matches one clause only. The model is English-only (it ranked Japanese gold
-    passages first 0% of the time in our field notes), so "auto" uses it only for the languages in
-    `embedding_languages` (English by default; add "ja" with a multilingual model), blended with BM25:
-    document, clause match and BM25, each min-max normalised, equal weights.
+    record that pointed at a retired host"); a distractor matches one clause only. The model is
+    English-only (it ranked Japanese gold passages first 0% of the time in our field notes), so "auto"
+    uses it only for the languages in `embedding_languages` (English by default; add "ja" with a
+    multilingual model), blended with BM25: document, clause match and BM25, each min-max normalised,
+    equal weights.
 The model loads in a background thread on first use; until it is ready, "auto" ranks with BM25 alone,
 so the first requests after start are not held up by a 10-second import. Ranking runs off the event loop
 in a single thread (at most one core, whatever the concurrency).
