@@ -550,12 +550,29 @@ _JA_CAUSE = {"TLS証明書の期限切れ": "有効期限が過ぎたTLS証明�
 
 
 # ---- English ------------------------------------------------------------------------------------------------
+def _incident_siblings(
+    r: random.Random, services: dict[str, str], causes: dict[str, str]
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """The gold incident's (service, cause) and its three siblings: same service, other cause; same cause,
+    other service; neither. Shared by both languages' paraphrase templates (same draws, same order)."""
+    combos = [(s, c) for s in services for c in causes]
+    svc, cause = r.choice(combos)
+    sib = [r.choice([(svc, c) for c in causes if c != cause]), r.choice([(s, cause) for s in services if s != svc])]
+    sib.append(r.choice([(s, c) for s, c in combos if s != svc and c != cause]))
+    return svc, cause, sib
+
+
+def _distinct_weight(r: random.Random, taken: list[str]) -> str:
+    """A device weight in kg (one decimal) that none of `taken` has: the answer must single out one device."""
+    w = f"{r.randint(8, 60) / 10:.1f}"
+    while w in taken:
+        w = f"{r.randint(8, 60) / 10:.1f}"
+    return w
+
+
 def en_paraphrase(r: random.Random, nm: Namer, v: int) -> HardDraft:
     if v % 2 == 0:  # incident described in other words
-        combos = [(s, c) for s in _EN_SVC for c in _EN_CAUSE]
-        svc, cause = r.choice(combos)
-        sib = [r.choice([(svc, c) for c in _EN_CAUSE if c != cause]), r.choice([(s, cause) for s in _EN_SVC if s != svc])]
-        sib.append(r.choice([(s, c) for s, c in combos if s != svc and c != cause]))
+        svc, cause, sib = _incident_siblings(r, _EN_SVC, _EN_CAUSE)
 
         def doc(s: str, c: str, who: str) -> str:
             num = r.randint(1000, 9899)
@@ -576,9 +593,7 @@ def en_paraphrase(r: random.Random, nm: Namer, v: int) -> HardDraft:
     fanless = r.random() < 0.5
     docs, weights = [], []
     for k, p in enumerate(ports):
-        w = f"{r.randint(8, 60) / 10:.1f}"
-        while w in weights:
-            w = f"{r.randint(8, 60) / 10:.1f}"
+        w = _distinct_weight(r, weights)
         weights.append(w)
         code = f"{r.choice(['RX', 'GX', 'TX'])}-{r.randint(100, 990)}"
         fl = "a fanless " if (k == 0) == fanless else "an actively cooled "
@@ -725,10 +740,7 @@ def en_bridge(r: random.Random, nm: Namer, v: int) -> HardDraft:
 # ---- Japanese -----------------------------------------------------------------------------------------------
 def ja_paraphrase(r: random.Random, nm: Namer, v: int) -> HardDraft:
     if v % 2 == 0:
-        combos = [(s, c) for s in _JA_SVC for c in _JA_CAUSE]
-        svc, cause = r.choice(combos)
-        sib = [r.choice([(svc, c) for c in _JA_CAUSE if c != cause]), r.choice([(s, cause) for s in _JA_SVC if s != svc])]
-        sib.append(r.choice([(s, c) for s, c in combos if s != svc and c != cause]))
+        svc, cause, sib = _incident_siblings(r, _JA_SVC, _JA_CAUSE)
 
         def doc(s: str, c: str, who: str) -> str:
             return _ja_pad(r, "incident", f"チケットINC-{r.randint(1000, 9899)}は、{ja_date(r)}に{who}さんが起票しました。"
@@ -747,9 +759,7 @@ def ja_paraphrase(r: random.Random, nm: Namer, v: int) -> HardDraft:
     fanless = r.random() < 0.5
     docs, weights = [], []
     for k, p in enumerate(ports):
-        w = f"{r.randint(8, 60) / 10:.1f}"
-        while w in weights:
-            w = f"{r.randint(8, 60) / 10:.1f}"
+        w = _distinct_weight(r, weights)
         weights.append(w)
         code = f"{r.choice(['RX', 'GX', 'TX'])}-{r.randint(100, 990)}"
         fl = "ファンレス" if (k == 0) == fanless else "ファン付き"
