@@ -405,12 +405,7 @@ def proper_noun_spans(text: str) -> list[tuple[int, int]]:
     """Char spans of Japanese proper nouns (people, places, organisations: unidic 固有名詞), with a
     directly following suffix (さん, 氏, 港). The regex atoms of segment.py cannot see names in kanji;
     these are added to the atoms of Japanese pieces so the fine step never cuts a name in half."""
-    tagger = getattr(_local, "tagger", None)
-    if tagger is None:
-        import fugashi  # noqa: PLC0415
-
-        tagger = fugashi.Tagger()
-        _local.tagger = tagger
+    tagger = _tagger()
     spans: list[tuple[int, int]] = []
     pos = 0
     prev_proper = False

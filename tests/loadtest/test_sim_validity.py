@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import aiohttp
-import pytest
 from rich.console import Console
 
 from extproc.loadtest import stats as S
