@@ -16,6 +16,14 @@ from extproc.twin.arms import WATERFALL  # noqa: E402
 plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write and close a figure (closed, so a long sweep does not keep every figure in memory)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _ok(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc["arms"].items() if "goodput" in v}
 
@@ -35,10 +43,7 @@ def attainment_vs_rate(doc: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("requests meeting their SLO (%)")
     ax.set_title("SLO attainment vs rate (mean over seeds)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _curve(v: dict[str, Any], r: float) -> dict[str, Any]:
@@ -61,10 +66,7 @@ def goodput_bars(doc: dict[str, Any], path: Path) -> Path:
     ax.set_title("Goodput per arm, 95% bootstrap interval over seeds")
     # Arm names such as R+C-noSLA run into each other on a horizontal axis.
     ax.tick_params(axis="x", labelrotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def waterfall(doc: dict[str, Any], path: Path) -> Path | None:
@@ -85,10 +87,7 @@ def waterfall(doc: dict[str, Any], path: Path) -> Path | None:
     ax.set_xticks(range(len(steps)), [label for _, label in steps], rotation=15)
     ax.set_ylabel("goodput (requests/s at SLO)")
     ax.set_title("Ablation: what each mechanism adds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def latency_vs_rate(doc: dict[str, Any], path: Path) -> Path:
@@ -107,10 +106,7 @@ def latency_vs_rate(doc: dict[str, Any], path: Path) -> Path:
     for a in axes:
         a.set_xlabel("offered requests/s")
         a.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def burst(trace: dict[str, Any], path: Path) -> Path:
@@ -128,10 +124,7 @@ def burst(trace: dict[str, Any], path: Path) -> Path:
     axes[1].set_ylabel("keep-rate per RAG request")
     axes[1].set_xlabel("time (s)")
     axes[0].set_title(trace["title"])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def scale_chart(scale: dict[str, Any], path: Path) -> Path:
@@ -167,10 +160,7 @@ def scale_chart(scale: dict[str, Any], path: Path) -> Path:
         a2.plot([r["sites"] for r in st], [r["decision_us"] for r in st], marker="s", color="tab:red", label="µs CPU / decision")
         a2.set_ylabel("decision cost (µs CPU per route)", color="tab:red")
         ax.set_title("one gateway, more sites")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_charts(doc: dict[str, Any], out: Path) -> dict[str, str]:
