@@ -35,7 +35,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extproc.compression.offline import force_offline, install_tiktoken_cache  # noqa: E402
+from extproc.gateway.compression.offline import force_offline, install_tiktoken_cache  # noqa: E402
 
 force_offline()
 install_tiktoken_cache()
@@ -45,7 +45,7 @@ def make_prompts(lengths: list[int], count, n: int) -> dict[int, list[str]]:
     """n distinct prompts per target length (cl100k tokens), cut at a sentence end past the target."""
     import random
 
-    from extproc.compression.tinymodel import english_sentence
+    from extproc.tools.evalcompress.tinymodel import english_sentence
 
     out: dict[int, list[str]] = {}
     for L in lengths:
@@ -78,11 +78,11 @@ def ort_as_torch(ort_model):
 async def main_async(args: argparse.Namespace) -> dict:
     import torch
 
-    from extproc.compression.fine import FineResult
-    from extproc.compression.model import FinePipeline, OrtClassifier, TokenClassifier
-    from extproc.compression.offline import cl100k
-    from extproc.compression.tinymodel import build_full_shape_model
-    from extproc.compression.worker import BatchingCompressor
+    from extproc.gateway.compression.core.fine import FineResult
+    from extproc.gateway.compression.runtime.model import FinePipeline, OrtClassifier, TokenClassifier
+    from extproc.gateway.compression.offline import cl100k
+    from extproc.tools.evalcompress.tinymodel import build_full_shape_model
+    from extproc.gateway.compression.runtime.worker import BatchingCompressor
 
     torch.set_num_threads(args.threads)
     enc = cl100k()

@@ -39,9 +39,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from harness import make_stack, wait_pressure  # noqa: E402
 
-from extproc.config import load_config  # noqa: E402
-from extproc.envoyconf.render import render_envoy_yaml  # noqa: E402
-from extproc.stack.procs import free_port, port_open, python_argv, start_envoy  # noqa: E402
+from extproc.gateway.config import load_config  # noqa: E402
+from extproc.gateway.envoyconf.render import render_envoy_yaml  # noqa: E402
+from extproc.tools.stack.procs import free_port, port_open, python_argv, start_envoy  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

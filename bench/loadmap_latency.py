@@ -29,14 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis  # noqa: E402
 
 from extproc.agent.publisher import Outgoing, Publisher  # noqa: E402
-from extproc.config.schema import GatewayConfig, RedisSettings  # noqa: E402
-from extproc.loadmap.reader import LoadMapReader  # noqa: E402
-from extproc.loadreport.codec import encode_report  # noqa: E402
-from extproc.loadreport.keys import RedisKeys  # noqa: E402
-from extproc.loadreport.load_report_pb2 import NodeLoadReport  # noqa: E402
-from extproc.routing.features import RequestFeatures, SlaClass  # noqa: E402
-from extproc.server.gateway import Gateway  # noqa: E402
-from extproc.stack.procs import free_port  # noqa: E402
+from extproc.gateway.config.schema import GatewayConfig
+from extproc.wire.redisconn.settings import RedisSettings  # noqa: E402
+from extproc.gateway.loadmap.reader import LoadMapReader  # noqa: E402
+from extproc.wire.loadreport.codec import encode_report  # noqa: E402
+from extproc.wire.loadreport.keys import RedisKeys  # noqa: E402
+from extproc.wire.loadreport.load_report_pb2 import NodeLoadReport  # noqa: E402
+from extproc.gateway.request.features import RequestFeatures, SlaClass  # noqa: E402
+from extproc.gateway.server.gateway import Gateway  # noqa: E402
+from extproc.tools.stack.procs import free_port  # noqa: E402
 
 SITE, NODE = "bench", "n1"
 

@@ -1,4 +1,4 @@
-"""Generate the RAG QA sets for `aigrid eval-compression`: extproc/compression/data/rag_eval.jsonl (easy) and
+"""Generate the RAG QA sets for `aigrid eval-compression`: extproc/tools/evalcompress/data/rag_eval.jsonl (easy) and
 rag_eval_hard.jsonl (hard: paraphrase, distractor, version, bridge; see the section below).
 
 Reproducible (seeded): `python bench/make_rag_eval.py [--seed 7] [--per-lang 60] [--hard-seed 13] [--per-kind 30]`.

@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from harness import Gateway, Stack, make_stack, wait_until  # noqa: E402
 
-from extproc.config import load_config  # noqa: E402
-from extproc.envoyconf.render import render_envoy_config  # noqa: E402
-from extproc.stack.procs import ProcessGroup, free_port, http_ok, port_open, python_argv, start_envoy  # noqa: E402
+from extproc.gateway.config import load_config  # noqa: E402
+from extproc.gateway.envoyconf.render import render_envoy_config  # noqa: E402
+from extproc.tools.stack.procs import ProcessGroup, free_port, http_ok, port_open, python_argv, start_envoy  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

@@ -28,15 +28,16 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from harness import make_stack, wait_pressure  # noqa: E402
 
-from extproc.compression.offline import force_offline, install_tiktoken_cache  # noqa: E402
-from extproc.loadtest.workloads import RagSpec, rag_messages, synth_rag_item  # noqa: E402
+from extproc.gateway.compression.offline import force_offline, install_tiktoken_cache  # noqa: E402
+from extproc.tools.workload.synthetic import rag_messages, synth_rag_item
+from extproc.tools.workload.spec import SyntheticRagSpec  # noqa: E402
 
 SHORT = json.dumps({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello, route me."}]}).encode()
 HEADERS = {"content-type": "application/json"}
 
 
 def long_body(i: int) -> bytes:
-    item = synth_rag_item(random.Random(i), RagSpec(prompt_tokens={"median": 1500, "sigma": 0.2, "min": 1000, "max": 2500}, japanese_share=0.0))
+    item = synth_rag_item(random.Random(i), SyntheticRagSpec(prompt_tokens={"median": 1500, "sigma": 0.2, "min": 1000, "max": 2500}, japanese_share=0.0))
     return json.dumps({"model": "m", "max_tokens": 8, "messages": rag_messages(item)}).encode()
 
 
@@ -99,7 +100,7 @@ def main() -> int:
     args = ap.parse_args()
     force_offline()
     install_tiktoken_cache()
-    from extproc.compression.tinymodel import build_full_shape_model
+    from extproc.tools.evalcompress.tinymodel import build_full_shape_model
 
     root = Path(tempfile.mkdtemp(prefix="aigrid-rucomp-"))
     model = build_full_shape_model(root / "full-bert-base-multilingual-cased")

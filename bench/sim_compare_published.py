@@ -13,8 +13,8 @@ import dataclasses
 import json
 import sys
 
-from extproc.sim.engine import RunSummary, run_closed_loop
-from extproc.sim.profiles import ReplicaHardware, load_profiles, make_hardware
+from extproc.tools.sim.engine import RunSummary, run_closed_loop
+from extproc.tools.sim.profiles import ReplicaHardware, load_profiles, make_hardware
 
 PROF = load_profiles()
 MUSGRAVE = "J. Musgrave, vLLM throughput-latency sweep on NVIDIA A100 (johnmusgrave.com/p/vllm-throughput-latency-sweep-on)"

@@ -15,9 +15,9 @@ import json
 import random
 import time
 
-from extproc.sim.engine import EngineCore, SimRequest
-from extproc.sim.kvcache import hash_blocks
-from extproc.sim.profiles import load_profiles, make_hardware
+from extproc.tools.sim.engine import EngineCore, SimRequest
+from extproc.tools.sim.kvcache import hash_blocks
+from extproc.tools.sim.profiles import load_profiles, make_hardware
 
 
 def run(prefix_caching: bool, with_hashes: bool, n: int, clients: int = 128) -> dict[str, float]:

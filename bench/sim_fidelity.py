@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from extproc.stack.procs import free_port
+from extproc.tools.stack.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

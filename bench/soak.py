@@ -23,11 +23,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from extproc.compression.offline import force_offline, install_tiktoken_cache  # noqa: E402
-from extproc.loadtest.workloads import RagSpec, rag_messages, synth_rag_item  # noqa: E402
-from extproc.stack.local import LocalStack  # noqa: E402
-from extproc.stack.openloop import OpenLoop, summarize  # noqa: E402
-from extproc.stack.procs import free_port  # noqa: E402
+from extproc.gateway.compression.offline import force_offline, install_tiktoken_cache  # noqa: E402
+from extproc.tools.workload.synthetic import rag_messages, synth_rag_item
+from extproc.tools.workload.spec import SyntheticRagSpec  # noqa: E402
+from extproc.tools.stack.local import LocalStack  # noqa: E402
+from extproc.tools.stack.openloop import OpenLoop, summarize  # noqa: E402
+from extproc.tools.stack.procs import free_port  # noqa: E402
 
 # The local grid's sites serve under this name (LocalStack passes --served-model-name).
 MODEL = "llama-3.1-8b"
@@ -59,7 +60,7 @@ def children(pid: int) -> list[tuple[int, str]]:
 
 def make_bodies(n: int = 64) -> list[bytes]:
     rng = random.Random(11)
-    spec = RagSpec(prompt_tokens={"median": 900, "sigma": 0.2, "min": 600, "max": 1400}, documents_min=3, documents_max=5,
+    spec = SyntheticRagSpec(prompt_tokens={"median": 900, "sigma": 0.2, "min": 600, "max": 1400}, documents_min=3, documents_max=5,
                    japanese_share=0.0)
     out = []
     for i in range(n):
@@ -109,7 +110,7 @@ def main() -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="aigrid-soak-"))
     model = args.compression_model
     if model is None and not args.no_compression:
-        from extproc.compression.tinymodel import build_tiny_model  # noqa: PLC0415
+        from extproc.tools.evalcompress.tinymodel import build_tiny_model  # noqa: PLC0415
 
         model = str(build_tiny_model(work / "models" / "tiny-bert-base-multilingual-cased"))
     bodies = make_bodies()

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from extproc.sim.engine import Arrival, VirtualSim
-from extproc.sim.profiles import load_profiles, make_hardware
-from extproc.twin.arms import ARMS
-from extproc.twin.grid import run_grid
-from extproc.twin.scenario import REFERENCE_SCENARIO, load_scenario
-from extproc.workload.generate import generate_open_loop
+from extproc.tools.sim.engine import Arrival, VirtualSim
+from extproc.tools.sim.profiles import load_profiles, make_hardware
+from extproc.tools.twin.arms import ARMS
+from extproc.tools.twin.grid import run_grid
+from extproc.tools.twin.scenario import REFERENCE_SCENARIO, load_scenario
+from extproc.tools.workload.generate import generate_open_loop
 
 
 def main() -> None:

@@ -14,16 +14,16 @@ import sys
 
 # Packages that contribute sub-commands, in the order they appear in `aigrid --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "extproc.server.cli",  # serve
-    "extproc.operator.cli",  # status, site drain/undrain
-    "extproc.envoyconf.cli",  # envoy-config
-    "extproc.stack.cli",  # up, demo
+    "extproc.gateway.server.cli",  # serve
+    "extproc.gateway.operator.cli",  # status, site drain/undrain
+    "extproc.gateway.envoyconf.cli",  # envoy-config
+    "extproc.tools.stack.cli",  # up, demo
     "extproc.agent.cli",  # agent
-    "extproc.sim.cli",  # sim
-    "extproc.compression.cli",  # eval-compression
-    "extproc.loadtest.cli",  # loadtest
-    "extproc.trust.cli",  # trust hash-key
-    "extproc.twin.cli",  # twin
+    "extproc.tools.sim.cli",  # sim
+    "extproc.tools.evalcompress.cli",  # eval-compression
+    "extproc.tools.loadtest.cli",  # loadtest
+    "extproc.gateway.request.cli",  # trust hash-key
+    "extproc.tools.twin.cli",  # twin
 )
 
 
@@ -31,18 +31,18 @@ COMMAND_MODULES: tuple[str, ...] = (
 # carry the simulator's tokenizer tables or the load test's imports: a larger heap costs every request
 # in garbage-collection time.
 COMMAND_OWNERS: dict[str, str] = {
-    "serve": "extproc.server.cli",
-    "status": "extproc.operator.cli",
-    "site": "extproc.operator.cli",
-    "envoy-config": "extproc.envoyconf.cli",
-    "up": "extproc.stack.cli",
-    "demo": "extproc.stack.cli",
+    "serve": "extproc.gateway.server.cli",
+    "status": "extproc.gateway.operator.cli",
+    "site": "extproc.gateway.operator.cli",
+    "envoy-config": "extproc.gateway.envoyconf.cli",
+    "up": "extproc.tools.stack.cli",
+    "demo": "extproc.tools.stack.cli",
     "agent": "extproc.agent.cli",
-    "sim": "extproc.sim.cli",
-    "eval-compression": "extproc.compression.cli",
-    "loadtest": "extproc.loadtest.cli",
-    "trust": "extproc.trust.cli",
-    "twin": "extproc.twin.cli",
+    "sim": "extproc.tools.sim.cli",
+    "eval-compression": "extproc.tools.evalcompress.cli",
+    "loadtest": "extproc.tools.loadtest.cli",
+    "trust": "extproc.gateway.request.cli",
+    "twin": "extproc.tools.twin.cli",
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from harness import Stack, make_stack  # noqa: E402
-from extproc.stack.procs import ProcessGroup, free_port, start_redis  # noqa: E402
+from extproc.tools.stack.procs import ProcessGroup, free_port, start_redis  # noqa: E402
 
 
 @pytest.fixture

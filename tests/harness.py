@@ -20,10 +20,10 @@ from pathlib import Path
 import redis
 import yaml
 
-from extproc.config import load_config
-from extproc.envoyconf.render import render_envoy_yaml
-from extproc.loadreport import EngineStats, GpuStats, NodeLoadReport, RedisKeys, encode_report
-from extproc.stack.procs import (
+from extproc.gateway.config import load_config
+from extproc.gateway.envoyconf.render import render_envoy_yaml
+from extproc.wire.loadreport import EngineStats, GpuStats, NodeLoadReport, RedisKeys, encode_report
+from extproc.tools.stack.procs import (
     ManagedProcess,
     ProcessGroup,
     free_port,
@@ -126,7 +126,7 @@ class Stack:
 
     def start_site(self, name: str) -> None:
         port = self.sites[name]
-        p = self.group.start(f"site-{name}", python_argv("-m", "extproc.stack.standin", "--name", name, "--port", str(port)))
+        p = self.group.start(f"site-{name}", python_argv("-m", "extproc.tools.stack.standin", "--name", name, "--port", str(port)))
         p.wait_ready(lambda: port_open(port), 20, f"stand-in {name} listening")
         self.site_procs[name] = p
 
@@ -252,7 +252,7 @@ class InProcessServe:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from extproc.server.main import serve
+        from extproc.gateway.server.main import serve
 
         asyncio.set_event_loop(self.loop)
         self.stop_event = asyncio.Event()

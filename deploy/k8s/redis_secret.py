@@ -25,8 +25,8 @@ import secrets
 import sys
 from pathlib import Path
 
-# Commands per role: exactly what the code sends (extproc/loadmap/reader.py, extproc/agent/publisher.py,
-# extproc/operator/drain.py); tests/deploy/test_redis_acl.py runs each role against a real redis-server
+# Commands per role: exactly what the code sends (extproc/gateway/loadmap/reader.py, extproc/agent/publisher.py,
+# extproc/gateway/operator/drain.py); tests/deploy/test_redis_acl.py runs each role against a real redis-server
 # with these rules and checks a role cannot do another's writes.
 ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
     "gateway": ("ping", "select", "get", "pttl", "scan", "smembers", "subscribe", "unsubscribe"),
@@ -58,7 +58,7 @@ def acl_line(role: str, password: str, prefix: str, also_accept: tuple[str, ...]
     parts += [f"~{k}" for k in keys] + [f"&{c}" for c in channels]
     parts += ["-@all"] + [f"+{c}" for c in ROLE_COMMANDS[role]]
     if role == "gateway":
-        # Gateway replicas exchange in-flight counts (extproc/server/peers.py): a Redis 7 selector lets
+        # Gateway replicas exchange in-flight counts (extproc/gateway/server/peers.py): a Redis 7 selector lets
         # them PUBLISH on that one channel only, never on the reports or control channels.
         parts.append(f"(&{prefix}:inflight -@all +publish)")
     return " ".join(parts)

@@ -16,10 +16,11 @@ from google.protobuf.json_format import MessageToJson
 from pydantic import ValidationError
 
 from extproc.agent.config import AgentConfig
+from extproc.agent.publisher import Outgoing
 from extproc.agent.runner import Agent
-from extproc.config.load import REDIS_URL_ENV_VAR
-from extproc.loadreport.codec import encode_report
-from extproc.redisconn import redacted_url
+from extproc.wire.loadreport.codec import encode_report
+from extproc.wire.redisconn.client import redacted_url
+from extproc.wire.redisconn.settings import REDIS_URL_ENV_VAR
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,6 @@ async def _once(agent: Agent, dry_run: bool) -> int:
         if not dry_run:
             item = (agent.key, encode_report(report), agent.config.effective_ttl_ms)
             try:
-                from extproc.agent.publisher import Outgoing  # noqa: PLC0415
 
                 await agent.publisher.send(Outgoing(*item))
             except Exception as exc:

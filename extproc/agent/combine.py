@@ -22,8 +22,8 @@ from enum import Enum
 
 from extproc.agent.dcgm import GpuSample
 from extproc.agent.prometheus import EngineSample
-from extproc.loadreport.codec import SCHEMA_VERSION
-from extproc.loadreport.load_report_pb2 import NodeLoadReport
+from extproc.wire.loadreport.codec import SCHEMA_VERSION
+from extproc.wire.loadreport.load_report_pb2 import NodeLoadReport
 
 
 class SourceKind(str, Enum):

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from extproc.config.schema import RedisSettings
-from extproc.contract import SITE_NAME
+from extproc.wire.redisconn.settings import RedisSettings
+from extproc.wire.contract import SITE_NAME
 
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from extproc.contract import MODELS_PATH
+from extproc.wire.contract import MODELS_PATH
 
 MAX_MODELS = 256
 MAX_ID_LEN = 256

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from prometheus_client.parser import text_string_to_metric_families
+from extproc.wire.promtext import PromTextError, read_samples
 
 # Far above any honest /metrics page (a busy vLLM page is ~100 KiB), small enough to bound memory.
 MAX_TEXT_BYTES = 4 * 1024 * 1024
@@ -98,15 +98,12 @@ def parse_samples(text: str, wanted: Iterable[str]) -> Samples:
         raise MetricsRejected("empty metrics text")
     if not text.endswith("\n"):
         raise MetricsRejected("metrics text does not end with a newline (truncated response)")
-    wanted_set = frozenset(wanted)
     out: Samples = {}
     try:
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name in wanted_set:
-                    out.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
-    except Exception as exc:  # the parser raises ValueError/IndexError/... on malformed lines
-        raise MetricsRejected(f"unparseable Prometheus text: {type(exc).__name__}: {exc}") from None
+        for name, labels, value in read_samples(text, frozenset(wanted)):
+            out.setdefault(name, []).append((labels, value))
+    except PromTextError as exc:
+        raise MetricsRejected(str(exc)) from None
     return out
 
 

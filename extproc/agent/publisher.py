@@ -14,9 +14,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from extproc.config.schema import RedisSettings
-from extproc.loadreport.keys import RedisKeys
-from extproc.redisconn import is_cluster, make_async_client, redacted_url
+from extproc.wire.redisconn.settings import RedisSettings
+from extproc.wire.loadreport.keys import RedisKeys
+from extproc.wire.redisconn.client import is_cluster, make_async_client, redacted_url
 
 log = logging.getLogger(__name__)
 

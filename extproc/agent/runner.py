@@ -21,9 +21,9 @@ from extproc.agent.nvml import NvmlReader, NvmlUnavailable
 from extproc.agent.prometheus import EngineFlavour
 from extproc.agent.publisher import Publisher
 from extproc.agent.sources import DcgmSource, EngineSource, NvmlSource, Source
-from extproc.loadreport.codec import ReportRejected, encode_report, validate_report
-from extproc.loadreport.keys import RedisKeys
-from extproc.loadreport.load_report_pb2 import NodeLoadReport
+from extproc.wire.loadreport.codec import ReportRejected, encode_report, validate_report
+from extproc.wire.loadreport.keys import RedisKeys
+from extproc.wire.loadreport.load_report_pb2 import NodeLoadReport
 
 log = logging.getLogger(__name__)
 

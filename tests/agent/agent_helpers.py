@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from aiohttp import web
-from extproc.stack.procs import free_port
+from extproc.tools.stack.procs import free_port
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[2]
@@ -148,7 +148,7 @@ def agent_subprocess(args: list[str]) -> subprocess.Popen[bytes]:
 @contextlib.asynccontextmanager
 async def reading(s) -> AsyncIterator:  # type: ignore[no-untyped-def]
     """A gateway's load map reader on `s` (RedisSettings) for the body of the block."""
-    from extproc.loadmap.reader import LoadMapReader
+    from extproc.gateway.loadmap.reader import LoadMapReader
 
     reader = LoadMapReader(s)
     reader.start()

@@ -15,7 +15,7 @@ from extproc.agent.dcgm import GpuSample
 from extproc.agent.nvml import NvmlReader, NvmlUnavailable
 from extproc.agent.prometheus import EngineSample
 from extproc.agent.runner import Agent
-from extproc.loadreport.codec import decode_report, encode_report
+from extproc.wire.loadreport.codec import decode_report, encode_report
 
 ARGS = dict(site="edge", node="n1", agent_id="a", sequence=1, sent_unix_ms=0, interval_ms=250, ttl_ms=2000)
 GPU = SourceKind.gpu

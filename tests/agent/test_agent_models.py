@@ -12,7 +12,7 @@ from extproc.agent.config import AgentConfig
 from extproc.agent.models import models_url, parse_models
 from extproc.agent.prometheus import EngineSample
 from extproc.agent.runner import Agent
-from extproc.config.schema import RedisSettings
+from extproc.wire.redisconn.settings import RedisSettings
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,9 @@ from agent_helpers import MetricsServer, Page, RedisProc, agent_subprocess, data
 
 from extproc.agent.config import AgentConfig
 from extproc.agent.runner import Agent
-from extproc.config.schema import RedisSettings
-from extproc.loadmap.reader import LoadMapReader
-from extproc.loadreport.keys import RedisKeys
-from extproc.loadreport.load_report_pb2 import NodeLoadReport
+from extproc.wire.redisconn.settings import RedisSettings
+from extproc.wire.loadreport.keys import RedisKeys
+from extproc.wire.loadreport.load_report_pb2 import NodeLoadReport
 
 KEYS = RedisKeys()
 
@@ -178,7 +177,7 @@ async def test_bad_reports_in_redis_are_rejected_and_never_poison_the_map(
     negative_kv.engine.endpoints = 1
     negative_kv.engine.kv_cache_usage = -0.5
 
-    with caplog.at_level(logging.WARNING, logger="extproc.loadmap"):
+    with caplog.at_level(logging.WARNING, logger="extproc.gateway.loadmap"):
         async with reading(settings(redis_proc)) as reader, running(make_agent(redis_proc, metrics_server)):
             await wait_for(lambda: "edge" in reader.snapshot.sites, what="edge in snapshot")
             r.set(KEYS.report("edge", "junk"), b"written by something else")  # foreign value under our prefix

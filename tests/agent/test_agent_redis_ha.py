@@ -14,9 +14,9 @@ from agent_helpers import REDIS_SERVER, MetricsServer, Page, RedisProc, data, fr
 
 from extproc.agent.config import AgentConfig
 from extproc.agent.runner import Agent
-from extproc.config.schema import RedisSettings
-from extproc.loadmap.reader import LoadMapReader
-from extproc.redisconn import redacted_url
+from extproc.wire.redisconn.settings import RedisSettings
+from extproc.gateway.loadmap.reader import LoadMapReader
+from extproc.wire.redisconn.client import redacted_url
 
 
 def _wait_ping(port: int, proc: subprocess.Popen[bytes]) -> None:

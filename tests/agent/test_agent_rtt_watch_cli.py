@@ -15,10 +15,11 @@ from rich.console import Console
 
 from extproc.agent.config import AgentConfig
 from extproc.agent.runner import Agent
-from extproc.config.schema import GatewayConfig, RedisSettings
-from extproc.loadmap.reader import LoadMapReader
-from extproc.loadmap.rtt import RttEstimate, RttProbe, ewma, probe_urls, update_estimate
-from extproc.operator.watch import watch_status
+from extproc.gateway.config.schema import GatewayConfig
+from extproc.wire.redisconn.settings import RedisSettings
+from extproc.gateway.loadmap.reader import LoadMapReader
+from extproc.gateway.loadmap.rtt import RttEstimate, RttProbe, ewma, probe_urls, update_estimate
+from extproc.gateway.operator.watch import watch_status
 
 
 def test_ewma() -> None:

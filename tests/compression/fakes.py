@@ -8,15 +8,15 @@ from typing import Any
 
 import orjson
 
-from extproc.compression.fine import FineResult, Skipped
-from extproc.compression.segment import units
-from extproc.loadmap.model import SiteLoad
-from extproc.request.openai import body_features
-from extproc.rewrite import RewriteRequest
-from extproc.routing.features import SlaClass
-from extproc.routing.pipeline import Decision
-from extproc.routing.views import SiteView
-from extproc.config.schema import SiteRole
+from extproc.gateway.compression.core.fine import FineResult, Skipped
+from extproc.gateway.compression.core.segment import units
+from extproc.gateway.loadmap.model import SiteLoad
+from extproc.gateway.request.openai import body_features
+from extproc.gateway.compression.seam import RewriteRequest
+from extproc.gateway.request.features import SlaClass
+from extproc.gateway.routing.framework import Decision
+from extproc.gateway.routing.views import SiteView
+from extproc.gateway.config.schema import SiteRole
 
 
 class EveryOther:

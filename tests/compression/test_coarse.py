@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.compression.coarse import (
+from extproc.gateway.compression.core.coarse import (
     CoarseRanker,
     blend,
     bm25_scores,
@@ -158,7 +158,7 @@ async def test_a_slow_or_busy_embedding_falls_back_to_bm25() -> None:
 
 
 # ---- the quality floor, rare entities, pseudo-relevance feedback, links ---------------------------------------
-from extproc.compression.coarse import (  # noqa: E402
+from extproc.gateway.compression.core.coarse import (  # noqa: E402
     FLAT_MARGIN,
     choose_documents,
     entity_candidates,
@@ -243,7 +243,7 @@ def test_promote_linked() -> None:
 
 
 # ---- the dense ranker per sentence, month normalisation, embedding languages -------------------------------
-from extproc.compression.coarse import (  # noqa: E402
+from extproc.gateway.compression.core.coarse import (  # noqa: E402
     MAX_RANK_SENTENCES,
     dense_scores,
     month_terms,
@@ -362,7 +362,7 @@ def test_auto_sends_only_the_configured_languages_to_the_embedding_model() -> No
 def test_embedding_languages_setting_is_validated() -> None:
     from pydantic import ValidationError
 
-    from extproc.config.compression import CompressionSettings
+    from extproc.gateway.config.compression import CompressionSettings
 
     assert CompressionSettings().embedding_languages == ["en"]
     assert CompressionSettings(embedding_languages=["en", "ja"]).embedding_languages == ["en", "ja"]

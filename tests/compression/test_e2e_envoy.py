@@ -9,14 +9,15 @@ import random
 
 import pytest
 
-from extproc.loadtest.workloads import RagSpec, rag_messages, synth_rag_item
+from extproc.tools.workload.synthetic import rag_messages, synth_rag_item
+from extproc.tools.workload.spec import SyntheticRagSpec
 
 pytestmark = pytest.mark.slow
 CHAT = "/v1/chat/completions"
 
 
 def rag_body(seed: int) -> tuple[bytes, str]:
-    item = synth_rag_item(random.Random(seed), RagSpec(prompt_tokens={"median": 2500, "sigma": 0.1, "min": 2000, "max": 3000}, documents_min=6, documents_max=6, japanese_share=0.0))
+    item = synth_rag_item(random.Random(seed), SyntheticRagSpec(prompt_tokens={"median": 2500, "sigma": 0.1, "min": 2000, "max": 3000}, documents_min=6, documents_max=6, japanese_share=0.0))
     body = {"model": "llama-3.1-8b", "temperature": 0.2, "stream": True, "max_tokens": 64,
             "messages": rag_messages(item)}
     return json.dumps(body).encode(), item.answer

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from extproc.cli import main as aigrid
-from extproc.compression.evaluate import (
+from extproc.tools.evalcompress.evaluate import (
     DEFAULT_DATA, EASY_DATA, HARD_DATA, ItemResult, build_request, gold_docs, load_items, summarize,
 )
-from extproc.compression.segment import segment
+from extproc.gateway.compression.core.segment import segment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,8 +161,8 @@ def test_cli_with_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 
 def _hard_rankings(kind: str) -> list[tuple[dict, list[float], list[float], tuple, list[int]]]:
-    from extproc.compression.coarse import lexical_scores  # noqa: PLC0415
-    from extproc.compression.segment import script_of  # noqa: PLC0415
+    from extproc.gateway.compression.core.coarse import lexical_scores  # noqa: PLC0415
+    from extproc.gateway.compression.core.segment import script_of  # noqa: PLC0415
 
     out = []
     for it in load_items(HARD_DATA):
@@ -181,7 +181,7 @@ def test_the_hard_set_fails_a_per_document_ranker() -> None:
     """The evidence that the check can fail: BM25 ranking each document alone, cut at the budget (the coarse
     step before issue 13), loses a gold document of most two-document answers at keep-rate 0.33; the
     coarse step with feedback, links and the floor keeps them."""
-    from extproc.compression.coarse import choose_documents, promote_linked, select_documents  # noqa: PLC0415
+    from extproc.gateway.compression.core.coarse import choose_documents, promote_linked, select_documents  # noqa: PLC0415
 
     rows = _hard_rankings("bridge")
     plain_ok = new_ok = 0

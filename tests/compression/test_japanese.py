@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.compression.japanese import classify, is_extender, merge_graphemes, word_units
-from extproc.compression.model import FinePipeline, TokenClassifier
-from extproc.compression.tinymodel import generate_text
+from extproc.gateway.compression.core.japanese import classify, is_extender, merge_graphemes, word_units
+from extproc.gateway.compression.runtime.model import FinePipeline, TokenClassifier
+from extproc.tools.evalcompress.tinymodel import generate_text
 
 
 def _words(text: str) -> list[str]:

@@ -9,9 +9,9 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.compression.coarse import katakana_name, morpheme_spans_of, unknown_name_spans
-from extproc.compression.pipeline import _prepare
-from extproc.compression.segment import Piece, restore
+from extproc.gateway.compression.core.coarse import katakana_name, morpheme_spans_of, unknown_name_spans
+from extproc.gateway.compression.core.pipeline import _prepare
+from extproc.gateway.compression.core.segment import Piece, restore
 
 KATA = ["カ", "ル", "ミ", "ナ", "ト", "セ", "リ", "ア", "ノ", "ヴェ", "ロ", "サ", "キ", "ネ", "ラ", "ソ", "ユ", "メ", "ダ", "ホ"]
 HIRA = ["さ", "く", "な", "み", "あ", "お", "き", "ほ", "し", "ゆ", "ふ", "か", "た", "ま", "の", "せ"]

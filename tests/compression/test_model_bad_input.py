@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.compression.model import FinePipeline, TokenClassifier
-from extproc.compression.tinymodel import generate_text
+from extproc.gateway.compression.runtime.model import FinePipeline, TokenClassifier
+from extproc.tools.evalcompress.tinymodel import generate_text
 
 
 @pytest.fixture(scope="module")

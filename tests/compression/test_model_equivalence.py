@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from extproc.compression.model import FinePipeline, TokenClassifier
-from extproc.compression.tinymodel import generate_text
+from extproc.gateway.compression.runtime.model import FinePipeline, TokenClassifier
+from extproc.tools.evalcompress.tinymodel import generate_text
 
 CASES = [  # (sentences, seed): short, medium, and > 512 tokens (several chunks)
     (3, 0),
@@ -115,7 +115,7 @@ def test_int8_keep_sets_agree_with_fp32(tiny_model_dir: Path, ours, tmp_path: Pa
     of words with the same keep decision. On this tiny random model; the share on the real checkpoint must
     be measured with it (docs/compression.md)."""
     pytest.importorskip("onnxruntime")
-    from extproc.compression.model import OrtClassifier  # noqa: PLC0415
+    from extproc.gateway.compression.runtime.model import OrtClassifier  # noqa: PLC0415
 
     fp32, pipe = ours
     q = OrtClassifier.load(tiny_model_dir, quantize=True, cache_dir=tmp_path)

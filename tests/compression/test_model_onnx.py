@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from extproc.compression.model import FinePipeline, OrtClassifier, TokenClassifier  # noqa: E402
-from extproc.compression.tinymodel import generate_text  # noqa: E402
+from extproc.gateway.compression.runtime.model import FinePipeline, OrtClassifier, TokenClassifier  # noqa: E402
+from extproc.tools.evalcompress.tinymodel import generate_text  # noqa: E402
 
 
 def test_onnx_fp32_same_decisions_as_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ def test_onnx_fp32_same_decisions_as_torch(tiny_model_dir: Path, tmp_path: Path)
 
 async def test_int8_is_onnx_runtime_not_deprecated_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
     """torch's dynamic quantisation is deprecated: int8 is ORT's, chosen by backend "auto" on CPU."""
-    from extproc.compression.worker import BatchingCompressor  # noqa: PLC0415
+    from extproc.gateway.compression.runtime.worker import BatchingCompressor  # noqa: PLC0415
 
     with pytest.raises(ValueError, match="onnx"):
         TokenClassifier.load(tiny_model_dir, quantize=True)

@@ -16,12 +16,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import RandomKeep, make_request  # noqa: E402
 
-from extproc.compression.cache import BoundedLRU, DocumentCache, TurnMemory, digest, quantize_rate  # noqa: E402
-from extproc.compression.coarse import CoarseRanker  # noqa: E402
-from extproc.compression.rewriter import HEADER, CompressionRewriter  # noqa: E402
-from extproc.compression.segment import is_subsequence, units  # noqa: E402
-from extproc.config.compression import CompressionSettings  # noqa: E402
-from extproc.rewrite import Rewrite  # noqa: E402
+from extproc.gateway.compression.core.cache import BoundedLRU, DocumentCache, TurnMemory, digest, quantize_rate  # noqa: E402
+from extproc.gateway.compression.core.coarse import CoarseRanker  # noqa: E402
+from extproc.gateway.compression.rewriter import HEADER, CompressionRewriter  # noqa: E402
+from extproc.gateway.compression.core.segment import is_subsequence, units  # noqa: E402
+from extproc.gateway.config.compression import CompressionSettings  # noqa: E402
+from extproc.gateway.compression.seam import Rewrite  # noqa: E402
 
 FILL = ("The quarterly review covered staffing, the new warehouse lease and the migration of the ticketing "
         "system to a managed service, which the operations team expects to finish before the summer. ")

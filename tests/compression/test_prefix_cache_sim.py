@@ -1,4 +1,4 @@
-"""Compression against a prefix cache: the simulator's vLLM-style block cache (extproc/sim: 16-token block
+"""Compression against a prefix cache: the simulator's vLLM-style block cache (extproc/tools/sim: 16-token block
 hash chains over the chat template's tokens) sees a multi-turn workload and a shared-document workload,
 once as the clients wrote them, once through the compression rewriter. The prefix-cache hit rate
 (hit tokens / queried tokens, as vllm:prefix_cache_hits / vllm:prefix_cache_queries) must not drop by
@@ -17,16 +17,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import RandomKeep, make_request  # noqa: E402
 
-pytest.importorskip("extproc.sim.kvcache")
+pytest.importorskip("extproc.tools.sim.kvcache")
 
-from extproc.compression.coarse import CoarseRanker  # noqa: E402
-from extproc.compression.rewriter import CompressionRewriter  # noqa: E402
-from extproc.config.compression import CompressionSettings  # noqa: E402
-from extproc.rewrite import Rewrite  # noqa: E402
-from extproc.sim.engine import EngineCore, SimRequest  # noqa: E402
-from extproc.sim.kvcache import hash_blocks  # noqa: E402
-from extproc.sim.profiles import load_profiles, make_hardware  # noqa: E402
-from extproc.sim.tokens import chat_ids  # noqa: E402
+from extproc.gateway.compression.core.coarse import CoarseRanker  # noqa: E402
+from extproc.gateway.compression.rewriter import CompressionRewriter  # noqa: E402
+from extproc.gateway.config.compression import CompressionSettings  # noqa: E402
+from extproc.gateway.compression.seam import Rewrite  # noqa: E402
+from extproc.tools.sim.engine import EngineCore, SimRequest  # noqa: E402
+from extproc.tools.sim.kvcache import hash_blocks  # noqa: E402
+from extproc.tools.sim.profiles import load_profiles, make_hardware  # noqa: E402
+from extproc.tools.tokens import chat_ids  # noqa: E402
 
 WORDS = ("ticket service outage billing search checkout login region storage latency deploy rollback "
          "certificate network database cache queue worker shipment vessel container harbour invoice").split()

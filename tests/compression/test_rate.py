@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.compression.rate import (
+from extproc.gateway.compression.core.rate import (
     MAX_RHO,
     RateInputs,
     RatePolicy,
@@ -164,7 +164,7 @@ def test_decision_is_always_well_formed(tokens, p, w, prefill, tps, dl, sla) -> 
 
 
 # ---- net of the prefix cache ------------------------------------------------------------------------------
-from extproc.compression.rate import net_gpu_seconds_saved  # noqa: E402
+from extproc.gateway.compression.core.rate import net_gpu_seconds_saved  # noqa: E402
 
 
 def test_net_saving_counts_only_uncached_tokens_and_charges_lost_hits() -> None:

@@ -14,19 +14,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import EveryOther, make_request  # noqa: E402
 
-from extproc.compression.coarse import CoarseRanker  # noqa: E402
-from extproc.compression.fine import FineResult  # noqa: E402
-from extproc.compression.pipeline import model_rate  # noqa: E402
-from extproc.compression.rewriter import (  # noqa: E402
+from extproc.gateway.compression.core.coarse import CoarseRanker  # noqa: E402
+from extproc.gateway.compression.core.fine import FineResult  # noqa: E402
+from extproc.gateway.compression.core.pipeline import model_rate  # noqa: E402
+from extproc.gateway.compression.rewriter import (  # noqa: E402
     HEADER,
     CompressionRewriter,
     build_compression_rewriter,
 )
-from extproc.compression.segment import is_subsequence, units  # noqa: E402
-from extproc.config.compression import CompressionSettings  # noqa: E402
-from extproc.config.schema import GatewayConfig  # noqa: E402
-from extproc.rewrite import Rewrite, Skip  # noqa: E402
-from extproc.routing.features import SlaClass  # noqa: E402
+from extproc.gateway.compression.core.segment import is_subsequence, units  # noqa: E402
+from extproc.gateway.config.compression import CompressionSettings  # noqa: E402
+from extproc.gateway.config.schema import GatewayConfig  # noqa: E402
+from extproc.gateway.compression.seam import Rewrite, Skip  # noqa: E402
+from extproc.gateway.request.features import SlaClass  # noqa: E402
 
 FILL = ("The quarterly review covered staffing, the new warehouse lease and the migration of the ticketing "
         "system to a managed service, which the operations team expects to finish before the summer. ")

@@ -7,7 +7,7 @@ import copy
 import orjson
 import pytest
 
-from extproc.compression.segment import (
+from extproc.gateway.compression.core.segment import (
     PROTECT_CLOSE,
     PROTECT_OPEN,
     SegmentOptions,

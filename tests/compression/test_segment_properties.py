@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import EveryOther  # noqa: E402
 
-from extproc.compression.coarse import CoarseRanker  # noqa: E402
-from extproc.compression.pipeline import CompressionPipeline  # noqa: E402
-from extproc.compression.segment import PROTECT_CLOSE, PROTECT_OPEN, SegmentOptions, is_subsequence, segment, units  # noqa: E402
-from extproc.config.compression import CompressionSettings  # noqa: E402
+from extproc.gateway.compression.core.coarse import CoarseRanker  # noqa: E402
+from extproc.gateway.compression.core.pipeline import CompressionPipeline  # noqa: E402
+from extproc.gateway.compression.core.segment import PROTECT_CLOSE, PROTECT_OPEN, SegmentOptions, is_subsequence, segment, units  # noqa: E402
+from extproc.gateway.config.compression import CompressionSettings  # noqa: E402
 
 CHAT = "/v1/chat/completions"
 EN = ("the gateway routes long prompts to the least loaded site when the edge is busy and the compressor "

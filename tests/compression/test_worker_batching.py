@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extproc.compression.fine import FineCompressor, FineResult, Skipped
-from extproc.compression.model import FinePipeline, TokenClassifier
-from extproc.compression.tinymodel import generate_text
-from extproc.compression.worker import BatchingCompressor
+from extproc.gateway.compression.core.fine import FineCompressor, FineResult, Skipped
+from extproc.gateway.compression.runtime.model import FinePipeline, TokenClassifier
+from extproc.tools.evalcompress.tinymodel import generate_text
+from extproc.gateway.compression.runtime.worker import BatchingCompressor
 
 
 class GatedModel:

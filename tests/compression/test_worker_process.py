@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from extproc.compression.fine import FineResult, Skipped
-from extproc.compression.process import ProcessCompressor
-from extproc.compression.tinymodel import generate_text
-from extproc.compression.worker import BatchingCompressor
+from extproc.gateway.compression.core.fine import FineResult, Skipped
+from extproc.gateway.compression.runtime.process import ProcessCompressor
+from extproc.tools.evalcompress.tinymodel import generate_text
+from extproc.gateway.compression.runtime.worker import BatchingCompressor
 
 TEXTS = [generate_text(12, seed=3), generate_text(30, seed=4), generate_text(8, seed=5, japanese=True)]
 

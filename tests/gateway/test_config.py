@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.config import ConfigError, load_config, load_config_text
+from extproc.gateway.config import ConfigError, load_config, load_config_text
 
 MIN = "sites:\n  - name: edge\n    role: edge\n    endpoints: ['127.0.0.1:8001']\n"
 

@@ -10,7 +10,7 @@ import json
 import pytest
 from harness import chat_body, http
 
-from extproc.rewrite import Rewrite, RewriteRequest, Skip
+from extproc.gateway.compression.seam import Rewrite, RewriteRequest, Skip
 
 pytestmark = pytest.mark.slow
 CHAT = "/v1/chat/completions"

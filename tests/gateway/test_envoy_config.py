@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from extproc.config import load_config, load_config_text
-from extproc.envoyconf.render import render_envoy_config, render_envoy_yaml
-from extproc.stack.procs import envoy_binary
+from extproc.gateway.config import load_config, load_config_text
+from extproc.gateway.envoyconf.render import render_envoy_config, render_envoy_yaml
+from extproc.tools.stack.procs import envoy_binary
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,12 +8,12 @@ from collections import Counter
 
 import pytest
 
-from extproc.config import load_config_text
-from extproc.loadmap.model import LoadSnapshot, SiteLoad
-from extproc.routing.features import RequestFeatures, SlaClass
-from extproc.routing.views import SiteView, with_in_flight
-from extproc.config.schema import SiteRole
-from extproc.server.gateway import Gateway
+from extproc.gateway.config import load_config_text
+from extproc.gateway.loadmap.model import LoadSnapshot, SiteLoad
+from extproc.gateway.request.features import RequestFeatures, SlaClass
+from extproc.gateway.routing.views import SiteView, with_in_flight
+from extproc.gateway.config.schema import SiteRole
+from extproc.gateway.server.gateway import Gateway
 
 CFG = """
 sites:

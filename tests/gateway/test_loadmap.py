@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from extproc.loadmap.aggregate import aggregate, aggregate_site
-from extproc.loadmap.model import GpuLoad, NodeLoad
-from extproc.loadmap.nodes import age_from_ttl, apply_report, drop_expired, is_newer, node_from_report
-from extproc.loadreport import EngineStats, GpuStats, NodeLoadReport, ReportRejected, decode_report, encode_report
+from extproc.gateway.loadmap.aggregate import aggregate, aggregate_site
+from extproc.gateway.loadmap.model import GpuLoad, NodeLoad
+from extproc.gateway.loadmap.nodes import age_from_ttl, apply_report, drop_expired, is_newer, node_from_report
+from extproc.wire.loadreport import EngineStats, GpuStats, NodeLoadReport, ReportRejected, decode_report, encode_report
 
 
 def report(**kw) -> NodeLoadReport:
@@ -120,7 +120,7 @@ def test_aggregate_drops_expired_nodes():
 
 
 def test_pressure_signals():
-    from extproc.routing.views import site_pressure
+    from extproc.gateway.routing.views import site_pressure
 
     base = aggregate_site("edge", [node(kv=0.2, run=4, wait=0)])
     assert site_pressure(base, queue_ref=32, running_capacity=64) == pytest.approx(0.2)  # KV dominates

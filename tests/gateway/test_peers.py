@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.loadmap.peers import PeerMessageRejected, PeerTable, decode_in_flight, encode_in_flight
+from extproc.gateway.loadmap.peers import PeerMessageRejected, PeerTable, decode_in_flight, encode_in_flight
 
 
 def test_roundtrip_drops_zero_counts():

@@ -15,11 +15,11 @@ import pytest
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc.config import load_config_text
-from extproc.loadmap.model import LoadSnapshot, SiteLoad
-from extproc.rewrite import Rewrite, Skip
-from extproc.server.gateway import Gateway
-from extproc.server.processor import ExternalProcessor
+from extproc.gateway.config import load_config_text
+from extproc.gateway.loadmap.model import LoadSnapshot, SiteLoad
+from extproc.gateway.compression.seam import Rewrite, Skip
+from extproc.gateway.server.gateway import Gateway
+from extproc.gateway.server.processor import ExternalProcessor
 
 CFG = """
 sites:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from extproc.request.openai import body_features, estimate_tokens, inspect_headers, parse_json_body
-from extproc.routing.features import SlaClass
+from extproc.gateway.request.openai import body_features, estimate_tokens, inspect_headers, parse_json_body
+from extproc.gateway.request.features import SlaClass
 
 H = {":method": "POST", ":path": "/v1/chat/completions", "content-type": "application/json"}
 

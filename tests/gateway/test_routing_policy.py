@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.config.schema import PolicySettings, SiteRole
-from extproc.routing.features import RequestFeatures, SlaClass
-from extproc.routing.pipeline import Decision, RoutingContext, decide
-from extproc.routing.spill import next_spilling, spill_fraction, update_spill_states
-from extproc.routing.views import SiteView
+from extproc.gateway.config.schema import PolicySettings, SiteRole
+from extproc.gateway.request.features import RequestFeatures, SlaClass
+from extproc.gateway.routing.framework import Decision, RoutingContext
+from extproc.gateway.routing.steps.spill.bands import next_spilling, spill_fraction, update_spill_states
+from oneshot import CONVERSATION, Case, decide
+from extproc.gateway.routing.views import SiteView
 
 P = PolicySettings()
 
@@ -24,10 +25,11 @@ def view(name: str, pressure: float | None = 0.1, *, role: SiteRole | None = Non
     return SiteView(name, role, rtt, drained, healthy if pressure is not None or healthy is False else None, pressure, 0.1)
 
 
-def ctx(views, *, sla=SlaClass.standard, u=0.5, spilling=None, prev=None, default="edge", policy=P) -> RoutingContext:
+def ctx(views, *, sla=SlaClass.standard, u=0.5, spilling=None, prev=None, default="edge", policy=P) -> Case:
     if spilling is None:
         spilling = update_spill_states(views, {}, policy)
-    return RoutingContext(RequestFeatures(sla=sla, previous_site=prev), views, spilling, policy, default, u)
+    features = RequestFeatures(sla=sla, conversation_key=CONVERSATION if prev else None)
+    return Case(RoutingContext(features, views, policy, default, u), spilling, prev)
 
 
 def test_idle_edge_keeps_everything_home():

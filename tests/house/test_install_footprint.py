@@ -1,4 +1,5 @@
-"""The gateway's own commands load no plotting, GPU, tokenizer or model library (those are extras)."""
+"""The gateway's own commands load no plotting, GPU, tokenizer or model library (those are extras), and no
+tool or agent module."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ HEAVY = ("matplotlib", "pynvml", "tiktoken", "torch", "transformers", "envoy._en
 def test_serve_and_operator_commands_import_no_extra():
     code = (
         "import sys\n"
-        "import extproc.cli, extproc.server.main, extproc.envoyconf.render, extproc.operator.cli\n"
-        "from extproc.routing import registry\n"
+        "import extproc.cli, extproc.gateway.server.main, extproc.gateway.envoyconf.render, extproc.gateway.operator.cli\n"
+        "from extproc.gateway.routing import registry\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "heavy += sorted(m for m in sys.modules if m.startswith(('extproc.tools', 'extproc.agent')))\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

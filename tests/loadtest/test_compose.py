@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from extproc.config import load_config
-from extproc.envoyconf.render import render_envoy_yaml
-from extproc.stack.local import DEFAULT_SITES
-from extproc.stack.procs import envoy_binary
+from extproc.gateway.config import load_config
+from extproc.gateway.envoyconf.render import render_envoy_yaml
+from extproc.tools.stack.local import DEFAULT_SITES
+from extproc.tools.stack.procs import envoy_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -97,7 +97,7 @@ def test_structure_by_hand():
 def test_services_mirror_aigrid_up():
     d = _compose()
     s = d["services"]
-    # `aigrid up` (extproc.stack.local.LocalStack): redis, one site + one agent per site, serve, envoy.
+    # `aigrid up` (extproc.tools.stack.local.LocalStack): redis, one site + one agent per site, serve, envoy.
     for core in ("redis", "serve", "envoy"):
         assert core in s and not s[core].get("profiles")
     assert s["serve"]["command"][0] == "serve"

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from extproc.cli import main
-from extproc.stack.procs import free_port
+from extproc.tools.stack.procs import free_port
 
 
 def test_bad_workload_file_names_file_and_key(tmp_path, capsys):

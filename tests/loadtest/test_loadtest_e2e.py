@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 from harness import wait_pressure
 
-from extproc.loadtest.runner import Endpoints, LoadTestError, attach_retention, fetch_standin_prompts, run_loadtest
-from extproc.loadtest.workloads import parse_spec
+from extproc.tools.loadtest.runner import Endpoints, LoadTestError, attach_retention, fetch_standin_prompts, run_loadtest
+from extproc.tools.loadtest.workloads import parse_spec
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ async def test_per_site_counts_match_envoy_admin_stats(stack_factory):
 
 
 async def test_wrong_admin_address_is_a_clear_error():
-    from extproc.stack.procs import free_port
+    from extproc.tools.stack.procs import free_port
 
     port = free_port()
     spec = parse_spec({"concurrency": 1, "requests": 1})

@@ -8,9 +8,9 @@ import random
 import pytest
 from rich.console import Console
 
-from extproc.loadtest import stats as S
-from extproc.loadtest.report import compare, load_results, render_compare, render_summary, summary_rows, write_report
-from extproc.loadtest.runner import LoadResult, attach_retention
+from extproc.tools.loadtest import stats as S
+from extproc.tools.loadtest.report import compare, load_results, render_compare, render_summary, summary_rows, write_report
+from extproc.tools.loadtest.runner import LoadResult, attach_retention
 
 
 def _result(name: str, speed: float, seed: int = 1, gold: bool = True) -> LoadResult:

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.loadtest.sse import SseParser, StreamStats
+from extproc.tools.loadtest.sse import SseParser, StreamStats
 
 
 def _chunk(id_: int, text: str) -> str:

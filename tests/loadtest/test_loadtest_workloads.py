@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from extproc.loadtest.workloads import (
+from extproc.tools.loadtest.workloads import (
     CONVERSATION_HEADER,
     PRIORITY_HEADER,
     REQUEST_ID_HEADER,
@@ -166,7 +166,7 @@ def test_workload_file_with_cli_overrides(tmp_path):
 def test_reference_workload_parses():
     from pathlib import Path
 
-    import extproc.loadtest as lt
+    import extproc.tools.loadtest as lt
 
     spec = load_workload_file(Path(lt.__file__).parent / "reference.yaml")
     assert spec.concurrency and spec.duration_s and spec.stream
@@ -175,7 +175,7 @@ def test_reference_workload_parses():
 
 
 def test_every_request_carries_a_seed_stable_across_rates_and_arms():
-    from extproc.loadtest.workloads import request_seed
+    from extproc.tools.loadtest.workloads import request_seed
 
     slow = list(plan(_spec(requests=200, rate=5.0)))
     fast = list(plan(_spec(requests=200, rate=80.0)))

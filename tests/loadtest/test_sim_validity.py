@@ -8,11 +8,11 @@ import json
 import aiohttp
 from rich.console import Console
 
-from extproc.loadtest import stats as S
-from extproc.loadtest.report import render_summary, report_validity, summary_rows, write_report
-from extproc.loadtest.runner import LoadResult, attach_sim_validity, fetch_sim_timing, sim_base_url
-from extproc.sim import SiteConfig, start_sim_site
-from extproc.stack.procs import free_port as _free_port
+from extproc.tools.loadtest import stats as S
+from extproc.tools.loadtest.report import render_summary, report_validity, summary_rows, write_report
+from extproc.tools.loadtest.runner import LoadResult, attach_sim_validity, fetch_sim_timing, sim_base_url
+from extproc.tools.sim import SimSiteConfig, start_sim_site
+from extproc.tools.stack.procs import free_port as _free_port
 
 OK = {"steps": 500, "lateness_p99_s": 0.004, "lateness_p99_bound_s": 0.020, "slip_seconds": 0.0, "max_slip_s": 0.0, "valid": True}
 LATE = {**OK, "lateness_p99_s": 0.0731, "valid": False}
@@ -75,7 +75,7 @@ def test_base_url_from_metrics_url() -> None:
 
 
 async def test_fetch_reads_each_sites_verdict_over_http() -> None:
-    site = await start_sim_site(SiteConfig(name="edge", port=_free_port(), speed_factor=20.0))
+    site = await start_sim_site(SimSiteConfig(name="edge", port=_free_port(), speed_factor=20.0))
     nowhere = f"http://127.0.0.1:{_free_port()}/metrics"
     try:
         async with aiohttp.ClientSession() as s:

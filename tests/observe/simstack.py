@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from harness import Stack, http, wait_until
-from extproc.stack.procs import ProcessGroup, free_port, http_ok, python_argv
+from extproc.tools.stack.procs import ProcessGroup, free_port, http_ok, python_argv
 
 
 def make_sim_stack(root: Path, sites: tuple[str, ...] = ("edge", "remote")) -> Stack:

@@ -18,7 +18,7 @@ def tricky_pieces(data: bytes) -> list[int]:
     """Piece sizes for a stream being stripped where, as often as possible, the bytes passed on for a
     piece have the piece's own length but not its content (bytes held from the previous piece plus
     part of this one): a strip that compared lengths instead of bytes would lose or repeat data."""
-    from extproc.observe.usage import SseUsageScanner  # noqa: PLC0415 (test helper, same rule as Lua)
+    from extproc.gateway.observe.usage import SseUsageScanner  # noqa: PLC0415 (test helper, same rule as Lua)
 
     pieces: list[int] = []
     pos = 0

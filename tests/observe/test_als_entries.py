@@ -6,10 +6,10 @@ from __future__ import annotations
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from prometheus_client import CollectorRegistry
 
-from extproc.config.observability import ObservabilitySettings
-from extproc.observe.request import RequestSummary
-from extproc.server.als import AccessLogReceiver, entry_usage
-from extproc.server.observer import ResponseObserver
+from extproc.gateway.config.observability import ObservabilitySettings
+from extproc.gateway.observe.request import RequestSummary
+from extproc.gateway.observe.als import AccessLogReceiver, entry_usage
+from extproc.gateway.observe.observer import ResponseObserver
 
 
 def _entry(summary: RequestSummary | None, prompt=None, completion=None, status=200, site="edge") -> al.HTTPAccessLogEntry:  # type: ignore[no-untyped-def]

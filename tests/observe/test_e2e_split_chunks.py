@@ -14,7 +14,7 @@ import pytest
 from harness import Stack, chat_body, wait_until
 from simstack import metric_sum, wait_envoy_ready
 from splitter import COMPLETION, PROMPT, body_bytes, stream_bytes, tricky_pieces
-from extproc.stack.procs import ProcessGroup, free_port, http_ok, python_argv
+from extproc.tools.stack.procs import ProcessGroup, free_port, http_ok, python_argv
 
 HERE = os.path.dirname(__file__)
 

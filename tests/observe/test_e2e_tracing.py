@@ -13,7 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from harness import chat_body, wait_until  # noqa: E402
 from simstack import wait_envoy_ready  # noqa: E402
-from extproc.stack.procs import free_port  # noqa: E402
+from extproc.tools.stack.procs import free_port  # noqa: E402
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"

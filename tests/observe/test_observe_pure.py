@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from extproc.observe.names import OTHER, ModelLabels, reason_class
-from extproc.observe.request import (
+from extproc.gateway.observe.names import OTHER, ModelLabels, reason_class
+from extproc.gateway.observe.request import (
     RequestSummary,
     compression_estimate,
     decode_summary,
@@ -18,7 +18,7 @@ from extproc.observe.request import (
     prompt_tokens_saved,
     wants_usage_injection,
 )
-from extproc.observe.usage import BodyCollector, SseUsageScanner, Usage, split_events, usage_from_body
+from extproc.gateway.observe.usage import BodyCollector, SseUsageScanner, Usage, split_events, usage_from_body
 
 
 def _chunk(text: str) -> bytes:

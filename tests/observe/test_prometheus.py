@@ -17,9 +17,10 @@ import yaml
 
 from harness import chat_body, http, wait_until
 from simstack import metric_sum, wait_envoy_ready
-from extproc.loadtest.workloads import RagSpec, rag_messages, synth_rag_item
-from extproc.observe.request import compression_estimate, prompt_tokens_saved
-from extproc.stack.procs import free_port, http_ok
+from extproc.tools.workload.synthetic import rag_messages, synth_rag_item
+from extproc.tools.workload.spec import SyntheticRagSpec
+from extproc.gateway.observe.request import compression_estimate, prompt_tokens_saved
+from extproc.tools.stack.procs import free_port, http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "aigrid.json"
@@ -66,7 +67,7 @@ def _prom_config(tmp: Path, gw, sites: dict[str, int]) -> Path:  # type: ignore[
 def check_saved_tokens_from_real_usage(gw) -> None:  # type: ignore[no-untyped-def]
     """A long RAG prompt, compressed: the saved-token counter is the site's real prompt count (usage)
     scaled by the compressor's before/after estimate, which the client sees in its compression header."""
-    item = synth_rag_item(random.Random(3), RagSpec(prompt_tokens={"median": 2500, "sigma": 0.1, "min": 2000, "max": 3000},
+    item = synth_rag_item(random.Random(3), SyntheticRagSpec(prompt_tokens={"median": 2500, "sigma": 0.1, "min": 2000, "max": 3000},
                                                     documents_min=6, documents_max=6, japanese_share=0.0))
     r = gw.post("/v1/chat/completions", json.dumps({"model": MODEL, "max_tokens": 8, "messages": rag_messages(item)}).encode())
     assert r.status == 200, r.body[:300]

@@ -7,11 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from extproc.config.load import ConfigError
+from extproc.gateway.config.load import ConfigError
 
-from extproc.config import load_config_text
-from extproc.envoyconf.render import render_envoy_config, render_envoy_yaml
-from extproc.stack.procs import envoy_binary
+from extproc.gateway.config import load_config_text
+from extproc.gateway.envoyconf.render import render_envoy_config, render_envoy_yaml
+from extproc.tools.stack.procs import envoy_binary
 
 BASE = "sites:\n  - name: edge\n    role: edge\n    endpoints: ['127.0.0.1:8001']\n  - name: remote\n    endpoints: ['127.0.0.1:8002']\n"
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as hs
 
 luajit = pytest.importorskip("lupa.luajit21")
 
-from extproc.envoyconf.usage_lua import SOURCE  # noqa: E402
+from extproc.gateway.envoyconf.usage_lua import SOURCE  # noqa: E402
 from test_observe_pure import CONTENT, STREAM, USAGE_CHUNK  # noqa: E402
 
 EXPECTED = CONTENT + b"data: [DONE]\n\n"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from extproc.stack.local import LocalStack, SiteSpec
-from extproc.stack.openloop import OpenLoop, Summary, read_access_log, recovery_s, summarize
-from extproc.stack.procs import RestartPolicy, free_port
+from extproc.tools.sites import GridSite
+from extproc.tools.stack.local import LocalStack
+from extproc.tools.stack.openloop import OpenLoop, Summary, read_access_log, recovery_s, summarize
+from extproc.tools.stack.procs import RestartPolicy, free_port
 from harness import chat_body
 
 
@@ -96,7 +97,7 @@ def read_all_access(stack: LocalStack | Path, since: float, expected: int, timeo
 def grid(tmp_path: Path) -> Iterator[Callable[..., LocalStack]]:
     made: list[LocalStack] = []
 
-    def make(upstream: str = "standin", sites: tuple[SiteSpec, ...] | None = None, **overrides: dict) -> LocalStack:
+    def make(upstream: str = "standin", sites: tuple[GridSite, ...] | None = None, **overrides: dict) -> LocalStack:
         o = {"envoy": {"access_log": True, "health_check_interval_ms": 500}, "gateway": {"drain_grace_s": 5}}
         for k, v in overrides.items():
             o.setdefault(k, {}).update(v)
@@ -113,7 +114,7 @@ def grid(tmp_path: Path) -> Iterator[Callable[..., LocalStack]]:
         st.stop()
 
 
-def _make(root: Path, upstream: str, sites: tuple[SiteSpec, ...] | None, overrides: dict) -> LocalStack:
+def _make(root: Path, upstream: str, sites: tuple[GridSite, ...] | None, overrides: dict) -> LocalStack:
     o: dict = {"envoy": {"access_log": True, "health_check_interval_ms": 500}, "gateway": {"drain_grace_s": 5}}
     for k, v in overrides.items():
         o.setdefault(k, {}).update(v)
@@ -130,8 +131,8 @@ def _make(root: Path, upstream: str, sites: tuple[SiteSpec, ...] | None, overrid
 
 # The link-delay scenario needs the remote site to start out closer than the edge (see its test).
 SIM_SITES = (
-    SiteSpec("edge", "edge", gpu="L40S", replicas=1, link_delay_ms=5.0, rtt_ms=10.0, running_capacity=8),
-    SiteSpec("remote", "remote", gpu="H100", replicas=2, link_delay_ms=0.0, rtt_ms=1.0, running_capacity=48),
+    GridSite(name="edge", role="edge", gpu="L40S", replicas=1, link_delay_ms=5.0, rtt_ms=10.0, running_capacity=8),
+    GridSite(name="remote", role="remote", gpu="H100", replicas=2, link_delay_ms=0.0, rtt_ms=1.0, running_capacity=48),
 )
 
 

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from faultkit import run_fault, supervise_for  # type: ignore[import-not-found]
-from extproc.compression.offline import install_tiktoken_cache
-from extproc.loadtest.workloads import RagSpec, rag_messages, synth_rag_item
+from extproc.gateway.compression.offline import install_tiktoken_cache
+from extproc.tools.workload.synthetic import rag_messages, synth_rag_item
+from extproc.tools.workload.spec import SyntheticRagSpec
 from proctree import descendants  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.slow
@@ -23,14 +24,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):  # type: ignore[no-untyped-def]
-    from extproc.compression.tinymodel import build_tiny_model
+    from extproc.tools.evalcompress.tinymodel import build_tiny_model
 
     install_tiktoken_cache()
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert-base-multilingual-cased")
 
 
 def _bodies(n: int = 16) -> list[bytes]:
-    spec = RagSpec(prompt_tokens={"median": 600, "sigma": 0.1, "min": 500, "max": 700}, documents_min=4,
+    spec = SyntheticRagSpec(prompt_tokens={"median": 600, "sigma": 0.1, "min": 500, "max": 700}, documents_min=4,
                    documents_max=4, japanese_share=0.0)
     out = []
     for seed in range(n):

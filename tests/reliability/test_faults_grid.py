@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from faultkit import outage, run_fault, supervise_for  # type: ignore[import-not-found]
+from faultkit import outage, run_fault  # type: ignore[import-not-found]
 from harness import chat_body, http, wait_until
 
 pytestmark = pytest.mark.slow

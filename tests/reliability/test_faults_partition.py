@@ -10,8 +10,8 @@ import time
 import pytest
 
 from faultkit import read_all_access  # type: ignore[import-not-found]
-from extproc.stack.openloop import OpenLoop, summarize
-from extproc.stack.procs import free_port
+from extproc.tools.stack.openloop import OpenLoop, summarize
+from extproc.tools.stack.procs import free_port
 from harness import chat_body, wait_until
 from tcpproxy import PartitionableProxy  # type: ignore[import-not-found]
 

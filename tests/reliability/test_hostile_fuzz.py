@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compression"))
 
 from fakes import EveryOther, make_request  # type: ignore[import-not-found]  # noqa: E402
 
-from extproc.compression.coarse import CoarseRanker  # noqa: E402
-from extproc.compression.rewriter import CompressionRewriter  # noqa: E402
-from extproc.config.compression import CompressionSettings  # noqa: E402
-from extproc.request.openai import body_features, inspect_headers, parse_json_body  # noqa: E402
-from extproc.rewrite import Rewrite  # noqa: E402
-from extproc.routing.features import SlaClass  # noqa: E402
+from extproc.gateway.compression.core.coarse import CoarseRanker  # noqa: E402
+from extproc.gateway.compression.rewriter import CompressionRewriter  # noqa: E402
+from extproc.gateway.config.compression import CompressionSettings  # noqa: E402
+from extproc.gateway.request.openai import body_features, inspect_headers, parse_json_body  # noqa: E402
+from extproc.gateway.compression.seam import Rewrite  # noqa: E402
+from extproc.gateway.request.features import SlaClass  # noqa: E402
 
 CHAT = "/v1/chat/completions"
 # A header value Envoy accepts: visible ASCII/obs-text, spaces and tabs; no CR, LF or NUL.

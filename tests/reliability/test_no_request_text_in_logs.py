@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from extproc.trust import redact
+from extproc.gateway.observe import redact
 
 REPO = Path(__file__).resolve().parents[2]
 # Code that runs per request (or holds request text): every log call there is checked.
@@ -97,7 +97,7 @@ def test_logged_exceptions_keep_frames_and_types_but_not_their_text() -> None:
 def test_opt_in_shows_the_text() -> None:
     code = (
         "import logging, io\n"
-        "from extproc.trust import redact\n"
+        "from extproc.gateway.observe import redact\n"
         "logging.basicConfig()\nredact.install()\n"
         "try:\n    raise ValueError('visible prompt')\nexcept ValueError:\n    logging.getLogger('x').exception('e')\n"
     )

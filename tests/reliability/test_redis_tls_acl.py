@@ -13,11 +13,11 @@ import pytest
 import redis
 import trustme
 
-from extproc.agent.publisher import Outgoing, Publisher
-from extproc.config.schema import RedisSettings
-from extproc.loadmap.reader import LoadMapReader
-from extproc.loadreport import EngineStats, GpuStats, NodeLoadReport, RedisKeys, encode_report
-from extproc.stack.procs import ProcessGroup, free_port, port_open, start_redis
+from extproc.agent.publisher import Publisher
+from extproc.wire.redisconn.settings import RedisSettings
+from extproc.gateway.loadmap.reader import LoadMapReader
+from extproc.wire.loadreport import EngineStats, GpuStats, NodeLoadReport, RedisKeys, encode_report
+from extproc.tools.stack.procs import ProcessGroup, free_port, port_open, start_redis
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORDS = {"aigrid-gateway": "change-me-gateway", "aigrid-agent-edge": "change-me-edge",

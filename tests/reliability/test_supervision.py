@@ -7,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from extproc.stack.procs import ProcessGroup, RestartPolicy, free_port, port_is_free, python_argv, restart_plan
+from extproc.tools.stack.procs import ProcessGroup, RestartPolicy, free_port, port_is_free, python_argv, restart_plan
 from harness import http, wait_until
 from proctree import alive, descendants  # type: ignore[import-not-found]
 

@@ -14,9 +14,9 @@ import yaml
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
-from extproc.config import load_config
-from extproc.envoyconf.render import render_envoy_yaml
-from extproc.stack.procs import ProcessGroup, free_port, http_ok, port_open, python_argv, start_envoy, start_redis
+from extproc.gateway.config import load_config
+from extproc.gateway.envoyconf.render import render_envoy_yaml
+from extproc.tools.stack.procs import ProcessGroup, free_port, http_ok, port_open, python_argv, start_envoy, start_redis
 from harness import chat_body, wait_until
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def test_tls_listener_mtls_extproc_and_tls_site(tmp_path) -> None:
     (tmp_path / "envoy.yaml").write_text(render_envoy_yaml(config))
     with ProcessGroup(tmp_path / "logs") as g:
         start_redis(g, redis_port)
-        site = g.start("site", python_argv("-m", "extproc.stack.standin", "--name", "edge", "--port", str(site_port),
+        site = g.start("site", python_argv("-m", "extproc.tools.stack.standin", "--name", "edge", "--port", str(site_port),
                                            "--tls-cert", f["site"], "--tls-key", f["site_key"]))
         site.wait_ready(lambda: port_open(site_port), 20, "TLS stand-in listening")
         serve = g.start("serve", python_argv("-m", "extproc.cli", "serve", "--config", str(tmp_path / "aigrid.yaml")))
@@ -104,9 +104,9 @@ def test_rendered_tls_options_validate(tmp_path) -> None:
     """mTLS on the listener, a site over TLS with a client certificate and a DNS name: Envoy accepts it."""
     import subprocess
 
-    from extproc.config.load import load_config_text
-    from extproc.envoyconf.render import render_envoy_config
-    from extproc.stack.procs import envoy_binary
+    from extproc.gateway.config.load import load_config_text
+    from extproc.gateway.envoyconf.render import render_envoy_config
+    from extproc.tools.stack.procs import envoy_binary
 
     ca = trustme.CA()
     leaf = ca.issue_cert("gpu1.example.internal")
@@ -141,7 +141,7 @@ envoy:
 def test_client_tls_needs_cert_and_key_together() -> None:
     from pydantic import ValidationError
 
-    from extproc.config.trust import ClientTls
+    from extproc.gateway.config.trust import ClientTls
 
     with pytest.raises(ValidationError, match="cert_path and key_path go together"):
         ClientTls(ca_path="/ca.pem", cert_path="/c.pem")

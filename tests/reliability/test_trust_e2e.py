@@ -8,7 +8,7 @@ import http.client
 
 import pytest
 
-from extproc.trust.sla import api_key_digest
+from extproc.gateway.request.trust import api_key_digest
 from harness import chat_body
 from jwtutil import Signer  # type: ignore[import-not-found]
 

@@ -9,14 +9,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from extproc.config.load import load_config_text
-from extproc.envoyconf.render import render_envoy_config, render_envoy_yaml
-from extproc.routing.features import SlaClass
-from extproc.stack.procs import envoy_binary
-from extproc.config.trust import TrustSettings
+from extproc.gateway.config.load import load_config_text
+from extproc.gateway.envoyconf.render import render_envoy_config, render_envoy_yaml
+from extproc.gateway.request.features import SlaClass
+from extproc.tools.stack.procs import envoy_binary
+from extproc.gateway.config.trust import TrustSettings
 from jwtutil import Signer  # type: ignore[import-not-found]
 
-from extproc.trust.sla import SlaSource, TrustRule, api_key_digest, headers_read, resolve_sla, rule_from_settings
+from extproc.gateway.request.trust import SlaSource, TrustRule, api_key_digest, headers_read, resolve_sla, rule_from_settings
 
 R, S, B = SlaClass.realtime, SlaClass.standard, SlaClass.batch
 KEY_RT, KEY_BATCH = "sk-realtime-0123", "sk-batch-4567"

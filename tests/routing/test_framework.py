@@ -6,17 +6,17 @@ import random
 
 import pytest
 
-from extproc.config import load_config_text
-from extproc.config.load import ConfigError
-from extproc.config.schema import PolicySettings, ProfileSpec, SiteRole, StepSpec
-from extproc.loadmap.model import LoadSnapshot, SiteLoad
-from extproc.routing.features import RequestFeatures, SlaClass
-from extproc.routing.framework import RoutingContext, StepKind
-from extproc.routing.pipeline import decide
-from extproc.routing.profiles import BUILTIN_PROFILES
-from extproc.routing.registry import REGISTRY, ProfileError, build_active_profile, build_profile, check_profiles
-from extproc.routing.router import Router, keyed_draw
-from extproc.routing.views import SiteView
+from extproc.gateway.config import load_config_text
+from extproc.gateway.config.load import ConfigError
+from extproc.gateway.config.schema import PolicySettings, ProfileSpec, SiteRole, StepSpec
+from extproc.gateway.loadmap.model import LoadSnapshot, SiteLoad
+from extproc.gateway.request.features import RequestFeatures, SlaClass
+from extproc.gateway.routing.framework import RoutingContext, StepKind
+from oneshot import Case, decide
+from extproc.gateway.routing.profiles import BUILTIN_PROFILES
+from extproc.gateway.routing.registry import REGISTRY, ProfileError, build_active_profile, build_profile, check_profiles
+from extproc.gateway.routing.router import Router, keyed_draw
+from extproc.gateway.routing.views import SiteView
 
 CFG = """
 sites:
@@ -37,7 +37,7 @@ def view(name: str, p: float | None, *, rtt: float, role: SiteRole = SiteRole.re
 
 def ctx(views, *, sla=SlaClass.standard, u=0.5, features=None, default="edge") -> RoutingContext:
     f = features or RequestFeatures(sla=sla)
-    return RoutingContext(f, views, {}, PolicySettings(), default, u, 0.0)
+    return RoutingContext(f, views, PolicySettings(), default, u, 0.0)
 
 
 # ---- registry and profile building ---------------------------------------------------------------------
@@ -120,14 +120,14 @@ def test_today_policy_equals_the_aigrid_profile_on_a_grid():
     for sla in SlaClass:
         for i in range(100):
             c = ctx(views, sla=sla, u=i / 100)
-            c = RoutingContext(c.features, c.views, {"edge": True}, c.policy, c.default_site, c.u)
-            assert prof.decide(c) == decide(c)
+            c = RoutingContext(c.features, c.views, c.policy, c.default_site, c.u)
+            assert prof.decide(c) == decide(Case(c, {"edge": True}))
 
 
 def test_spill_shares_among_several_targets_by_headroom():
     views = [view("edge", 0.95, rtt=1, role=SiteRole.edge), view("regional", 0.05, rtt=4), view("far", 0.45, rtt=20)]
     prof = build_profile("aigrid", BUILTIN_PROFILES["aigrid"], cfg())
-    sites = [prof.decide(RoutingContext(RequestFeatures(), views, {"edge": True}, PolicySettings(), "edge", i / 1000)).site
+    sites = [prof.decide(RoutingContext(RequestFeatures(), views, PolicySettings(), "edge", i / 1000)).site
              for i in range(1000)]
     share = {s: sites.count(s) / 1000 for s in ("edge", "regional", "far")}
     assert share["edge"] == pytest.approx(0.1, abs=0.01)  # max_spill 0.9 at spill_full
@@ -140,7 +140,7 @@ def test_no_sla_ablation_treats_batch_and_realtime_as_standard():
     full = build_profile("a", BUILTIN_PROFILES["aigrid"], cfg())
     flat = build_profile("b", BUILTIN_PROFILES["aigrid_no_sla"], cfg())
     def remote_share(prof, sla):
-        return sum(prof.decide(RoutingContext(RequestFeatures(sla=sla), views, {"edge": True}, PolicySettings(), "edge", i / 200)).site == "regional"
+        return sum(prof.decide(RoutingContext(RequestFeatures(sla=sla), views, PolicySettings(), "edge", i / 200)).site == "regional"
                    for i in range(200)) / 200
     assert remote_share(full, SlaClass.batch) > remote_share(full, SlaClass.standard)
     assert remote_share(flat, SlaClass.batch) == remote_share(flat, SlaClass.standard) == remote_share(flat, SlaClass.realtime)
@@ -164,11 +164,11 @@ def test_prefix_cache_scorer_learns_where_prefixes_went():
     prof = build_profile("b2", BUILTIN_PROFILES["prefix_least_loaded"], cfg())
     prefix = prof.scorers[2]
     f = RequestFeatures(prefix_blocks=(1, 2, 3, 4))
-    c = RoutingContext(f, views, {}, PolicySettings(), "edge", 0.5)
-    from extproc.routing.framework import Decision
+    c = RoutingContext(f, views, PolicySettings(), "edge", 0.5)
+    from extproc.gateway.routing.framework import Decision
     prefix.on_decision(c, Decision("regional", "x", "max_score"))
     assert prefix.score(c, views) == [0.0, 1.0]
-    half = RoutingContext(RequestFeatures(prefix_blocks=(1, 2, 9, 9)), views, {}, PolicySettings(), "edge", 0.5)
+    half = RoutingContext(RequestFeatures(prefix_blocks=(1, 2, 9, 9)), views, PolicySettings(), "edge", 0.5)
     assert prefix.score(half, views) == [0.0, 0.5]
     # The weighted sum now prefers regional despite equal load (and edge's RTT tie-break).
     assert prof.decide(c).site == "regional"
@@ -177,9 +177,9 @@ def test_prefix_cache_scorer_learns_where_prefixes_went():
 def test_prefix_index_is_bounded():
     prof = build_profile("p", ProfileSpec(scorers=[StepSpec(type="prefix_cache", params={"lru_capacity_per_site": 3})]), cfg())
     sc = prof.scorers[0]
-    from extproc.routing.framework import Decision
+    from extproc.gateway.routing.framework import Decision
     views = [view("edge", 0.1, rtt=1)]
-    sc.on_decision(RoutingContext(RequestFeatures(prefix_blocks=tuple(range(10))), views, {}, PolicySettings(), "edge", 0.5), Decision("edge", "", ""))
+    sc.on_decision(RoutingContext(RequestFeatures(prefix_blocks=tuple(range(10))), views, PolicySettings(), "edge", 0.5), Decision("edge", "", ""))
     assert list(sc.index["edge"]) == [7, 8, 9]
 
 
@@ -191,15 +191,15 @@ def test_ttft_scorer_trades_rtt_against_queue_and_budget():
     busy_edge = view("edge", 1.0, rtt=1, role=SiteRole.edge, waiting=3)
     far = view("far", 0.1, rtt=60, waiting=0)
     small = RequestFeatures(prompt_tokens=500, sla=SlaClass.realtime)
-    assert prof.decide(RoutingContext(small, [idle_edge, far], {}, PolicySettings(), "edge", 0.5)).site == "edge"
+    assert prof.decide(RoutingContext(small, [idle_edge, far], PolicySettings(), "edge", 0.5)).site == "edge"
     # 3 waiting + a full site: ~4 × 1,500 tokens at 10k tok/s = 650 ms > far's 60 + 50 ms.
-    assert prof.decide(RoutingContext(small, [busy_edge, far], {}, PolicySettings(), "edge", 0.5)).site == "far"
+    assert prof.decide(RoutingContext(small, [busy_edge, far], PolicySettings(), "edge", 0.5)).site == "far"
     est = sc.estimate_ms(busy_edge, 500)
     assert est == pytest.approx(1 + 1000 * (4 * 1500 + 500) / 10_000)
     # Budget: realtime 300 ms → the busy edge scores 0; batch 10 s → still positive.
-    assert sc.score(RoutingContext(small, [busy_edge], {}, PolicySettings(), "edge", 0.5), [busy_edge]) == [0.0]
+    assert sc.score(RoutingContext(small, [busy_edge], PolicySettings(), "edge", 0.5), [busy_edge]) == [0.0]
     batch = RequestFeatures(prompt_tokens=500, sla=SlaClass.batch)
-    assert sc.score(RoutingContext(batch, [busy_edge], {}, PolicySettings(), "edge", 0.5), [busy_edge])[0] > 0.9
+    assert sc.score(RoutingContext(batch, [busy_edge], PolicySettings(), "edge", 0.5), [busy_edge])[0] > 0.9
 
 
 def test_round_robin_cycles_and_skips_drained():

@@ -6,13 +6,13 @@ from typing import Any, AsyncIterator, Callable, Awaitable
 
 import pytest
 
-from extproc.sim import SimSite, SiteConfig, start_sim_site
-from extproc.stack.procs import free_port
+from extproc.tools.sim import SimSite, SimSiteConfig, start_sim_site
+from extproc.tools.stack.procs import free_port
 
 
 @pytest.fixture
 async def make_site() -> AsyncIterator[Callable[..., Awaitable[SimSite]]]:
-    """Start sites with SiteConfig overrides; every site is stopped at the end of the test."""
+    """Start sites with SimSiteConfig overrides; every site is stopped at the end of the test."""
     sites: list[SimSite] = []
 
     async def _make(**kw: Any) -> SimSite:
@@ -20,7 +20,7 @@ async def make_site() -> AsyncIterator[Callable[..., Awaitable[SimSite]]]:
         kw.setdefault("port", free_port())
         # A fast GPU keeps the HTTP tests short; timing is never asserted.
         kw.setdefault("speed_factor", 20.0)
-        site = await start_sim_site(SiteConfig(**kw))
+        site = await start_sim_site(SimSiteConfig(**kw))
         sites.append(site)
         return site
 

@@ -7,8 +7,8 @@ import random
 import orjson
 import pytest
 
-from extproc.sim.api import ApiError, ApiLimits, completion_body, natural_length, prepare_request, usage_chunk
-from extproc.sim.tokens import count_chat, text_ids
+from extproc.tools.sim.api import ApiError, ApiLimits, completion_body, natural_length, prepare_request, usage_chunk
+from extproc.tools.tokens import count_chat, text_ids
 
 LIMITS = ApiLimits(frozenset({"llama-3.1-8b"}), max_model_len=4096, ignore_eos=False,
                    natural_output_min=10, natural_output_max=40)

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from extproc.stack.procs import free_port
+from extproc.tools.stack.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.sim.engine import FINISHED, Arrival, EngineCore, SimRequest, VirtualSim
-from extproc.sim.profiles import load_profiles, make_hardware
+from extproc.tools.sim.engine import FINISHED, Arrival, EngineCore, SimRequest, VirtualSim
+from extproc.tools.sim.profiles import load_profiles, make_hardware
 
 PROFILES = load_profiles()
 

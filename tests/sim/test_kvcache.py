@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.sim.engine import FINISHED, EngineCore, SimRequest
-from extproc.sim.kvcache import ROOT_HASH, KVCacheManager, hash_blocks
-from extproc.sim.profiles import load_profiles, make_hardware
+from extproc.tools.sim.engine import FINISHED, EngineCore, SimRequest
+from extproc.tools.sim.kvcache import ROOT_HASH, KVCacheManager, hash_blocks
+from extproc.tools.sim.profiles import load_profiles, make_hardware
 
 PROFILES = load_profiles()
 BS = 16

@@ -6,8 +6,8 @@ from __future__ import annotations
 import aiohttp
 from openai import AsyncOpenAI
 
-from extproc.sim import SimSite
-from extproc.sim.tokens import chat_ids, count_chat, text_ids
+from extproc.tools.sim import SimSite
+from extproc.tools.tokens import chat_ids, count_chat, text_ids
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 DOCS = " ".join(f"Document {i}: the fiber route {i} runs through site {i % 7} with {i * 13} spans." for i in range(40))
@@ -137,7 +137,7 @@ async def test_non_integer_seed_is_refused(site: SimSite) -> None:
 
 async def test_planned_workload_requests_get_the_same_length_at_two_sites(make_site) -> None:
     """The load test's own request bodies (each with its seed) at two differently seeded sites."""
-    from extproc.loadtest.workloads import parse_spec, plan
+    from extproc.tools.loadtest.workloads import parse_spec, plan
 
     short = {"natural_output_min": 4, "natural_output_max": 60}
     a = await make_site(name="a", seed=5, **short)

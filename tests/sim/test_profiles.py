@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.sim.profiles import GB, ProfileError, load_profiles, make_hardware
+from extproc.tools.sim.profiles import GB, ProfileError, load_profiles, make_hardware
 
 PROFILES = load_profiles()
 NUMERIC_GPU = ("memory_gb", "mem_bw_gb_s", "bf16_tflops", "link_gb_s", "allreduce_latency_us")

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from extproc.sim.engine import run_closed_loop, run_open_loop
-from extproc.sim.profiles import load_profiles, make_hardware
+from extproc.tools.sim.engine import run_closed_loop, run_open_loop
+from extproc.tools.sim.profiles import load_profiles, make_hardware
 
 HW = make_hardware(load_profiles(), "H100", "llama-3.1-8b", 1)
 

@@ -10,8 +10,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from extproc.sim import SimSite
-from extproc.sim.tokens import count_text
+from extproc.tools.sim import SimSite
+from extproc.tools.tokens import count_text
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 MSG = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Route this through the grid, please."}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.sim.profiles import GB, load_profiles, make_hardware
+from extproc.tools.sim.profiles import GB, load_profiles, make_hardware
 
 PROFILES = load_profiles()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from extproc.sim import SimSite
-from extproc.sim.config import SiteConfig
-from extproc.sim.stats import timing_summary
+from extproc.tools.sim import SimSite
+from extproc.tools.sim.config import SimSiteConfig
+from extproc.tools.sim.stats import timing_summary
 
 
 def test_verdict_valid_within_bounds() -> None:
@@ -35,9 +35,9 @@ def test_verdict_of_an_idle_site_is_valid() -> None:
 
 def test_bad_bounds_are_refused_with_the_option_named() -> None:
     with pytest.raises(ValueError, match="lateness_p99_bound_ms"):
-        SiteConfig(lateness_p99_bound_ms=0).validate()
+        SimSiteConfig(lateness_p99_bound_ms=0).validate()
     with pytest.raises(ValueError, match="max_slip_s"):
-        SiteConfig(max_slip_s=-1).validate()
+        SimSiteConfig(max_slip_s=-1).validate()
 
 
 async def test_timing_endpoint_reports_the_verdict_against_the_configured_bound(make_site) -> None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from extproc.stack.procs import free_port, port_is_free
+from extproc.tools.stack.procs import free_port, port_is_free
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 
-from extproc.stack.procs import ephemeral_port_range, free_port, listen_port_candidates, port_is_free
+from extproc.tools.stack.procs import ephemeral_port_range, free_port, listen_port_candidates, port_is_free
 
 
 def test_candidates_lie_below_the_ephemeral_range() -> None:

@@ -1,5 +1,0 @@
-"""Rendering Envoy's configuration from aigrid.yaml (`aigrid envoy-config`)."""
-
-from extproc.envoyconf.render import render_envoy_config, render_envoy_yaml
-
-__all__ = ["render_envoy_config", "render_envoy_yaml"]

@@ -1,0 +1,298 @@
+"""The response side's ext_proc adapter. Two roles, one gRPC service:
+
+- On the routing filter's stream (blocking): `RoutingSide` adds the request summary header (and, when
+  configured, asks a stream for its usage); for such a stream it asks Envoy for the response body
+  (STREAMED) and strips the usage chunk the client did not ask for.
+- On the observing filter's stream (`observability_mode`: Envoy sends and never waits): `observe()` reads
+  the response, counts usage, TTFT and durations. Nothing it does can delay a token.
+
+The parsing is in `extproc.gateway.observe` (pure); this file only moves bytes and updates metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from extproc.gateway.config.observability import ObservabilitySettings
+from extproc.gateway.observe import names
+from extproc.gateway.observe.headers import header_map
+from extproc.gateway.observe.request import (
+    RequestSummary,
+    compression_estimate,
+    decode_summary,
+    inject_include_usage,
+    operation_name,
+    prompt_tokens_saved,
+)
+from extproc.gateway.observe.usage import BodyCollector, SseUsageScanner, Usage
+from extproc.wire.contract import COMPRESSION_HEADER, OBS_HEADER, SITE_HEADER
+
+log = logging.getLogger(__name__)
+
+PM = processing_mode_pb2.ProcessingMode
+_OBSERVER_WANTED = frozenset({OBS_HEADER, SITE_HEADER, COMPRESSION_HEADER, ":status", "content-type"})
+_RESPONSE_WANTED = frozenset({":status", "content-type"})
+# The routing filter's answer to response headers of a stream whose usage chunk must be stripped.
+STREAM_RESPONSE_BODY = PM(
+    request_header_mode=PM.SKIP, request_body_mode=PM.NONE, request_trailer_mode=PM.SKIP,
+    response_header_mode=PM.SEND, response_body_mode=PM.STREAMED, response_trailer_mode=PM.SKIP,
+)
+
+
+class ObserveMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        lab = names.GENAI_LABELS
+        self.tokens = Histogram(
+            names.TOKEN_USAGE, "Tokens used per request, from the response's own usage (gen_ai.client.token.usage)",
+            [*lab, "gen_ai_token_type"], buckets=names.TOKEN_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            names.TTFT, "Time from the request leaving the gateway to the first response bytes of a stream",
+            lab, buckets=names.TTFT_BUCKETS, registry=r,
+        )
+        self.duration = Histogram(
+            names.REQUEST_DURATION, "Time from the request leaving the gateway to the last response byte",
+            [*lab, "error_type"], buckets=names.DURATION_BUCKETS, registry=r,
+        )
+        self.tpot = Histogram(
+            names.TIME_PER_OUTPUT_TOKEN, "Time per output token after the first (streams)",
+            lab, buckets=names.TPOT_BUCKETS, registry=r,
+        )
+        self.responses = Counter(
+            "aigrid_responses", "Responses the observer saw, by site and outcome (usage / no_usage / error / aborted)",
+            ["site", "outcome"], registry=r,
+        )
+        self.saved = Counter(
+            "aigrid_prompt_tokens_saved",
+            "Prompt tokens compression kept off the GPUs, from the response's real prompt usage", ["site"], registry=r,
+        )
+        self.compressed_prompt = Counter(
+            "aigrid_compressed_prompt_tokens",
+            "Real prompt tokens (usage) of requests whose prompt the gateway compressed", ["site"], registry=r,
+        )
+        self.injected = Counter(
+            "aigrid_usage_requested", "Streams the gateway asked for usage on the client's behalf", registry=r,
+        )
+        self.stripped = Counter(
+            "aigrid_usage_chunks_stripped", "Usage chunks removed from streams whose client did not ask for them", registry=r,
+        )
+
+
+class RoutingSide:
+    """Per routing-filter stream: what the response phases must do for this request."""
+
+    __slots__ = ("injected", "scanner")
+
+    def __init__(self) -> None:
+        self.injected = False
+        self.scanner: SseUsageScanner | None = None
+
+
+class ResponseObserver:
+    def __init__(self, settings: ObservabilitySettings, registry: CollectorRegistry, sites: list[str] = ()) -> None:  # type: ignore[assignment]
+        self.settings = settings
+        self.metrics = ObserveMetrics(registry)
+        self.model_label = names.ModelLabels(settings.max_model_labels)
+        self._children: dict[tuple[str, ...], _Children] = {}
+        # Known label values start at 0, so a dashboard shows "none yet" rather than "no data".
+        for site in sites:
+            self.metrics.saved.labels(site)
+            self.metrics.compressed_prompt.labels(site)
+            for outcome in ("usage", "no_usage", "error", "aborted"):
+                self.metrics.responses.labels(site, outcome)
+
+    # -- routing filter ----------------------------------------------------------------------------------
+    def on_routed(self, side: RoutingSide, out, path: str, body: bytes) -> None:  # out: gateway.Outcome
+        """After the routing decision of an inspected request: the summary header, and the usage request."""
+        f = out.features
+        if f is None:
+            return
+        injected = False
+        if self.settings.inject_stream_usage and out.parsed is not None:
+            new = inject_include_usage(out.body if out.body is not None else body, out.parsed)
+            if new is not None:
+                out.body = new
+                injected = True
+                self.metrics.injected.inc()
+        side.injected = injected
+        summary = RequestSummary(
+            model=f.model or "", sla=f.sla.value, operation=operation_name(path), injected=injected, stream=f.stream
+        )
+        out.headers[OBS_HEADER] = summary.encode()
+
+    def on_response_headers(self, side: RoutingSide, msg: ep.HttpHeaders, resp: ep.ProcessingResponse) -> None:
+        """Routing filter, response headers (only sent when injection is on): stream the body of an
+        injected SSE response through us so its usage chunk can be stripped."""
+        if not side.injected:
+            return
+        h = header_map(msg, _RESPONSE_WANTED)
+        if h.get(":status", "").startswith("2") and "text/event-stream" in h.get("content-type", ""):
+            side.scanner = SseUsageScanner(strip=True)
+            resp.mode_override.CopyFrom(STREAM_RESPONSE_BODY)
+
+    def on_response_body(self, side: RoutingSide, msg: ep.HttpBody, resp: ep.ProcessingResponse) -> None:
+        sc = side.scanner
+        if sc is None:
+            return
+        before = sc.stripped
+        out = sc.feed(msg.body)
+        if msg.end_of_stream:
+            out += sc.finish()
+        if sc.stripped > before:
+            self.metrics.stripped.inc(sc.stripped - before)
+        if out is msg.body or out == msg.body:
+            return  # unchanged: a plain continue
+        common = resp.response_body.response
+        if out:
+            common.body_mutation.body = out
+        else:
+            common.body_mutation.clear_body = True
+
+    # -- observing filter --------------------------------------------------------------------------------
+    async def observe(self, first: ep.ProcessingRequest, rest: AsyncIterator[ep.ProcessingRequest]) -> None:
+        """One observability-mode stream: read everything, answer nothing (Envoy ignores answers)."""
+        st = _Observed()
+        try:
+            self._on_message(st, first)
+            async for req in rest:
+                self._on_message(st, req)
+        finally:
+            if st.summary is not None and not st.done:
+                self._finish(st, aborted=True)
+
+    def _on_message(self, st: "_Observed", req: ep.ProcessingRequest) -> None:
+        which = req.WhichOneof("request")
+        if which == "response_body":
+            if st.summary is None or st.done:
+                return
+            now = time.monotonic()
+            b = req.response_body
+            if st.first_at is None and b.body:
+                st.first_at = now
+            if st.scanner is not None:
+                st.scanner.feed(b.body)
+            elif st.collector is not None:
+                st.collector.feed(b.body)
+            if b.end_of_stream:
+                st.end_at = now
+                self._finish(st)
+        elif which == "request_headers":
+            h = header_map(req.request_headers, _OBSERVER_WANTED)
+            st.summary = decode_summary(h.get(OBS_HEADER))
+            st.site = h.get(SITE_HEADER, "")
+            st.compression = compression_estimate(h.get(COMPRESSION_HEADER))
+            st.t0 = time.monotonic()
+        elif which == "response_headers":
+            if st.summary is None:
+                return
+            h = header_map(req.response_headers, _OBSERVER_WANTED)
+            st.status = h.get(":status", "")
+            if "text/event-stream" in h.get("content-type", ""):
+                st.scanner = SseUsageScanner()
+            else:
+                st.collector = BodyCollector()
+            if req.response_headers.end_of_stream:
+                st.end_at = time.monotonic()
+                self._finish(st)
+
+    def _finish(self, st: "_Observed", *, aborted: bool = False) -> None:
+        st.done = True
+        assert st.summary is not None
+        end = st.end_at if st.end_at is not None else time.monotonic()
+        usage: Usage | None = None
+        if st.scanner is not None and not aborted:
+            st.scanner.finish()
+            usage = st.scanner.usage
+        elif st.collector is not None and not aborted:
+            usage = st.collector.usage()
+        streamed = st.scanner is not None
+        self.record(
+            st.summary, st.site, st.status, usage, end - st.t0,
+            ttft_s=(st.first_at - st.t0) if streamed and st.first_at is not None else None,
+            last_s=(end - st.first_at) if st.first_at is not None else None,
+            compression=st.compression, aborted=aborted,
+        )
+
+    def record(
+        self,
+        s: RequestSummary,
+        site: str,
+        status: str,
+        usage: Usage | None,
+        duration_s: float,
+        *,
+        ttft_s: float | None,
+        last_s: float | None,
+        compression: tuple[int, int] | None,
+        aborted: bool = False,
+    ) -> None:
+        """One finished response, however it was observed (ext_proc stream or access log entry).
+        `ttft_s`: request to first response byte of a stream (None for non-stream); `last_s`: first to last
+        response byte (time per output token)."""
+        site = site or "unknown"
+        labels = (s.operation, names.PROVIDER, self.model_label(s.model), site, s.sla)
+        ch = self._children.get(labels)
+        if ch is None:
+            ch = self._children[labels] = _Children(self.metrics, labels)
+        ok = status.startswith("2") and not aborted
+        if aborted:
+            outcome = "aborted"
+        elif not ok:
+            outcome = "error"
+        else:
+            outcome = "usage" if usage is not None else "no_usage"
+        if outcome == "usage":
+            ch.with_usage.inc()
+        else:
+            self.metrics.responses.labels(site, outcome).inc()
+        if ok:
+            ch.duration_ok.observe(duration_s)
+        else:
+            self.metrics.duration.labels(*labels, status or "aborted").observe(duration_s)
+        if usage is not None:
+            ch.tokens_in.observe(usage.prompt_tokens)
+            ch.tokens_out.observe(usage.completion_tokens)
+            if compression is not None:
+                self.metrics.compressed_prompt.labels(site).inc(usage.prompt_tokens)
+                self.metrics.saved.labels(site).inc(prompt_tokens_saved(usage.prompt_tokens, compression))
+        if ok and ttft_s is not None:
+            ch.ttft.observe(ttft_s)
+            if usage is not None and usage.completion_tokens > 1 and last_s is not None:
+                ch.tpot.observe(last_s / (usage.completion_tokens - 1))
+
+
+class _Children:
+    """The metric children of one label set, looked up once (labels() costs microseconds per call)."""
+
+    __slots__ = ("tokens_in", "tokens_out", "ttft", "tpot", "duration_ok", "with_usage")
+
+    def __init__(self, m: ObserveMetrics, labels: tuple[str, ...]) -> None:
+        self.tokens_in = m.tokens.labels(*labels, "input")
+        self.tokens_out = m.tokens.labels(*labels, "output")
+        self.ttft = m.ttft.labels(*labels)
+        self.tpot = m.tpot.labels(*labels)
+        self.duration_ok = m.duration.labels(*labels, "")
+        self.with_usage = m.responses.labels(labels[3], "usage")
+
+
+class _Observed:
+    __slots__ = ("summary", "site", "compression", "t0", "status", "scanner", "collector", "first_at", "end_at", "done")
+
+    def __init__(self) -> None:
+        self.summary: RequestSummary | None = None
+        self.site = ""
+        self.compression: tuple[int, int] | None = None
+        self.t0 = time.monotonic()
+        self.status = ""
+        self.scanner: SseUsageScanner | None = None
+        self.collector: BodyCollector | None = None
+        self.first_at: float | None = None
+        self.end_at: float | None = None
+        self.done = False

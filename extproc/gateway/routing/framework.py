@@ -1,0 +1,256 @@
+"""The routing framework: filters → rules → weighted scorers → picker, over plain data.
+
+Shaped like the Gateway API Inference Extension / llm-d scheduler, in Python's idiom:
+
+- a **filter** narrows the candidate sites (drained, unhealthy, unknown load, wrong model);
+- a **rule** may decide outright (conversation affinity, realtime to the closest site, the spill split);
+  rules are tried in order and the first decision wins;
+- **scorers** give every candidate a score in [0, 1] (higher is better), summed with their weights;
+- the **picker** chooses from the scored candidates (max score, weighted random, round robin).
+
+A profile is one such composition, named in aigrid.yaml (`routing.profiles`); see `registry.py` for how
+step types are registered and `profiles.py` for the built-in ones. A stateful step owns its state and
+the hooks that advance it (`on_snapshot`, `on_decision`, `on_response`); the decision methods only read
+it, so a decision is a pure function of (context, candidates, the step's current state).
+
+If a filter would leave nothing, the profile stops and falls back (the default site if it survived the
+earlier filters, else the closest survivor), so a drained or unhealthy site is never chosen while a
+better one exists. Every decision carries a short reason string.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar
+
+from extproc.gateway.config.schema import PolicySettings
+from extproc.gateway.request.features import RequestFeatures
+from extproc.gateway.routing.views import SiteView
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingContext:
+    features: RequestFeatures
+    views: Sequence[SiteView]
+    policy: PolicySettings
+    default_site: str
+    # One uniform draw in [0, 1) supplied by the caller: the split is random, the function is not. The
+    # router derives it from the conversation key when there is one (see router.keyed_draw), so every
+    # gateway replica makes the same choice for the same conversation.
+    u: float
+    # The caller's clock (seconds, monotonic), for steps with time-bounded state (affinity TTL).
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    site: str
+    reason: str
+    step: str
+    pressure: float | None = None
+    spill_fraction: float = 0.0
+
+
+class StepKind(str, Enum):
+    filter = "filter"
+    rule = "rule"
+    scorer = "scorer"
+    picker = "picker"
+
+
+class Step:
+    """One named step. Subclasses set `kind`; `reads_body` says whether the step needs the parsed body
+    (a profile none of whose steps does is answered in the request-headers phase, no buffering)."""
+
+    kind: ClassVar[StepKind]
+    # Per instance where a parameter decides it (affinity keyed on a header alone reads no body).
+    reads_body: bool = False
+    # Whether the step reads `features.prefix_blocks` (computed from the body only when some step does).
+    needs_prefix_blocks: bool = False
+    # Filled by the registry: the type name the step was registered under, and the instance name.
+    type_name: ClassVar[str] = ""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    # Hooks (no-ops unless a step keeps state).
+    def on_snapshot(self, views: Sequence[SiteView], now: float) -> None:
+        """A new load snapshot (views without this gateway's in-flight correction)."""
+
+    def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:
+        """The profile's decision for a request, whichever step made it."""
+
+    def on_response(self, site: str, features: RequestFeatures, now: float) -> None:
+        """The site answered the request (called when the gateway sees responses)."""
+
+    def site_status(self) -> Mapping[str, Mapping[str, float]]:
+        """Per-site state worth a gauge, {status: {site: value}} (the spill step's `spilling`); the gateway
+        exports what it knows a metric for."""
+        return {}
+
+
+class Filter(Step):
+    kind = StepKind.filter
+    # Reason used when this filter would leave no candidate.
+    empty_reason: ClassVar[str] = "no candidate left"
+
+    def filter(self, ctx: RoutingContext, sites: list[SiteView]) -> list[SiteView]:
+        raise NotImplementedError
+
+
+class Rule(Step):
+    kind = StepKind.rule
+    # True when decide() never returns None: a profile may then end with this rule and no picker.
+    always_decides: ClassVar[bool] = False
+
+    def decide(self, ctx: RoutingContext, sites: list[SiteView]) -> Decision | None:
+        raise NotImplementedError
+
+
+class Scorer(Step):
+    kind = StepKind.scorer
+
+    def __init__(self, name: str, weight: float = 1.0) -> None:
+        super().__init__(name)
+        self.weight = weight
+
+    def score(self, ctx: RoutingContext, sites: list[SiteView]) -> list[float]:
+        """One score in [0, 1] per site, in order; higher is better."""
+        raise NotImplementedError
+
+
+class Picker(Step):
+    kind = StepKind.picker
+
+    def pick(self, ctx: RoutingContext, sites: list[SiteView], scores: list[float]) -> Decision:
+        raise NotImplementedError
+
+
+# ---- helpers shared by steps --------------------------------------------------------------------------
+def has_headroom(s: SiteView, p: PolicySettings) -> bool:
+    return s.pressure is not None and s.pressure < p.headroom_pressure
+
+
+def by_rtt(sites: Sequence[SiteView], p: PolicySettings) -> list[SiteView]:
+    """Closest first. Sites within rtt_tolerance_ms of the closest tie, and ties go to the lower tier
+    (edge, then regional, then far/remote), then by name: the order is total and stable, and measurement
+    jitter cannot flip it."""
+    if not sites:
+        return []
+    best = min(s.rtt_ms for s in sites)
+
+    def key(s: SiteView) -> tuple[float, int, str]:
+        rtt = 0.0 if s.rtt_ms <= best + p.rtt_tolerance_ms else s.rtt_ms
+        return (rtt, s.role.tier, s.name)
+
+    return sorted(sites, key=key)
+
+
+
+def draw_weighted(sites: Sequence[SiteView], weights: Sequence[float], u: float) -> SiteView:
+    """The site a uniform draw u in [0, 1) lands on when each site holds a share of [0, 1) proportional to
+    its weight (weights >= 0, not all zero); the last site takes the rounding remainder."""
+    r = u * sum(weights)
+    for s, w in zip(sites, weights):
+        if r < w:
+            return s
+        r -= w
+    return sites[-1]
+
+
+def fmt_p(x: float | None) -> str:
+    return "?" if x is None else f"{x:.2f}"
+
+
+def fallback(ctx: RoutingContext, left: Sequence[SiteView], why: str) -> Decision:
+    names = {s.name for s in left}
+    if ctx.default_site in names or not left:
+        return Decision(ctx.default_site, f"{why}: default site {ctx.default_site}", "fallback")
+    best = by_rtt(left, ctx.policy)[0]
+    return Decision(best.name, f"{why}: default {ctx.default_site} excluded, lowest-RTT {best.name}", "fallback")
+
+
+# ---- a profile ---------------------------------------------------------------------------------------
+StepTimer = Callable[[str, float], None]
+
+
+@dataclass(slots=True)
+class Profile:
+    """A composed pipeline. Built by `registry.build_profile`, which checks that it always decides."""
+
+    name: str
+    filters: list[Filter]
+    rules: list[Rule] = field(default_factory=list)
+    scorers: list[Scorer] = field(default_factory=list)
+    picker: Picker | None = None
+
+    @property
+    def steps(self) -> list[Step]:
+        out: list[Step] = [*self.filters, *self.rules, *self.scorers]
+        if self.picker is not None:
+            out.append(self.picker)
+        return out
+
+    @property
+    def reads_body(self) -> bool:
+        return any(s.reads_body for s in self.steps)
+
+    @property
+    def needs_prefix_blocks(self) -> bool:
+        return any(s.needs_prefix_blocks for s in self.steps)
+
+    def decide(self, ctx: RoutingContext, timer: StepTimer | None = None) -> Decision:
+        """Run the steps; `timer(step_name, seconds)` is called per step when given (sampled metrics)."""
+        clock = time.perf_counter
+        candidates = list(ctx.views)
+        for f in self.filters:
+            t0 = clock() if timer else 0.0
+            narrowed = f.filter(ctx, candidates)
+            if timer:
+                timer(f.name, clock() - t0)
+            if not narrowed:
+                return fallback(ctx, candidates, f.empty_reason)
+            candidates = narrowed
+        for r in self.rules:
+            t0 = clock() if timer else 0.0
+            d = r.decide(ctx, candidates)
+            if timer:
+                timer(r.name, clock() - t0)
+            if d is not None:
+                return d
+        if self.picker is None:  # only when the last rule always decides (checked at build)
+            return fallback(ctx, candidates, "no step decided")  # pragma: no cover
+        totals = [0.0] * len(candidates)
+        for sc in self.scorers:
+            t0 = clock() if timer else 0.0
+            for i, v in enumerate(sc.score(ctx, candidates)):
+                totals[i] += sc.weight * v
+            if timer:
+                timer(sc.name, clock() - t0)
+        t0 = clock() if timer else 0.0
+        d = self.picker.pick(ctx, candidates, totals)
+        if timer:
+            timer(self.picker.name, clock() - t0)
+        return d
+
+    def on_snapshot(self, views: Sequence[SiteView], now: float) -> None:
+        for s in self.steps:
+            s.on_snapshot(views, now)
+
+    def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:
+        for s in self.steps:
+            s.on_decision(ctx, decision)
+
+    def on_response(self, site: str, features: RequestFeatures, now: float) -> None:
+        for s in self.steps:
+            s.on_response(site, features, now)
+
+    def site_status(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for s in self.steps:
+            for status, per_site in s.site_status().items():
+                out.setdefault(status, {}).update(per_site)
+        return out

@@ -1,0 +1,260 @@
+"""The gateway's request logic, free of gRPC: inspect → features → route → (rewrite) → Outcome.
+
+Routing state lives in the router and its steps (`extproc.gateway.routing.router`); this class adds what a
+serving process needs around it: the snapshot source and clock, metrics, the grid's model list, the
+body rewriter, and the answers the gateway gives itself (GET /v1/models, 404 for an unknown model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import orjson
+
+from extproc.gateway.compression.seam import BodyRewriter, Rewrite, RewriteRequest, Skip
+from extproc.gateway.config.schema import GatewayConfig
+from extproc.gateway.loadmap.model import LoadSnapshot
+from extproc.gateway.request.features import RequestFeatures, SlaClass
+from extproc.gateway.request.openai import (
+    Inspection,
+    body_features,
+    header_features,
+    inspect_headers,
+    parse_json_body,
+)
+from extproc.gateway.request.trust import (
+    SlaSource,
+    headers_read,
+    resolve_sla,
+    rule_from_settings,
+)
+from extproc.gateway.routing.framework import Decision
+from extproc.gateway.routing.router import VIEW_TTL_S, Router
+from extproc.gateway.routing.views import SiteView
+from extproc.gateway.server.metrics import GatewayMetrics
+from extproc.wire.contract import DECISION_HEADER, SITE_HEADER
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DECISION_HEADER", "SITE_HEADER", "VIEW_TTL_S", "Gateway", "ImmediateAnswer", "Outcome"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImmediateAnswer:
+    """A response the gateway gives itself instead of forwarding (Envoy's ImmediateResponse)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What to tell Envoy: the site, and a new body when the rewriter produced one — or an answer."""
+
+    site: str
+    decision: Decision
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    immediate: ImmediateAnswer | None = None
+    # The request as the gateway understood it (inspected requests only), for the response side.
+    features: RequestFeatures | None = None
+    parsed: dict | None = None
+
+
+def model_not_found(model: str) -> bytes:
+    """vLLM's error body for an unknown model (its OpenAI-compatible ErrorResponse, HTTP 404)."""
+    return orjson.dumps({
+        "error": {
+            "message": f"The model `{model}` does not exist.",
+            "type": "NotFoundError",
+            "param": "model",
+            "code": 404,
+        }
+    })
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        snapshot_source: Callable[[], LoadSnapshot],
+        *,
+        rewriter: BodyRewriter | None = None,
+        metrics: GatewayMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        profile: str | None = None,
+    ) -> None:
+        self.config = config
+        self._snapshot = snapshot_source
+        self.rewriter = rewriter
+        self.metrics = metrics or GatewayMetrics()
+        self._clock = clock
+        self.router = Router(config, profile=profile, rng=rng)
+        # The body is buffered only when a routing step, the rewriter or the response side (usage by
+        # model and class) reads it; otherwise the gateway answers in the request-headers phase (one
+        # gRPC message, nothing buffered).
+        self.needs_body = self.router.reads_body or rewriter is not None or config.observability.usage
+        self._conv_header = config.gateway.conversation_header.lower()
+        # Who may set the SLA class (extproc.trust): never the client's own x-aigrid-priority by default.
+        self.trust = rule_from_settings(config.trust)
+        self.wants_jwt = self.trust.source is SlaSource.jwt
+        # Headers the request path reads (everything else is never decoded).
+        self.wanted_headers = frozenset(
+            {":method", ":path", "content-type", "content-encoding", "content-length", self._conv_header}
+        ) | headers_read(self.trust)
+        self._decision_counters: dict[tuple[str, str, str], object] = {}
+        self._timing_every = config.routing.step_timing_sample
+        self._decisions = 0
+        self._step_hist: dict[str, object] = {}
+
+    # -- load map events ----------------------------------------------------------------------------------
+    def on_snapshot(self, snap: LoadSnapshot) -> None:
+        """Called by the map reader on every change: advance the router's state, refresh gauges."""
+        views = self.router.on_snapshot(snap, self._clock())
+        spilling = self.router.site_status().get("spilling", {})
+        m = self.metrics
+        m.redis_connected.set(1 if snap.connected else 0)
+        for v in views:
+            m.site_pressure.labels(v.name).set(-1 if v.pressure is None else v.pressure)
+            m.site_drained.labels(v.name).set(1 if v.drained else 0)
+            m.site_spilling.labels(v.name).set(1 if spilling.get(v.name) else 0)
+
+    # -- routing ------------------------------------------------------------------------------------------
+    def views(self, now: float) -> list[SiteView]:
+        return self.router.views(self._snapshot(), now)
+
+    def _count_decision(self, site: str, step: str, sla: str) -> None:
+        key = (site, step, sla)
+        child = self._decision_counters.get(key)
+        if child is None:
+            child = self._decision_counters[key] = self.metrics.decisions.labels(site, step, sla)
+        child.inc()  # type: ignore[attr-defined]
+
+    def _time_step(self, step: str, seconds: float) -> None:
+        h = self._step_hist.get(step)
+        if h is None:
+            h = self._step_hist[step] = self.metrics.step_seconds.labels(step)
+        h.observe(seconds)  # type: ignore[attr-defined]
+
+    def route(self, features: RequestFeatures) -> tuple[Decision, list[SiteView]]:
+        self._decisions += 1
+        timer = self._time_step if self._decisions % self._timing_every == 0 else None
+        d, views = self.router.route(features, self._snapshot(), self._clock(), timer)
+        self._count_decision(d.site, d.step, features.sla.value)
+        return d, views
+
+    def inspect(self, headers: Mapping[str, str], jwt_payload: Mapping[str, object] | None = None) -> Inspection:
+        insp = inspect_headers(headers, self.config.gateway.max_body_bytes)
+        sla = resolve_sla(self.trust, headers, jwt_payload)
+        return insp if insp.sla is sla else dataclasses.replace(insp, sla=sla)
+
+    def route_unparsed(self, sla: SlaClass, reason: str, *, inference: bool = False) -> Outcome:
+        """A request whose body we do not look at: routed on load alone, body untouched."""
+        self.metrics.passthrough.labels(reason).inc()
+        d, _ = self.route(RequestFeatures(sla=sla, parsed=False, inference=inference))
+        return Outcome(d.site, d)
+
+    def route_headers(self, insp: Inspection, headers: Mapping[str, str]) -> Outcome:
+        """The headers-only path: the active profile reads no body and nothing rewrites it."""
+        d, _ = self.route(header_features(insp, headers.get(self._conv_header)))
+        return Outcome(d.site, d)
+
+    # -- answers of the gateway's own ---------------------------------------------------------------------
+    def grid_models(self) -> frozenset[str] | None:
+        """Models served by the sites a request could go to now (not drained, not known unhealthy);
+        None when no site has a model list (configured or reported): the grid's models are unknown."""
+        views = self.views(self._clock())
+        if not any(v.models for v in views):
+            return None
+        out: set[str] = set()
+        for v in views:
+            if not v.drained and v.healthy is not False:
+                out |= v.models
+        return frozenset(out)
+
+    def list_models(self) -> Outcome | None:
+        """GET /v1/models: the union over the grid's usable sites (OpenAI's list shape), or None to let
+        the default site answer when the grid's models are unknown."""
+        models = self.grid_models()
+        if models is None:
+            return None
+        body = orjson.dumps({
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": 0, "owned_by": "aigrid"} for m in sorted(models)],
+        })
+        self.metrics.gateway_answers.labels("list_models").inc()
+        d = Decision(self.config.default_site, "gateway: model list of the grid", "gateway")
+        return Outcome(d.site, d, immediate=ImmediateAnswer(200, body))
+
+    def _unknown_model(self, features: RequestFeatures) -> Outcome | None:
+        model = features.model
+        if model is None:
+            return None
+        models = self.grid_models()
+        if models is None or model in models:
+            return None
+        self.metrics.gateway_answers.labels("model_not_found").inc()
+        d = Decision(self.config.default_site, f"gateway: no site serves model {model[:64]!r}", "gateway")
+        return Outcome(d.site, d, immediate=ImmediateAnswer(404, model_not_found(model)))
+
+    # -- the body path ------------------------------------------------------------------------------------
+    async def route_body(
+        self, insp: Inspection, body: bytes, headers: Mapping[str, str], *, rewrite: bool = True
+    ) -> Outcome:
+        parsed = parse_json_body(body)
+        if parsed is None:
+            return self.route_unparsed(insp.sla, "invalid_json", inference=insp.inference)
+        features = body_features(
+            insp.path, parsed, insp.sla, headers.get(self._conv_header),
+            with_prefix_blocks=self.router.needs_prefix_blocks,
+        )
+        missing = self._unknown_model(features)
+        if missing is not None:
+            return missing
+        self.metrics.prompt_tokens_before.inc(features.prompt_tokens)
+        d, views = self.route(features)
+        out = Outcome(d.site, d, features=features, parsed=parsed)
+        if self.rewriter is not None and rewrite:
+            await self._rewrite(out, insp.path, body, parsed, features, views)
+        return out
+
+    async def _rewrite(
+        self,
+        out: Outcome,
+        path: str,
+        body: bytes,
+        parsed: dict,
+        features: RequestFeatures,
+        views: list[SiteView],
+    ) -> None:
+        assert self.rewriter is not None
+        view = next((v for v in views if v.name == out.site), None)
+        req = RewriteRequest(
+            path=path, body=body, parsed=parsed, features=features, decision=out.decision,
+            site=view, site_load=self._snapshot().sites.get(out.site),
+        )
+        deadline = self.config.compression.deadline_ms / 1000.0
+        t0 = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(self.rewriter.rewrite(req), timeout=deadline)
+        except asyncio.TimeoutError:
+            result = Skip("deadline")
+        except Exception:
+            log.exception("rewriter failed; body left unchanged")
+            result = Skip("error")
+        self.metrics.rewrite_seconds.observe(time.perf_counter() - t0)
+        if isinstance(result, Rewrite):
+            out.body = result.body
+            out.headers.update(result.headers)
+            self.metrics.rewrites.inc()
+        else:
+            out.headers.update(result.headers)
+            self.metrics.rewrite_skips.labels(result.reason).inc()

@@ -1,0 +1,97 @@
+"""`aigrid twin`: the grid twin. `run` sweeps arms over rates and seeds (goodput at SLO, intervals,
+charts, summary.json); `scale` runs the scale study. Bad input: a message naming the key, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _scenario(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from extproc.tools.twin.scenario import REFERENCE_SCENARIO, load_scenario  # noqa: PLC0415
+
+    over = {}
+    if args.arms:
+        over["arms"] = [a.strip() for a in args.arms.split(",") if a.strip()]
+    sc = load_scenario(args.scenario or REFERENCE_SCENARIO, **over)
+    if args.seeds:
+        sc = sc.model_copy(update={"sweep": sc.sweep.model_copy(update={"seeds": list(range(1, args.seeds + 1))})})
+    return sc
+
+
+def _run(args: argparse.Namespace) -> int:
+    from extproc.tools.twin.experiment import run_experiment  # noqa: PLC0415
+    from extproc.tools.twin.plots import write_charts  # noqa: PLC0415
+    from extproc.tools.twin.scenario import ScenarioError  # noqa: PLC0415
+
+    try:
+        sc = _scenario(args)
+    except ScenarioError as exc:
+        print(f"aigrid twin: {exc}", file=sys.stderr)
+        return 2
+    doc = run_experiment(sc, sc.arms, progress=lambda m: print(m, flush=True), workers=args.workers)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc["charts"] = write_charts(doc, out)
+    (out / "twin.json").write_text(json.dumps(doc, indent=1))
+    for k, v in doc["arms"].items():
+        if "goodput" in v:
+            g = v["goodput"]
+            print(f"{k:10s} goodput {g['value']:6.2f} req/s  95% CI [{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]")
+        else:
+            print(f"{k:10s} not run: {v['unavailable']}")
+    for k, v in doc["compare"].items():
+        if "/" in k:
+            print(f"{k:10s} {v['value']:.2f}x  95% CI [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
+    print(f"report: {out / 'twin.json'}")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from extproc.tools.twin.plots import scale_chart  # noqa: PLC0415
+    from extproc.tools.twin.scale import run_scale  # noqa: PLC0415
+    from extproc.tools.twin.scenario import ScenarioError  # noqa: PLC0415
+
+    try:
+        sc = _scenario(args)
+    except ScenarioError as exc:
+        print(f"aigrid twin: {exc}", file=sys.stderr)
+        return 2
+    gws = tuple(int(x) for x in args.gateways.split(",") if x.strip())
+    sites = tuple(int(x) for x in args.sites.split(",") if x.strip())
+    if args.in_flight_publish_ms is not None:
+        sc = sc.model_copy(update={"in_flight_publish_ms": args.in_flight_publish_ms})
+    doc = run_scale(sc, args.arm, gws, sites, duration_s=args.duration, progress=lambda m: print(m, flush=True),
+                    workers=args.workers)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc["chart"] = str(scale_chart(doc, out / "scale.png"))
+    (out / "scale.json").write_text(json.dumps(doc, indent=1))
+    print(f"scale study in {doc['wall_seconds']:.0f} s wall, {doc['cpu_seconds_all']:.0f} s CPU; chart {doc['chart']}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("twin", help="the grid twin: goodput at SLO per arm in virtual time; scale study")
+    tsub = p.add_subparsers(dest="twin_command", metavar="ACTION")
+    tsub.required = True
+    for name, fn, helptext in (("run", _run, "sweep arms x rates x seeds; goodput with intervals, charts"),
+                               ("scale", _scale, "gateways and sites scale study")):
+        q = tsub.add_parser(name, help=helptext)
+        q.add_argument("--scenario", "-s", default=None, help="scenario YAML (default: the reference scenario)")
+        q.add_argument("--arms", default=None, help="comma-separated arms, overriding the scenario's")
+        q.add_argument("--seeds", type=int, default=None, help="use seeds 1..N")
+        q.add_argument("--out", default="aigrid-report/twin", help="output directory")
+        q.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                       help="worker processes (default: up to 2); the numbers do not depend on it")
+        q.set_defaults(func=fn)
+        if name == "scale":
+            q.add_argument("--arm", default="R", help="arm of the scale study (default R)")
+            q.add_argument("--gateways", default="1,4,16,64")
+            q.add_argument("--sites", default="3,10,50")
+            q.add_argument("--duration", type=float, default=8.0, help="simulated seconds per run (default 8)")
+            q.add_argument("--in-flight-publish-ms", type=float, default=None,
+                           help="gateway replicas' in-flight exchange period (0: off, the per-gateway counts alone)")

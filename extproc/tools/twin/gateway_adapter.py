@@ -1,0 +1,327 @@
+"""The twin's ONE point of contact with the gateway: config for an arm, the real `Gateway` (routing
+pipeline, spill hysteresis, in-flight accounting, affinity), and the compressor's real policy (rate
+control, and the coarse step's document choices: segmentation, BM25 ranking, budget, selection).
+
+Nothing else in the twin imports `extproc.gateway.server`, `extproc.gateway.routing`, `extproc.gateway.config` or
+`extproc.gateway.compression`: when the routing framework changes how arms are expressed, this file changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from extproc.gateway.compression.core.cache import quantize_rate
+from extproc.gateway.compression.core.coarse import MAX_RANK_CHARS, CoarseRanker
+from extproc.gateway.compression.core.rate import RateInputs, decide_rate
+from extproc.gateway.compression.core.segment import SegmentOptions, segment
+from extproc.gateway.compression.rewriter import (
+    COARSE_TOKENS_PER_S,
+    OWN_DEADLINE_SHARE,
+    CompressionRewriter,
+)
+from extproc.gateway.config import GatewayConfig, load_config_text
+from extproc.gateway.config.compression import CompressionSettings
+from extproc.gateway.loadmap.model import LoadSnapshot
+from extproc.gateway.loadmap.peers import PeerTable, decode_in_flight, encode_in_flight
+from extproc.gateway.request.features import RequestFeatures, SlaClass
+from extproc.gateway.routing.profiles import BUILTIN_PROFILES
+from extproc.gateway.server.gateway import Gateway
+from extproc.gateway.server.metrics import GatewayMetrics
+from extproc.tools.sim.profiles import load_profiles, make_hardware
+from extproc.tools.tokens import count_text
+from extproc.tools.twin.arms import Arm
+from extproc.tools.twin.scenario import Scenario
+from extproc.tools.workload.generate import Request
+from extproc.tools.workload.rag import Corpus, rag_messages
+from extproc.wire.sites import SiteRole
+
+
+class ArmUnavailable(RuntimeError):
+    """The arm needs a routing profile this build of the gateway does not have."""
+
+
+# Profiles the evaluation needs beyond the built-in ones, written the way an operator would in
+# aigrid.yaml (`routing.profiles`): the waterfall's first step, spill routing with neither SLA classes nor
+# affinity.
+_EXTRA_PROFILES: dict[str, dict[str, Any]] = {
+    "aigrid_no_sla_no_affinity": {
+        "filters": ["not_drained", "not_unhealthy", "known_load", "serves_model"],
+        "rules": [{"type": "spill", "params": {"sla_aware": False}}],
+    },
+}
+# Profiles that treat every request as standard: the compressor's per-class floors are ablated with them.
+_NO_SLA = frozenset({"aigrid_no_sla", "aigrid_no_sla_no_affinity"})
+
+
+def routing_available(arm: Arm) -> bool:
+    return arm.profile in BUILTIN_PROFILES or arm.profile in _EXTRA_PROFILES
+
+
+def config_dict(sc: Scenario, arm: Arm) -> tuple[dict[str, Any], bool]:
+    """aigrid.yaml for the arm (as a mapping), and whether the compressor sees SLA classes."""
+    if not routing_available(arm):
+        raise ArmUnavailable(f"arm {arm.key}: routing profile {arm.profile!r} is not in this gateway build")
+    default = next((s.name for s in sc.sites if s.role is SiteRole.edge), sc.sites[0].name)
+    routing: dict[str, Any] = {"profile": arm.profile}
+    if arm.profile in _EXTRA_PROFILES:
+        routing["profiles"] = {arm.profile: _EXTRA_PROFILES[arm.profile]}
+    cfg: dict[str, Any] = {
+        "sites": [s.gateway_site(["127.0.0.1:1"], prefill_tokens_per_s=s.prefill_tokens_per_s or _prefill_speed(s))
+                  for s in sc.sites],
+        "policy": {"default_site": default, **sc.policy},
+        "routing": routing,
+        # The scenario's SLOs are the gateway's too (the TTFT scorer budgets with them).
+        "slo": {k: v.model_dump(exclude_none=True) for k, v in sc.slo.items()},
+        "gateway": {"metrics_listen": "", "rtt_probe_interval_s": 0,
+                    "in_flight_publish_ms": int(sc.in_flight_publish_ms)},
+    }
+    if arm.compress:
+        comp: dict[str, Any] = {"enabled": True, "ranker": "bm25", "deadline_ms": 1500, **sc.compression}
+        if arm.fixed_rate is not None:
+            comp["fixed_rate"] = arm.fixed_rate
+        cfg["compression"] = comp
+    return cfg, arm.profile not in _NO_SLA
+
+
+def _prefill_speed(site: Any) -> float:
+    """What an operator's benchmark of one replica would say: a 2,048-token prefill, roofline time."""
+    return _roofline_prefill_speed(site.gpu, site.model, site.gpus_per_replica)
+
+
+@functools.lru_cache(maxsize=64)
+def _roofline_prefill_speed(gpu: str, model: str, tp: int) -> float:
+    hw = make_hardware(load_profiles(), gpu, model, tp)
+    n = 2048
+    return round(n / hw.step_time(n, 0, n * (n + 1) // 2))
+
+
+def arm_config(sc: Scenario, arm: Arm) -> GatewayConfig:
+    """The arm's gateway configuration, validated as `aigrid serve` would (once per scenario and arm: a
+    sweep runs the same arm hundreds of times)."""
+    return _arm_config(sc.model_dump_json(), arm)
+
+
+@functools.lru_cache(maxsize=64)
+def _arm_config(scenario_json: str, arm: Arm) -> GatewayConfig:
+    cfg, _ = config_dict(Scenario.model_validate_json(scenario_json), arm)
+    return load_config_text(yaml.safe_dump(cfg), f"twin arm {arm.key}")
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    site: str
+    step: str
+    pressure: float | None  # the chosen site's pressure as this decision saw it (in-flight included)
+    requests_waiting: int | None
+
+
+class Router:
+    """One gateway: the real Gateway object (the arm's routing profile) on the twin's virtual clock, and
+    its side of the in-flight exchange between gateway replicas (the real message codec and PeerTable)."""
+
+    def __init__(self, sc: Scenario, arm: Arm, clock: Callable[[], float], seed: int, index: int) -> None:
+        self.arm = arm
+        self.decision_seconds = 0.0  # wall time spent in route() (decision cost)
+        self.decisions = 0
+        config = arm_config(sc, arm)
+        self.config = config
+        self.id = f"gw{index}"
+        self._clock = clock
+        # GatewayMetrics registers on a private CollectorRegistry of its own (server/metrics.py).
+        self.gateway = Gateway(config, self._snapshot, metrics=GatewayMetrics(), clock=clock,
+                               rng=random.Random(f"{seed}:gateway:{index}"))
+        self._prefix = self.needs_prefix = self.gateway.router.needs_prefix_blocks
+        self._snap = LoadSnapshot()
+        publish_s = config.gateway.in_flight_publish_ms / 1000.0
+        self.publish_s = publish_s
+        # As serve() builds it (server/main.py): peers forgotten after max(1 s, 4 publish intervals).
+        self.peers = PeerTable(self.id, peer_ttl_s=max(1.0, 4 * publish_s)) if publish_s > 0 else None
+        self._last_published: dict[str, int] = {}
+        self._last_sent = -1e18
+
+    def _snapshot(self) -> LoadSnapshot:
+        return self._snap
+
+    def on_snapshot(self, snap: LoadSnapshot) -> None:
+        self._snap = snap
+        self.gateway.on_snapshot(snap)
+
+    def route(self, req: Request, prefix_blocks: tuple[int, ...] = ()) -> Routed:
+        # CPU time, not wall time: on a shared box the wall clock counts the other processes' turns.
+        t0 = time.process_time()
+        try:
+            f = RequestFeatures(req.prompt_tokens, None, True, SlaClass(req.sla), req.conversation_key, True,
+                                prefix_blocks=prefix_blocks if self._prefix else (), inference=True)
+            d, views = self.gateway.route(f)
+            view = next((v for v in views if v.name == d.site), None)
+            load = self._snap.sites.get(d.site)
+            return Routed(d.site, d.step, view.pressure if view is not None else None,
+                          load.requests_waiting if load is not None else None)
+        finally:
+            self.decision_seconds += time.process_time() - t0
+            self.decisions += 1
+
+    # -- the in-flight exchange (server/peers.py's publisher loop, loadmap/peers.py's table) ----------
+    def publish_tick(self, keepalive_s: float = 0.5) -> bytes | None:
+        """One tick of the publisher: fold in the peers' counts, and the message to send, if any."""
+
+        now = self._clock()
+        if self.peers is not None:
+            self.gateway.router.set_peer_in_flight(self.peers.totals(now))
+        counts = {k: v for k, v in self.gateway.router.sent_since_report.items() if v}
+        if counts == self._last_published and not (counts and now - self._last_sent >= keepalive_s):
+            return None
+        self._last_published, self._last_sent = counts, now
+        return encode_in_flight(self.id, counts)
+
+    def on_peer_message(self, data: bytes) -> None:
+        if self.peers is None:
+            return
+        gid, counts = decode_in_flight(data)
+        self.peers.update(gid, counts, self._clock())
+
+
+# ---- compression ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ItemPlan:
+    """What the compressor's real segmenter sees of one RAG item (computed once per item)."""
+
+    compressible_tokens: int
+    cost_tokens: int  # what a coarse-only pass reads (rewriter: a capped prefix of each document)
+    rag: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CoarseResult:
+    """The real coarse step's outcome for one item at one (quantised) rate."""
+
+    kept: tuple[int, ...]  # documents kept whole
+    cut: tuple[tuple[int, int], ...]  # (document, tokens) of a dropped document whose head fills the budget
+    texts: tuple[str, ...]  # each document's text after compression ("" when dropped)
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Compressed:
+    kept: tuple[int, ...] | None  # None: unchanged
+    rate: float
+    reason: str
+    cpu_s: float  # coarse-step CPU seconds charged (and latency added) for this request
+    cut: tuple[tuple[int, int], ...] = ()
+    texts: tuple[str, ...] = ()
+
+
+class CompressionModel:
+    """The compressor as the gateway runs it with no fine-step model (the demo's setting): the rewriter's
+    own rate decision (`RatePolicy`, `decide_rate` on the coarse-only inputs, the rate on its 0.05 cache
+    grid), then the real `CompressionPipeline.compress` (segmenter, ranking, `choose_documents` with its
+    quality floor, the head-of-document fill) — run once per (item, rate) and cached, since the same
+    prompt at the same rate always compresses to the same bytes (the rewriter's own ranking cache makes
+    that so)."""
+
+    def __init__(self, sc: Scenario, arm: Arm, corpus: Corpus) -> None:
+        cfg, self._sla = config_dict(sc, arm)
+        self.settings = CompressionSettings.model_validate(cfg.get("compression", {"enabled": False}))
+        self.enabled = arm.compress and self.settings.enabled
+        if not self.enabled:
+            return  # an arm without compression never asks
+        rw = CompressionRewriter(self.settings, ranker=CoarseRanker("bm25"))
+        self.policy = rw.policy  # the rewriter's own RatePolicy
+        self.pipeline = rw.pipeline
+        self.corpus = corpus
+        self.tokens_per_s = sc.compressor.coarse_tokens_per_s
+        self._items = item_plans(corpus, self.settings.min_segment_tokens)
+        self._key = (id(corpus), self.settings.model_dump_json())
+
+    def decide(self, req: Request, routed: Routed) -> Compressed:
+        if not self.enabled or req.kind != "rag":
+            return Compressed(None, 1.0, "off" if not self.enabled else "nothing_to_compress", 0.0)
+        ip = self._items[req.item]
+        if not ip.rag or ip.compressible_tokens == 0:
+            return Compressed(None, 1.0, "nothing_to_compress", 0.0)
+        s = self.settings
+        sla = req.sla if self._sla else "standard"
+        inputs = RateInputs(
+            compressible_tokens=ip.compressible_tokens, sla=sla, model=None, pressure=routed.pressure,
+            requests_waiting=routed.requests_waiting,
+            prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(routed.site, s.prefill_tokens_per_s),
+            compressor_tokens_per_s=COARSE_TOKENS_PER_S, deadline_s=s.deadline_ms / 1000.0 * OWN_DEADLINE_SHARE,
+            cost_tokens=ip.cost_tokens,
+        )
+        d = decide_rate(self.policy, inputs)
+        if not d.compress:
+            return Compressed(None, 1.0, d.reason, 0.0)
+        rate = quantize_rate(d.rate)
+        cpu = ip.cost_tokens / self.tokens_per_s
+        res = self._coarse(req.item, rate)
+        if not res.changed:
+            return Compressed(None, rate, "no_change", cpu)
+        return Compressed(res.kept, rate, "compressed", cpu, res.cut, res.texts)
+
+    def _coarse(self, item: int, rate: float) -> CoarseResult:
+        key = (*self._key, item, rate)
+        hit = _COARSE_CACHE.get(key)
+        if hit is not None:
+            return hit
+
+
+        it = self.corpus.items[item]
+        body = {"model": "m", "messages": rag_messages(it)}
+        out = asyncio.run(self.pipeline.compress("/v1/chat/completions", body, rate, 60.0, None, use_fine=False))
+        texts = tuple(out.doc_texts_after) if out.doc_texts_after else tuple(d.text for d in it.docs)
+        cut = tuple((i, count_text(texts[i])) for i in out.cut_docs)
+        res = CoarseResult(tuple(out.kept_docs), cut, texts, out.body is not None)
+        _COARSE_CACHE[key] = res
+        return res
+
+
+_COARSE_CACHE: dict[tuple[Any, ...], CoarseResult] = {}
+_ITEM_CACHE: dict[tuple[int, int], tuple[ItemPlan, ...]] = {}
+
+
+def item_plans(corpus: Corpus, min_segment_tokens: int) -> tuple[ItemPlan, ...]:
+    key = (id(corpus), min_segment_tokens)
+    hit = _ITEM_CACHE.get(key)
+    if hit is not None:
+        return hit
+    opts = SegmentOptions(min_segment_tokens=min_segment_tokens)
+    out = []
+    for it in corpus.items:
+        seg = segment("/v1/chat/completions", {"model": "m", "messages": rag_messages(it)}, opts)
+        if seg.rag and len(seg.documents) != len(it.docs):
+            raise RuntimeError(f"item {it.key}: the segmenter found {len(seg.documents)} documents, the item has {len(it.docs)}")
+        out.append(ItemPlan(
+            compressible_tokens=seg.compressible_tokens,
+            cost_tokens=sum(min(d.tokens, MAX_RANK_CHARS // 4) for d in seg.documents),
+            rag=bool(seg.rag),
+        ))
+    res = tuple(out)
+    _ITEM_CACHE[key] = res
+    return res
+
+
+def measure_coarse_speed(corpus: Corpus, repeats: int = 1) -> float:
+    """Tokens/s of the real coarse step's ranking (BM25 with its expansion and links, `rank_sync`) over the
+    corpus' items, on this machine (process CPU time)."""
+    ranker = CoarseRanker("bm25")
+    tokens = 0
+    t0 = time.process_time()
+    for _ in range(repeats):
+        for it in corpus.items:
+            docs = [d.text for d in it.docs]
+            ranker.rank_sync(it.question, docs)
+            tokens += sum(min(len(d) // 4, MAX_RANK_CHARS // 4) for d in docs)
+    dt = max(time.process_time() - t0, 1e-9)
+    return tokens / dt
+
+
+__all__ = ["ArmUnavailable", "CompressionModel", "Compressed", "Routed", "Router", "config_dict",
+           "measure_coarse_speed", "routing_available"]

@@ -1,0 +1,2 @@
+"""Redis connections: the settings (`settings.py`, part of aigrid.yaml and of the agent's config) and the
+client builder for the URL forms (`client.py`)."""
