@@ -15,7 +15,8 @@ from extproc.gateway.observe import redact
 
 REPO = Path(__file__).resolve().parents[2]
 # Code that runs per request (or holds request text): every log call there is checked.
-REQUEST_PATH = ["server", "request", "routing", "rewrite", "compression", "trust", "loadmap"]
+REQUEST_PATH = ["gateway/server", "gateway/request", "gateway/routing", "gateway/compression", "gateway/observe",
+                "gateway/loadmap"]
 # Names that hold request data in these modules.
 FORBIDDEN = {"body", "text", "texts", "prompt", "prompts", "messages", "parsed", "content", "headers", "req",
              "request", "key", "api_key", "token", "payload", "segments", "question", "docs", "documents", "out"}
@@ -43,7 +44,10 @@ def _names(node: ast.AST) -> set[str]:
 def scan() -> tuple[int, list[str]]:
     bad, seen = [], 0
     for folder in REQUEST_PATH:
-        for path in sorted((REPO / "extproc" / folder).rglob("*.py")):
+        root = REPO / "extproc" / folder
+        if not root.is_dir():  # a moved package must be followed here, not silently skipped
+            raise FileNotFoundError(root)
+        for path in sorted(root.rglob("*.py")):
             tree = ast.parse(path.read_text(), str(path))
             for call in _log_calls(tree):
                 seen += 1
