@@ -1,6 +1,8 @@
 """One routing decision with no state carried over, for tests that ask "what would this policy decide
-here?": the built-in profile that the policy's (deprecated) `strategy` names, or `aigrid`, built once per
-policy, with the spill step's hysteresis state and the affinity table set for the one decision.
+here?": the built-in profile that the policy's (deprecated) `strategy` names, or `spill` where it names
+`aigrid` or nothing (these cases are the spill policy's: affinity, realtime home, spill with hysteresis,
+which `aigrid` was before the cost model), built once per policy, with the spill step's hysteresis state
+and the affinity table set for the one decision.
 
 Test-only: the product's router keeps that state itself (`extproc.gateway.routing.router`).
 """
@@ -36,6 +38,8 @@ def _profile(policy_json: str) -> Profile:
     cfg = GatewayConfig(sites=[SiteConfig(name="x", endpoints=["127.0.0.1:1"])],
                         policy=policy.model_copy(update={"default_site": None}))
     name = cfg.active_profile
+    if name == "aigrid":
+        name = "spill"
     return build_profile(name, profile_specs(cfg)[name], cfg)
 
 

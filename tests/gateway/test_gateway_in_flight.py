@@ -35,14 +35,16 @@ def gateway(strategy: str, clock: list[float]) -> tuple[Gateway, dict]:
     return gw, box
 
 
-@pytest.mark.parametrize("strategy", ["aigrid", "least_loaded"])
-def test_burst_between_reports_spreads(strategy):
+@pytest.mark.parametrize("strategy,edge_at_least", [("aigrid", 1), ("least_loaded", 4)])
+def test_burst_between_reports_spreads(strategy, edge_at_least):
     clock = [0.1]
     gw, _ = gateway(strategy, clock)
     sites = Counter(gw.route(RequestFeatures(sla=SlaClass.standard))[0].site for _ in range(48))
     # Without in-flight counting all 48 would go to the edge (both sites look idle until the next report).
+    # The cost model leaves the edge to realtime work once a few standard requests queue there (its
+    # realtime reserve), so it sends fewer of these standard ones there than least loaded does.
     assert sites["remote"] >= 24, sites
-    assert sites["edge"] >= 4, sites
+    assert sites["edge"] >= edge_at_least, sites
 
 
 def test_next_report_resets_the_count():

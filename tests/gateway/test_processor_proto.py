@@ -108,7 +108,7 @@ async def test_headers_only_profile_answers_in_the_headers_phase():
 
 
 async def test_passthrough_paths_route_on_load_in_the_headers_phase():
-    proc, gw = make()
+    proc, gw = make("routing: {profile: spill}\n")  # idle sites: the spill policy keeps it home (edge)
     (r,) = await run(proc, headers_msg("GET", "/health", eos=True))
     assert r.WhichOneof("response") == "request_headers" and r.request_headers.response.clear_route_cache
     assert mutations(r.request_headers.response)["x-aigrid-site"] == "edge"

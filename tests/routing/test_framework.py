@@ -105,7 +105,8 @@ def test_reads_body_per_profile():
     c = cfg()
     reads = {n: build_profile(n, s, c).reads_body for n, s in BUILTIN_PROFILES.items()}
     assert reads == {
-        "aigrid": True, "aigrid_no_sla": True, "aigrid_no_affinity": True, "least_loaded": False,
+        "aigrid": True, "aigrid_no_reserve": True, "aigrid_no_prefix": True, "aigrid_no_sla": True,
+        "spill": True, "spill_no_sla": True, "spill_no_affinity": True, "least_loaded": False,
         "prefix_least_loaded": True, "transport_aware": False, "round_robin": False, "default_only": False,
     }
     header_only = build_profile("a", ProfileSpec(rules=[StepSpec(type="affinity", params={"from_body": False}), "spill"]), c)
@@ -113,10 +114,10 @@ def test_reads_body_per_profile():
 
 
 # ---- steps --------------------------------------------------------------------------------------------
-def test_today_policy_equals_the_aigrid_profile_on_a_grid():
+def test_today_policy_equals_the_spill_profile_on_a_grid():
     """The compat one-call `decide` and the router's profile agree on every draw and class."""
     views = [view("edge", 0.7, rtt=1, role=SiteRole.edge), view("regional", 0.3, rtt=4), view("far", 0.1, rtt=20)]
-    prof = build_profile("aigrid", BUILTIN_PROFILES["aigrid"], cfg())
+    prof = build_profile("spill", BUILTIN_PROFILES["spill"], cfg())
     for sla in SlaClass:
         for i in range(100):
             c = ctx(views, sla=sla, u=i / 100)
@@ -126,7 +127,7 @@ def test_today_policy_equals_the_aigrid_profile_on_a_grid():
 
 def test_spill_shares_among_several_targets_by_headroom():
     views = [view("edge", 0.95, rtt=1, role=SiteRole.edge), view("regional", 0.05, rtt=4), view("far", 0.45, rtt=20)]
-    prof = build_profile("aigrid", BUILTIN_PROFILES["aigrid"], cfg())
+    prof = build_profile("spill", BUILTIN_PROFILES["spill"], cfg())
     sites = [prof.decide(RoutingContext(RequestFeatures(), views, PolicySettings(), "edge", i / 1000)).site
              for i in range(1000)]
     share = {s: sites.count(s) / 1000 for s in ("edge", "regional", "far")}
@@ -137,8 +138,8 @@ def test_spill_shares_among_several_targets_by_headroom():
 
 def test_no_sla_ablation_treats_batch_and_realtime_as_standard():
     views = [view("edge", 0.7, rtt=1, role=SiteRole.edge), view("regional", 0.1, rtt=4)]
-    full = build_profile("a", BUILTIN_PROFILES["aigrid"], cfg())
-    flat = build_profile("b", BUILTIN_PROFILES["aigrid_no_sla"], cfg())
+    full = build_profile("a", BUILTIN_PROFILES["spill"], cfg())
+    flat = build_profile("b", BUILTIN_PROFILES["spill_no_sla"], cfg())
     def remote_share(prof, sla):
         return sum(prof.decide(RoutingContext(RequestFeatures(sla=sla), views, PolicySettings(), "edge", i / 200)).site == "regional"
                    for i in range(200)) / 200
@@ -180,7 +181,7 @@ def test_prefix_index_is_bounded():
     from extproc.gateway.routing.framework import Decision
     views = [view("edge", 0.1, rtt=1)]
     sc.on_decision(RoutingContext(RequestFeatures(prefix_blocks=tuple(range(10))), views, PolicySettings(), "edge", 0.5), Decision("edge", "", ""))
-    assert list(sc.index["edge"]) == [7, 8, 9]
+    assert sc.index.blocks("edge") == [7, 8, 9]
 
 
 def test_ttft_scorer_trades_rtt_against_queue_and_budget():
@@ -215,7 +216,8 @@ def test_round_robin_cycles_and_skips_drained():
 def test_serves_model_filter():
     views = [view("edge", 0.1, rtt=1, role=SiteRole.edge, models=frozenset({"a"})), view("regional", 0.1, rtt=4, models=frozenset({"b"})),
              view("far", 0.1, rtt=20)]
-    prof = build_profile("m", ProfileSpec(filters=["serves_model"], scorers=["least_pressure"]), cfg())
+    prof = build_profile("m", ProfileSpec(filters=["serves_model"], scorers=["least_pressure"],
+                                          picker=StepSpec(type="max_score", params={"ties": "closest"})), cfg())
     def site(model):
         return prof.decide(ctx(views, features=RequestFeatures(model=model))).site
     assert site("a") == "edge"

@@ -23,7 +23,7 @@ def spill_of(text: str) -> Spill:
 
 
 def test_defaults_are_the_steps_own():
-    b = spill_of("").bands
+    b = spill_of("routing: {profile: spill}\n").bands
     assert (b.spill_on, b.spill_off, b.spill_full, b.max_spill, b.batch_spill_boost) == (0.55, 0.45, 0.95, 0.9, 1.5)
 
 
@@ -50,7 +50,7 @@ routing:
 
 def test_deprecated_policy_keys_still_apply_and_warn(caplog):
     with caplog.at_level(logging.WARNING):
-        cfg = load_config_text(SITES + "policy: {spill_on: 0.65, max_spill: 0.5}\n", "old.yaml")
+        cfg = load_config_text(SITES + "policy: {spill_on: 0.65, max_spill: 0.5}\nrouting: {profile: spill}\n", "old.yaml")
     assert any("policy.spill_on, policy.max_spill deprecated" in r.getMessage() and "old.yaml" in r.getMessage()
                for r in caplog.records)
     b = next(s for s in build_active_profile(cfg).rules if isinstance(s, Spill)).bands

@@ -155,9 +155,10 @@ PINNED = Path(__file__).with_name("data") / "reference_figures.json"
 def test_reference_run_figures_are_pinned():
     """The reference scenario's figures at 48 req/s, seed 1, for four arms, as the twin computed them
     before its speed work (per-step events, per-sequence engine, reports through the codec), with one stated
-    change since: a request whose compression lost the gold answer counts as a miss (R+C batch 101 -> 90
-    met, standard 173 -> 170). A change here must be a stated one: regenerate the file in a commit that
-    says why."""
+    changes since, each stated: a request whose compression lost the gold answer counts as a miss (R+C
+    batch 101 -> 90 met, standard 173 -> 170); max_score draws its ties (B1, B2), B2 scores pods, and R is
+    the cost model (all four keys regenerated). A change here must be a stated one: regenerate the file in
+    a commit that says why."""
     want = json.loads(PINNED.read_text())
     sc = load_scenario(REFERENCE_SCENARIO)
     for key, figures in want.items():

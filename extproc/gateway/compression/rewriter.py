@@ -32,6 +32,7 @@ from extproc.gateway.compression.core.segment import Segmentation, rebuild
 from extproc.gateway.compression.runtime.process import ProcessCompressor
 from extproc.gateway.compression.runtime.worker import BatchingCompressor
 from extproc.gateway.compression.seam import Rewrite, RewriteRequest, Skip
+from extproc.gateway.routing.framework import Decision
 from extproc.gateway.config.compression import CompressionSettings
 from extproc.gateway.request.openai import estimate_tokens
 from extproc.wire.contract import CHAT_PATH, COMPLETIONS_PATH, COMPRESSION_HEADER
@@ -49,6 +50,14 @@ COARSE_TOKENS_PER_S = 50_000.0
 
 
 # ---- metrics ------------------------------------------------------------------------------------------------
+
+def predicted_slack(d: Decision) -> float | None:
+    """The slack the compressor's rate follows: the lower of the request's own-class slack and the
+    site's (standard-class) slack, where the router predicted them."""
+    if d.slack is None:
+        return None
+    return d.slack if d.site_slack is None else min(d.slack, d.site_slack)
+
 class CompressionMetrics:
     """Prometheus metrics of the compressor, registered on the registry it is given (the gateway's)."""
 
@@ -184,6 +193,7 @@ class CompressionRewriter:
             prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(site, s.prefill_tokens_per_s),
             compressor_tokens_per_s=fine.tokens_per_second() if fine is not None else COARSE_TOKENS_PER_S,
             deadline_s=deadline_s,
+            slack=predicted_slack(req.decision),
             # Pieces compressed before cost a lookup, not model time. No compressible token is in the site's
             # cached prefix: earlier turns are never compressed anew (cached_compressible_tokens = 0).
             precomputed_tokens=sum(

@@ -22,6 +22,20 @@ class _Strict(BaseModel):
 
 
 
+class EngineSpeed(_Strict):
+    """How fast one engine replica of a site runs, for the cost model's TTFT/TPOT predictions (routing
+    `slo_*` steps): from the operator's own benchmark of the engine on that GPU (e.g. vLLM's
+    `benchmark_serving` at batch 1 and at a busy batch)."""
+
+    # Prompt tokens per second of one prefill (compute bound: one long prompt alone).
+    prefill_tokens_per_s: float = Field(gt=0, le=10_000_000)
+    # One decode step with a single running sequence, ms; and what each further sequence adds.
+    decode_ms: float = Field(gt=0, le=10_000)
+    decode_ms_per_seq: float = Field(default=0.0, ge=0, le=1_000)
+    # KV-cache capacity of one replica in tokens (sizes the cost model's prefix index); None: unknown.
+    kv_cache_tokens: int | None = Field(default=None, ge=1)
+
+
 class SiteConfig(_Strict):
     name: str
     role: SiteRole = SiteRole.remote
@@ -45,6 +59,11 @@ class SiteConfig(_Strict):
     models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
     # Prompt tokens per second one request's prefill runs at here: the transport-aware TTFT estimate.
     prefill_tokens_per_s: float = Field(default=10_000.0, gt=0)
+    # Engine replicas behind the endpoints (each with `speed`): the cost model spreads queued work over them.
+    replicas: int = Field(default=1, ge=1, le=4096)
+    # One replica's speeds for the cost model; None: its stated default (routing/costmodel.py), which the
+    # decision reason and aigrid_cost_model_default_speed_total then say was used.
+    speed: EngineSpeed | None = None
     # TLS from Envoy to this site's endpoints (and its health checks); None: plain HTTP.
     tls: ClientTls | None = None
 
@@ -114,11 +133,13 @@ StepRef = str | StepSpec
 
 
 class ProfileSpec(_Strict):
-    """filters → rules (first decision wins) → weighted scorers → picker. `filters` omitted: the default
-    ones (not_drained, not_unhealthy, known_load). Scorers without a picker get max_score."""
+    """filters → rules (first decision wins) → estimators → weighted scorers → picker. `filters` omitted:
+    the default ones (not_drained, not_unhealthy, known_load). Scorers without a picker get max_score.
+    Estimators each add one term (ms) to the predicted TTFT / TPOT a prediction picker (slo_slack) reads."""
 
     filters: list[StepRef] | None = None
     rules: list[StepRef] = Field(default_factory=list)
+    estimators: list[StepRef] = Field(default_factory=list)
     scorers: list[StepRef] = Field(default_factory=list)
     picker: StepRef | None = None
 

@@ -62,4 +62,9 @@ def reason_class(step: str, reason: str) -> str:
         return "home_share" if "home share" in reason else "home"
     if step in ("affinity", "spill", "least_loaded", "default_only"):
         return step
+    if step == "slo_slack":
+        for needle, cls in (("least violation", "slo_least_violation"), ("nearest", "slo_nearest")):
+            if needle in reason:
+                return cls
+        return "slo_most_slack"
     return "other"

@@ -6,7 +6,10 @@ Shaped like the Gateway API Inference Extension / llm-d scheduler, in Python's i
 - a **rule** may decide outright (conversation affinity, realtime to the closest site, the spill split);
   rules are tried in order and the first decision wins;
 - **scorers** give every candidate a score in [0, 1] (higher is better), summed with their weights;
-- the **picker** chooses from the scored candidates (max score, weighted random, round robin).
+- **estimators** each add one term (ms) to every candidate's predicted TTFT and TPOT for this request
+  (link, queued work, own prefill, decode batch, prefill stalls; see `steps/slo/`);
+- the **picker** chooses from the scored candidates (max score, weighted random, round robin), or, a
+  prediction picker (`slo_slack`), from the predictions against the request's class SLO.
 
 A profile is one such composition, named in aigrid.yaml (`routing.profiles`); see `registry.py` for how
 step types are registered and `profiles.py` for the built-in ones. A stateful step owns its state and
@@ -52,11 +55,25 @@ class Decision:
     step: str
     pressure: float | None = None
     spill_fraction: float = 0.0
+    # Set by prediction pickers: this request's predicted TTFT / TPOT at the chosen site (ms; TPOT None
+    # where nothing predicts it), the prompt tokens predicted not to hit its prefix cache, the class SLO
+    # slack there (share of the SLO left; < 0 a predicted miss), and the term that decided.
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    uncached_tokens: int | None = None
+    slack: float | None = None
+    # The slack a standard request's SLO would leave there, with this request's numbers (the site's stress
+    # whatever the class): the compressor's keep-rate follows the lower of the two.
+    site_slack: float | None = None
+    term: str = ""
+    # Sites whose speed was the cost model's stated default (not configured), for the metric.
+    default_speed: tuple[str, ...] = ()
 
 
 class StepKind(str, Enum):
     filter = "filter"
     rule = "rule"
+    estimator = "estimator"
     scorer = "scorer"
     picker = "picker"
 
@@ -110,6 +127,52 @@ class Rule(Step):
         raise NotImplementedError
 
 
+@dataclass(slots=True)
+class Predictions:
+    """One request's predicted TTFT and TPOT (ms) at each candidate, in candidate order, built term by term
+    by the profile's estimators. `ttft_terms[name]` / `tpot_terms[name]` keep each term's contribution as
+    a share of the class's TTFT / TPOT bound, so a picker can say which term separated the winner from the
+    rest on the bound that mattered.
+    `uncached` is the prompt tokens predicted to miss each site's prefix cache (the own-prefill term sets
+    it; the full prompt until then). `reserved[i]`: the site's headroom is kept for realtime work, this
+    request may take it only when nothing else fits."""
+
+    ttft_ms: list[float]
+    tpot_ms: list[float]
+    uncached: list[int]
+    reserved: list[bool]
+    ttft_terms: dict[str, list[float]] = field(default_factory=dict)
+    tpot_terms: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n: int, prompt_tokens: int) -> "Predictions":
+        return cls([0.0] * n, [0.0] * n, [max(prompt_tokens, 0)] * n, [False] * n)
+
+    def add(self, term: str, i: int, ttft_ms: float = 0.0, tpot_ms: float = 0.0, *, ttft_slo_ms: float,
+            tpot_slo_ms: float | None) -> None:
+        self.ttft_ms[i] += ttft_ms
+        self.tpot_ms[i] += tpot_ms
+        if ttft_ms:
+            _row(self.ttft_terms, term, len(self.ttft_ms))[i] += ttft_ms / ttft_slo_ms
+        if tpot_ms and tpot_slo_ms:
+            _row(self.tpot_terms, term, len(self.ttft_ms))[i] += tpot_ms / tpot_slo_ms
+
+
+def _row(rows: dict[str, list[float]], term: str, n: int) -> list[float]:
+    row = rows.get(term)
+    if row is None:
+        row = rows[term] = [0.0] * n
+    return row
+
+
+class Estimator(Step):
+    kind = StepKind.estimator
+
+    def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
+        """Add this step's term to `pred` for every candidate (in order)."""
+        raise NotImplementedError
+
+
 class Scorer(Step):
     kind = StepKind.scorer
 
@@ -124,9 +187,15 @@ class Scorer(Step):
 
 class Picker(Step):
     kind = StepKind.picker
+    # True for pickers that choose from the estimators' predictions (the profile then calls pick_predicted).
+    uses_predictions: ClassVar[bool] = False
 
     def pick(self, ctx: RoutingContext, sites: list[SiteView], scores: list[float]) -> Decision:
         raise NotImplementedError
+
+    def pick_predicted(self, ctx: RoutingContext, sites: list[SiteView], scores: list[float],
+                       pred: Predictions) -> Decision:
+        return self.pick(ctx, sites, scores)
 
 
 # ---- helpers shared by steps --------------------------------------------------------------------------
@@ -186,10 +255,11 @@ class Profile:
     rules: list[Rule] = field(default_factory=list)
     scorers: list[Scorer] = field(default_factory=list)
     picker: Picker | None = None
+    estimators: list[Estimator] = field(default_factory=list)
 
     @property
     def steps(self) -> list[Step]:
-        out: list[Step] = [*self.filters, *self.rules, *self.scorers]
+        out: list[Step] = [*self.filters, *self.rules, *self.estimators, *self.scorers]
         if self.picker is not None:
             out.append(self.picker)
         return out
@@ -223,6 +293,14 @@ class Profile:
                 return d
         if self.picker is None:  # only when the last rule always decides (checked at build)
             return fallback(ctx, candidates, "no step decided")  # pragma: no cover
+        pred = None
+        if self.estimators:
+            pred = Predictions.empty(len(candidates), ctx.features.prompt_tokens)
+            for e in self.estimators:
+                t0 = clock() if timer else 0.0
+                e.estimate(ctx, candidates, pred)
+                if timer:
+                    timer(e.name, clock() - t0)
         totals = [0.0] * len(candidates)
         for sc in self.scorers:
             t0 = clock() if timer else 0.0
@@ -231,7 +309,10 @@ class Profile:
             if timer:
                 timer(sc.name, clock() - t0)
         t0 = clock() if timer else 0.0
-        d = self.picker.pick(ctx, candidates, totals)
+        if pred is not None and self.picker.uses_predictions:
+            d = self.picker.pick_predicted(ctx, candidates, totals, pred)
+        else:
+            d = self.picker.pick(ctx, candidates, totals)
         if timer:
             timer(self.picker.name, clock() - t0)
         return d

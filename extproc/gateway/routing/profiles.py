@@ -5,9 +5,12 @@ override them by name. The evaluation's arms are these profiles (see docs/evalua
 
 | profile | what | arm |
 |---|---|---|
-| `aigrid` | (model filter) affinity → realtime to the closest site with headroom → spill with hysteresis | R |
-| `aigrid_no_sla` | the same with every class treated as standard | ablation |
-| `aigrid_no_affinity` | without conversation affinity | ablation |
+| `aigrid` | the cost model: predicted TTFT (link + queued work + own uncached prefill) and TPOT (decode batch + prefill stalls) against the class SLO, near-site headroom kept for realtime, most slack wins | R |
+| `aigrid_no_reserve` | the same without the realtime reserve | ablation |
+| `aigrid_no_prefix` | the same without the prefix index (every prompt predicted uncached) | ablation |
+| `aigrid_no_sla` | the cost model with every class judged by the standard SLO, no reserve | ablation |
+| `spill` | the earlier policy: affinity → realtime to the closest site with headroom → spill with hysteresis | |
+| `spill_no_sla` / `spill_no_affinity` | its ablations | |
 | `least_loaded` | the lowest pressure, whatever the class (what load-aware routers do) | B1 |
 | `prefix_least_loaded` | GIE / llm-d defaults: queue 2 + KV 2 + approximate prefix 3, max score | B2 |
 | `transport_aware` | estimated TTFT (RTT + queue + prefill) against the class's SLO budget | |
@@ -22,10 +25,28 @@ from extproc.gateway.config.schema import ProfileSpec, StepSpec
 # The default filters plus the model filter, for profiles that read the body anyway.
 _MODEL_AWARE: list[str | StepSpec] = ["not_drained", "not_unhealthy", "known_load", "serves_model"]
 
+# The cost model's terms, in the order they add up (realtime_reserve reads the others' sum).
+_TERMS: list[str | StepSpec] = ["ttft_link", "ttft_queue", "ttft_prefill", "tpot_decode", "tpot_prefill_stall"]
+
+
+def _cost_model(*, reserve: bool = True, prefix: bool = True, sla: bool = True) -> ProfileSpec:
+    terms = list(_TERMS)
+    if not prefix:
+        terms[2] = StepSpec(type="ttft_prefill", params={"prefix_index": False})
+    if reserve:
+        terms.append("realtime_reserve")
+    picker = "slo_slack" if sla else StepSpec(type="slo_slack", params={"sla_aware": False, "near_first": []})
+    return ProfileSpec(filters=_MODEL_AWARE, estimators=terms, picker=picker)
+
+
 BUILTIN_PROFILES: dict[str, ProfileSpec] = {
-    "aigrid": ProfileSpec(filters=_MODEL_AWARE, rules=["affinity", "realtime", "spill"]),
-    "aigrid_no_sla": ProfileSpec(filters=_MODEL_AWARE, rules=["affinity", StepSpec(type="spill", params={"sla_aware": False})]),
-    "aigrid_no_affinity": ProfileSpec(filters=_MODEL_AWARE, rules=["realtime", "spill"]),
+    "aigrid": _cost_model(),
+    "aigrid_no_reserve": _cost_model(reserve=False),
+    "aigrid_no_prefix": _cost_model(prefix=False),
+    "aigrid_no_sla": _cost_model(reserve=False, sla=False),
+    "spill": ProfileSpec(filters=_MODEL_AWARE, rules=["affinity", "realtime", "spill"]),
+    "spill_no_sla": ProfileSpec(filters=_MODEL_AWARE, rules=["affinity", StepSpec(type="spill", params={"sla_aware": False})]),
+    "spill_no_affinity": ProfileSpec(filters=_MODEL_AWARE, rules=["realtime", "spill"]),
     "least_loaded": ProfileSpec(scorers=["least_pressure"], picker=StepSpec(type="max_score", name="least_loaded")),
     "prefix_least_loaded": ProfileSpec(
         filters=_MODEL_AWARE,

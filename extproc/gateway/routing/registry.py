@@ -14,7 +14,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from extproc.gateway.config.schema import GatewayConfig, ProfileSpec, StepSpec
-from extproc.gateway.routing.framework import Profile, Rule, Scorer, Step, StepKind
+from extproc.gateway.routing.framework import Picker, Profile, Rule, Scorer, Step, StepKind
 
 
 class StepParams(BaseModel):
@@ -111,13 +111,19 @@ def build_profile(name: str, spec: ProfileSpec, config: GatewayConfig, key: str 
     filters_ref = list(DEFAULT_FILTERS) if spec.filters is None else spec.filters
     filters = [build_step(r, StepKind.filter, f"{key}.filters.{i}", env) for i, r in enumerate(filters_ref)]
     rules = [build_step(r, StepKind.rule, f"{key}.rules.{i}", env) for i, r in enumerate(spec.rules)]
+    estimators = [build_step(r, StepKind.estimator, f"{key}.estimators.{i}", env) for i, r in enumerate(spec.estimators)]
     scorers = [build_step(r, StepKind.scorer, f"{key}.scorers.{i}", env) for i, r in enumerate(spec.scorers)]
     picker = None if spec.picker is None else build_step(spec.picker, StepKind.picker, f"{key}.picker", env)
     if scorers and picker is None:
         picker = build_step("max_score", StepKind.picker, f"{key}.picker", env)
+    uses_pred = isinstance(picker, Picker) and picker.uses_predictions
+    if uses_pred and not estimators:
+        raise ProfileError(f"{key}.picker", f"{picker.type_name!r} chooses from predictions: add estimators (e.g. ttft_link, ttft_queue)")
+    if estimators and not uses_pred:
+        raise ProfileError(f"{key}.estimators", "estimators need a picker that reads predictions (e.g. slo_slack)")
     if picker is None and not (rules and isinstance(rules[-1], Rule) and rules[-1].always_decides):
         raise ProfileError(key, "no step always decides: add a picker (e.g. max_score) or end with a rule that always decides")
-    profile = Profile(name, filters, rules, scorers, picker)  # type: ignore[arg-type]
+    profile = Profile(name, filters, rules, scorers, picker, estimators)  # type: ignore[arg-type]
     names = [s.name for s in profile.steps]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

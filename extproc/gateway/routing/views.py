@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from extproc.gateway.config.schema import GatewayConfig, SiteRole
+from extproc.gateway.config.schema import EngineSpeed, GatewayConfig, SiteRole
 from extproc.gateway.loadmap.model import LoadSnapshot, SiteLoad
 
 
@@ -39,6 +39,11 @@ class SiteView:
     models: frozenset[str] = frozenset()
     # Prefill speed (prompt tokens/s) for TTFT estimates: configured per site.
     prefill_tokens_per_s: float = 10_000.0
+    # The engine's running requests (reported), replicas behind the site, and one replica's speeds for
+    # the cost model (None: not configured; the cost model then uses its stated default).
+    running: int | None = None
+    replicas: int = 1
+    speed: EngineSpeed | None = None
 
     @property
     def known(self) -> bool:
@@ -90,6 +95,8 @@ def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> li
                     capacity=float(site.running_capacity),
                     models=models,
                     prefill_tokens_per_s=site.prefill_tokens_per_s,
+                    replicas=site.replicas,
+                    speed=site.speed,
                 )
             )
             continue
@@ -107,6 +114,9 @@ def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> li
                 kv_usage=load.kv_cache_usage,
                 models=models,
                 prefill_tokens_per_s=site.prefill_tokens_per_s,
+                running=load.requests_running,
+                replicas=site.replicas,
+                speed=site.speed,
             )
         )
     return views

@@ -149,6 +149,10 @@ class Gateway:
         timer = self._time_step if self._decisions % self._timing_every == 0 else None
         d, views = self.router.route(features, self._snapshot(), self._clock(), timer)
         self._count_decision(d.site, d.step, features.sla.value)
+        if d.term:
+            self.metrics.decided_by.labels(d.term).inc()
+        for site in d.default_speed:
+            self.metrics.default_speed.labels(site).inc()
         return d, views
 
     def inspect(self, headers: Mapping[str, str], jwt_payload: Mapping[str, object] | None = None) -> Inspection:

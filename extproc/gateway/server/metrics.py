@@ -55,6 +55,14 @@ class GatewayMetrics:
         self.site_pressure = Gauge("aigrid_site_pressure", "Site pressure as the policy sees it (-1 unknown)", ["site"], registry=r)
         self.site_drained = Gauge("aigrid_site_drained", "1 when the site is drained", ["site"], registry=r)
         self.site_spilling = Gauge("aigrid_site_spilling", "1 while the site is spilling traffic (hysteresis state)", ["site"], registry=r)
+        self.default_speed = Counter(
+            "aigrid_cost_model_default_speed_total",
+            "Cost-model decisions that used the stated default speed for a site with no sites[].speed", ["site"], registry=r,
+        )
+        self.decided_by = Counter(
+            "aigrid_cost_model_decided_by_total",
+            "Cost-model decisions by the term that separated the chosen site from the runner-up", ["term"], registry=r,
+        )
         self.decision_reasons = Counter(
             "aigrid_decision_reasons", "Routing decisions by site, step and reason class (extproc.gateway.observe.names.reason_class)",
             ["site", "step", "reason_class"], registry=r,

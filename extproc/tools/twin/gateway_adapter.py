@@ -26,6 +26,7 @@ from extproc.gateway.compression.rewriter import (
     COARSE_TOKENS_PER_S,
     OWN_DEADLINE_SHARE,
     CompressionRewriter,
+    predicted_slack,
 )
 from extproc.gateway.config import GatewayConfig, load_config_text
 from extproc.gateway.config.compression import CompressionSettings
@@ -52,13 +53,13 @@ class ArmUnavailable(RuntimeError):
 # aigrid.yaml (`routing.profiles`): the waterfall's first step, spill routing with neither SLA classes nor
 # affinity.
 _EXTRA_PROFILES: dict[str, dict[str, Any]] = {
-    "aigrid_no_sla_no_affinity": {
+    "spill_no_sla_no_affinity": {
         "filters": ["not_drained", "not_unhealthy", "known_load", "serves_model"],
         "rules": [{"type": "spill", "params": {"sla_aware": False}}],
     },
 }
 # Profiles that treat every request as standard: the compressor's per-class floors are ablated with them.
-_NO_SLA = frozenset({"aigrid_no_sla", "aigrid_no_sla_no_affinity"})
+_NO_SLA = frozenset({"aigrid_no_sla", "spill_no_sla", "spill_no_sla_no_affinity"})
 
 
 def routing_available(arm: Arm) -> bool:
@@ -74,7 +75,8 @@ def config_dict(sc: Scenario, arm: Arm) -> tuple[dict[str, Any], bool]:
     if arm.profile in _EXTRA_PROFILES:
         routing["profiles"] = {arm.profile: _EXTRA_PROFILES[arm.profile]}
     cfg: dict[str, Any] = {
-        "sites": [s.gateway_site(["127.0.0.1:1"], prefill_tokens_per_s=s.prefill_tokens_per_s or _prefill_speed(s))
+        "sites": [s.gateway_site(["127.0.0.1:1"], prefill_tokens_per_s=s.prefill_tokens_per_s or _prefill_speed(s),
+                                 replicas=s.replicas, speed=engine_speed(s))
                   for s in sc.sites],
         "policy": {"default_site": default, **sc.policy},
         "routing": routing,
@@ -103,6 +105,24 @@ def _roofline_prefill_speed(gpu: str, model: str, tp: int) -> float:
     return round(n / hw.step_time(n, 0, n * (n + 1) // 2))
 
 
+def engine_speed(site: Any) -> dict[str, float]:
+    """`sites[].speed` as an operator's benchmark of one replica would give it (the roofline's figures):
+    a 2,048-token prefill, a decode step at batch 1 and its slope to batch 64 at 2,048 tokens of context
+    per sequence, and the replica's KV cache."""
+    return dict(_roofline_speed(site.gpu, site.model, site.gpus_per_replica, site.prefill_tokens_per_s))
+
+
+@functools.lru_cache(maxsize=64)
+def _roofline_speed(gpu: str, model: str, tp: int, prefill: float | None) -> tuple[tuple[str, float], ...]:
+    hw = make_hardware(load_profiles(), gpu, model, tp)
+    ctx = 2048
+    d1 = hw.step_time(1, ctx, ctx, 1)
+    d64 = hw.step_time(64, 64 * ctx, 64 * ctx, 64)
+    return (("prefill_tokens_per_s", prefill or _roofline_prefill_speed(gpu, model, tp)),
+            ("decode_ms", round(1e3 * d1, 3)), ("decode_ms_per_seq", round(1e3 * (d64 - d1) / 63, 4)),
+            ("kv_cache_tokens", int(hw.kv_capacity_tokens)))
+
+
 def arm_config(sc: Scenario, arm: Arm) -> GatewayConfig:
     """The arm's gateway configuration, validated as `aigrid serve` would (once per scenario and arm: a
     sweep runs the same arm hundreds of times)."""
@@ -121,6 +141,13 @@ class Routed:
     step: str
     pressure: float | None  # the chosen site's pressure as this decision saw it (in-flight included)
     requests_waiting: int | None
+    # The cost model's prediction for this request at the chosen site (profiles with estimators), ms.
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    slack: float | None = None
+    uncached_tokens: int | None = None
+    # What the compressor's keep-rate follows (rewriter.predicted_slack of the decision).
+    rate_slack: float | None = None
 
 
 class Router:
@@ -164,7 +191,8 @@ class Router:
             view = next((v for v in views if v.name == d.site), None)
             load = self._snap.sites.get(d.site)
             return Routed(d.site, d.step, view.pressure if view is not None else None,
-                          load.requests_waiting if load is not None else None)
+                          load.requests_waiting if load is not None else None, d.ttft_ms, d.tpot_ms, d.slack,
+                          d.uncached_tokens, predicted_slack(d))
         finally:
             self.decision_seconds += time.process_time() - t0
             self.decisions += 1
@@ -254,7 +282,7 @@ class CompressionModel:
             requests_waiting=routed.requests_waiting,
             prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(routed.site, s.prefill_tokens_per_s),
             compressor_tokens_per_s=COARSE_TOKENS_PER_S, deadline_s=s.deadline_ms / 1000.0 * OWN_DEADLINE_SHARE,
-            cost_tokens=ip.cost_tokens,
+            cost_tokens=ip.cost_tokens, slack=routed.rate_slack,
         )
         d = decide_rate(self.policy, inputs)
         if not d.compress:

@@ -163,6 +163,10 @@ class Flight:
     segments: tuple[tuple[str, int], ...] = ()
     hashes: tuple[int, ...] = ()  # the prompt's block hash chain as the site gets it
     cached: int = 0  # prompt tokens found in the site's prefix cache
+    # The gateway's predicted TTFT / TPOT for it (ms; cost-model profiles only), beside what happened.
+    pred_ttft_ms: float | None = None
+    pred_tpot_ms: float | None = None
+    pred_uncached: int | None = None
 
 
 @dataclass(slots=True)
@@ -217,6 +221,8 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
              requests: list[Request] | None = None, codec: bool = False) -> RunResult:
     """Simulate one arm at one request rate (closed loop: that many users) with one seed. `codec`: reports
     go through the agent's combine step and the protobuf codec (the same numbers, slower)."""
+    if arm.per_replica:
+        sc = sc.per_replica()
     sw = sc.sweep
     prof = load_profiles()
     rng = random.Random(f"{seed}:grid")
@@ -349,6 +355,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
             hashes = prompt_hashes(req, req.segments)
             routed = routers[gi].route(req, hashes[:MAX_PREFIX_BLOCKS] if needs_prefix else ())
             fl.site, fl.step = routed.site, routed.step
+            fl.pred_ttft_ms, fl.pred_tpot_ms, fl.pred_uncached = routed.ttft_ms, routed.tpot_ms, routed.uncached_tokens
             c = comp.decide(req, routed)
             fl.rate, fl.compress_reason, fl.cpu_s, fl.kept = c.rate, c.reason, c.cpu_s, c.kept
             if trace and comp.enabled and req.kind == "rag":

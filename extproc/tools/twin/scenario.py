@@ -142,6 +142,17 @@ class Scenario(_Strict):
     policy: dict[str, Any] = Field(default_factory=dict)
     compression: dict[str, Any] = Field(default_factory=dict)
 
+    def per_replica(self) -> "Scenario":
+        """The grid as a pod-level router sees it (GIE scores pods): each site of R replicas becomes R sites
+        `<name>-<k>` of one replica, same GPU, same link; a one-replica site keeps its name."""
+        sites: list[GridSite] = []
+        for s in self.sites:
+            if s.replicas == 1:
+                sites.append(s)
+                continue
+            sites.extend(s.model_copy(update={"name": f"{s.name}-{k}", "replicas": 1}) for k in range(s.replicas))
+        return self.model_copy(update={"sites": sites})
+
     @field_validator("slo")
     @classmethod
     def _classes(cls, v: dict[str, Slo]) -> dict[str, Slo]:

@@ -2,7 +2,11 @@
 
 Two rules, both on plain numbers:
 
-1. Load curve. The chosen site's pressure p (0 idle, 1 at capacity; see routing/views.py) sets the
+1. Load curve. When the router predicted this request's SLO slack at the chosen site (cost-model
+   profiles: the share of the SLO its predicted TTFT/TPOT leave), the curve reads p = 1 - slack: a request
+   predicted to fit with room is left alone, one predicted to miss is compressed down to the floor, which
+   is where compressing turns a miss into a hit or relieves a stressed site. Otherwise the chosen site's
+   pressure p (0 idle, 1 at capacity; see routing/views.py) sets the
    keep-rate: at or below `start_pressure` nothing is compressed (rate 1.0); between `start_pressure` and
    `full_pressure` the rate falls linearly; at and above `full_pressure` it is the floor. The floor is the
    more conservative of the SLA class's and the model's (a model known to suffer from compression can be
@@ -75,6 +79,8 @@ class RateInputs:
     precomputed_tokens: int = 0
     # Compressible tokens inside the prefix the site has cached (0 under the newest-turn rule).
     cached_compressible_tokens: int = 0
+    # The router's predicted SLO slack for this request at the chosen site (None: no prediction).
+    slack: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +151,10 @@ def decide_rate(policy: RatePolicy, x: RateInputs) -> RateDecision:
         return RateDecision(1.0, "short")
     if policy.fixed_rate is not None:
         rate = policy.fixed_rate
+    elif x.slack is not None:
+        rate = load_rate(
+            1.0 - x.slack, policy.start_pressure, policy.full_pressure, floor_for(policy, x.sla, x.model)
+        )
     else:
         if x.pressure is None:
             return RateDecision(1.0, "unknown_load")

@@ -10,6 +10,7 @@ from extproc.gateway.routing.steps import (  # noqa: F401
     pickers,
     prefix_cache,
     realtime,
+    slo,
     spill,
     ttft,
 )

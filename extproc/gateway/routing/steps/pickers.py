@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from extproc.gateway.routing.framework import (
     Decision,
     Picker,
     RoutingContext,
     by_rtt,
+    draw_weighted,
     fmt_p,
 )
-from extproc.gateway.routing.registry import NoParams, StepEnv, register
+from extproc.gateway.routing.registry import NoParams, StepEnv, StepParams, register
 from extproc.gateway.routing.views import SiteView
 
 
@@ -19,19 +22,29 @@ def _label(name: str) -> str:
 
 @register("max_score")
 class MaxScore(Picker):
-    """The highest total score; ties go to the closest site (RTT order, then tier, then name)."""
+    """The highest total score. Ties are drawn (`ctx.u`: the request's key, else the gateway's seeded
+    random), as GIE's picker shuffles before it picks: a fixed tie-break would send every tie, and under
+    saturation every request, to the same site. `ties: closest` gives them to the closest site instead
+    (RTT order, then tier, then name)."""
 
-    def __init__(self, name: str, params: NoParams, env: StepEnv) -> None:
+    class Params(StepParams):
+        ties: Literal["random", "closest"] = "random"
+
+    def __init__(self, name: str, params: Params, env: StepEnv) -> None:
         super().__init__(name)
+        self.closest = params.ties == "closest"
 
     def pick(self, ctx: RoutingContext, sites: list[SiteView], scores: list[float]) -> Decision:
-        score_of = {s.name: sc for s, sc in zip(sites, scores)}
-        best = None
-        for s in by_rtt(sites, ctx.policy):
-            if best is None or score_of[s.name] > score_of[best.name]:
-                best = s
-        assert best is not None
-        return Decision(best.name, f"{_label(self.name)} {best.name} (score={score_of[best.name]:.2f}, p={fmt_p(best.pressure)})", self.name, best.pressure)
+        top = max(scores)
+        tied = [s for s, sc in zip(sites, scores) if sc >= top - 1e-12]
+        if len(tied) == 1:
+            best = tied[0]
+        elif self.closest:
+            best = by_rtt(tied, ctx.policy)[0]
+        else:
+            tied.sort(key=lambda s: s.name)  # the draw, not the candidates' order, decides
+            best = tied[min(int(ctx.u * len(tied)), len(tied) - 1)]
+        return Decision(best.name, f"{_label(self.name)} {best.name} (score={top:.2f}, p={fmt_p(best.pressure)})", self.name, best.pressure)
 
 
 @register("weighted_random")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from pydantic import Field
 
 from extproc.gateway.routing.framework import Decision, RoutingContext, Scorer
+from extproc.gateway.routing.prefix_index import PrefixIndex, kv_sized_capacity
 from extproc.gateway.routing.registry import StepEnv, StepParams, register
 from extproc.gateway.routing.views import SiteView
 
@@ -21,37 +20,22 @@ class PrefixCache(Scorer):
     needs_prefix_blocks = True
 
     class Params(StepParams):
+        # Blocks per site when its KV size is unknown (GIE's default LRU size per pod).
         lru_capacity_per_site: int = Field(default=31_250, ge=1)
+        # GIE's autoTune (on by default there): size each site's LRU from its real KV blocks,
+        # replicas x `sites[].speed.kv_cache_tokens` / 16, where configured.
+        auto_tune: bool = True
 
     def __init__(self, name: str, params: Params, env: StepEnv) -> None:
         super().__init__(name)
         self.capacity = params.lru_capacity_per_site
-        self.index: dict[str, OrderedDict[int, None]] = {}
-
-    def _matched(self, site: str, blocks: tuple[int, ...]) -> int:
-        lru = self.index.get(site)
-        if not lru:
-            return 0
-        n = 0
-        for b in blocks:
-            if b not in lru:
-                break
-            n += 1
-        return n
+        self.index = PrefixIndex(kv_sized_capacity(env, self.capacity) if params.auto_tune else self.capacity)
 
     def score(self, ctx: RoutingContext, sites: list[SiteView]) -> list[float]:
         blocks = ctx.features.prefix_blocks
         if not blocks:
             return [0.0] * len(sites)
-        return [self._matched(s.name, blocks) / len(blocks) for s in sites]
+        return [self.index.matched(s.name, blocks) / len(blocks) for s in sites]
 
     def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:
-        blocks = ctx.features.prefix_blocks
-        if not blocks:
-            return
-        lru = self.index.setdefault(decision.site, OrderedDict())
-        for b in blocks:
-            lru[b] = None
-            lru.move_to_end(b)
-        while len(lru) > self.capacity:
-            lru.popitem(last=False)
+        self.index.add(decision.site, ctx.features.prefix_blocks)

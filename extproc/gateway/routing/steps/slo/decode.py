@@ -1,0 +1,24 @@
+"""`tpot_decode` (estimator): the decode step at the site's batch, with this request in it."""
+
+from __future__ import annotations
+
+from extproc.gateway.routing.costmodel import decode_step_ms
+from extproc.gateway.routing.framework import Estimator, Predictions, RoutingContext
+from extproc.gateway.routing.registry import NoParams, StepEnv, register
+from extproc.gateway.routing.steps.slo.common import SloBounds, batch_at, speed_of
+from extproc.gateway.routing.views import SiteView
+
+
+@register("tpot_decode")
+class TpotDecode(Estimator):
+    """TPOT += one decode step with (running per replica + 1) sequences, at the site's decode speed."""
+
+    def __init__(self, name: str, params: NoParams, env: StepEnv) -> None:
+        super().__init__(name)
+        self.slo = SloBounds(env.config)
+
+    def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
+        ttft_slo, tpot_slo = self.slo(ctx.features.sla)
+        for i, s in enumerate(sites):
+            pred.add(self.name, i, tpot_ms=decode_step_ms(speed_of(s), batch_at(s) + 1.0),
+                     ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)

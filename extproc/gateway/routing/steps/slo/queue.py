@@ -1,0 +1,48 @@
+"""`ttft_queue` (estimator): the prefill work queued ahead of the request, in time at the site's speed."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from extproc.gateway.routing.costmodel import queue_wait_ms
+from extproc.gateway.routing.framework import Decision, Estimator, Predictions, RoutingContext
+from extproc.gateway.routing.registry import StepEnv, StepParams, register
+from extproc.gateway.routing.steps.slo.common import SloBounds, speed_of
+from extproc.gateway.routing.views import SiteView
+
+
+@register("ttft_queue")
+class TtftQueue(Estimator):
+    """TTFT += (waiting requests + those sent since the site's last report) x the uncached prompt tokens
+    a request sent there carries (this step's running mean per site, of what the profile predicted for
+    the requests it routed), over (replicas x prefill speed). Work, not a count: a site that receives RAG
+    prompts weighs each queued request at thousands of tokens, a chat site at a few hundred."""
+
+    class Params(StepParams):
+        # The per-site mean before any request was routed there, tokens.
+        initial_tokens_per_request: float = Field(default=1000.0, gt=0)
+        # Weight of each new request in the running mean (an exponential moving average).
+        mean_weight: float = Field(default=0.05, gt=0, le=1)
+
+    def __init__(self, name: str, params: Params, env: StepEnv) -> None:
+        super().__init__(name)
+        self.slo = SloBounds(env.config)
+        self.initial = params.initial_tokens_per_request
+        self.alpha = params.mean_weight
+        self.mean: dict[str, float] = {}
+
+    def queued_tokens(self, s: SiteView) -> float:
+        return ((s.waiting or 0) + s.in_flight) * self.mean.get(s.name, self.initial)
+
+    def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
+        ttft_slo, tpot_slo = self.slo(ctx.features.sla)
+        for i, s in enumerate(sites):
+            ms = queue_wait_ms(self.queued_tokens(s), s.replicas, speed_of(s))
+            pred.add(self.name, i, ms, ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
+
+    def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:
+        if not ctx.features.inference:
+            return
+        n = decision.uncached_tokens if decision.uncached_tokens is not None else ctx.features.prompt_tokens
+        m = self.mean.get(decision.site, self.initial)
+        self.mean[decision.site] = m + self.alpha * (n - m)

@@ -1,0 +1,123 @@
+"""`slo_slack` (picker): the site where the request's predicted TTFT and TPOT leave the most of its class
+SLO, or miss it by the least; near sites first for the classes that want them."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from extproc.gateway.request.features import SlaClass
+from extproc.gateway.routing.costmodel import slack
+from extproc.gateway.routing.framework import Decision, Picker, Predictions, RoutingContext
+from extproc.gateway.routing.registry import StepEnv, StepParams, register
+from extproc.gateway.routing.steps.slo.common import SloBounds
+from extproc.gateway.routing.views import SiteView
+
+
+@register("slo_slack")
+class SloSlack(Picker):
+    """Slack = the share of the class SLO the prediction leaves at its tighter bound (TTFT or TPOT).
+
+    1. The sites predicted to meet the SLO that the estimators did not reserve (realtime headroom); if
+       there are none, the reserved ones that meet it (this request would miss anywhere else); if none
+       meets it, every site.
+    2. For a class in `near_first`, the nearest tier with at least `near_min_slack` of slack.
+    3. Else the site with the most slack (a predicted hit with the most room, or, when every site is
+       predicted to miss, the least violation). Slacks within `tie` of the best tie, and the tie is drawn
+       from the request's key (`ctx.u`): no fixed order decides.
+
+    The reason names the term that decided: on the bound that limits the runner-up's slack (TTFT or
+    TPOT), the term whose share of it differs most between the chosen site and the runner-up."""
+
+    uses_predictions = True
+
+    class Params(StepParams):
+        # False: every request is judged against the standard class's SLO (the ablation without classes).
+        sla_aware: bool = True
+        near_first: list[SlaClass] = Field(default_factory=lambda: [SlaClass.realtime])
+        near_min_slack: float = Field(default=0.15, ge=-1, le=1)
+        tie: float = Field(default=0.01, ge=0, le=1)
+
+    def __init__(self, name: str, params: Params, env: StepEnv) -> None:
+        super().__init__(name)
+        self.slo = SloBounds(env.config)
+        self.sla_aware = params.sla_aware
+        self.near_first = frozenset(params.near_first)
+        self.near_min = params.near_min_slack
+        self.tie = params.tie
+
+    def pick(self, ctx: RoutingContext, sites: list[SiteView], scores: list[float]) -> Decision:  # pragma: no cover
+        raise TypeError("slo_slack chooses from predictions: the profile calls pick_predicted")
+
+    def pick_predicted(self, ctx: RoutingContext, sites: list[SiteView], scores: list[float],
+                       pred: Predictions) -> Decision:
+        sla = ctx.features.sla if self.sla_aware else SlaClass.standard
+        ttft_slo, tpot_slo = self.slo(sla)
+        slacks = [slack(pred.ttft_ms[i], pred.tpot_ms[i], ttft_slo, tpot_slo) for i in range(len(sites))]
+        everyone = range(len(sites))
+        pool = ([i for i in everyone if slacks[i] >= 0 and not pred.reserved[i]]
+                or [i for i in everyone if slacks[i] >= 0] or list(everyone))
+        chosen: int | None = None
+        how = "most slack"
+        if sla in self.near_first:
+            # Tier by tier (sites within rtt_tolerance_ms count as equally near), the most slack in the
+            # nearest tier that has enough: equally near sites share the work rather than the first name.
+            for tier in rtt_tiers(sites, pool, ctx.policy.rtt_tolerance_ms):
+                i = self._most_slack(tier, slacks, ctx.u)
+                if slacks[i] >= self.near_min:
+                    chosen, how = i, "nearest with slack"
+                    break
+        if chosen is None:
+            chosen = self._most_slack(pool, slacks, ctx.u)
+            how = "most slack" if slacks[chosen] >= 0 else "least violation"
+        term, rival = self._decider(chosen, slacks, pred, ttft_slo, tpot_slo)
+        s = sites[chosen]
+        tpot = f", tpot {pred.tpot_ms[chosen]:.0f}/{tpot_slo:.0f} ms" if tpot_slo else ""
+        vs = f"; {term} decided over {sites[rival].name}" if rival is not None else ""
+        defaults = [v.name for v in sites if v.speed is None]
+        note = f"; default speed for {', '.join(defaults)}" if defaults else ""
+        reason = (f"slo {how} {s.name}: ttft {pred.ttft_ms[chosen]:.0f}/{ttft_slo:.0f} ms{tpot}, "
+                  f"slack {slacks[chosen]:.2f}{vs}{note}")
+        return Decision(s.name, reason, self.name, s.pressure, ttft_ms=pred.ttft_ms[chosen],
+                        tpot_ms=pred.tpot_ms[chosen] if tpot_slo else None,
+                        uncached_tokens=pred.uncached[chosen], slack=slacks[chosen],
+                        site_slack=slack(pred.ttft_ms[chosen], pred.tpot_ms[chosen], *self.slo(SlaClass.realtime)),
+                        term=term,
+                        default_speed=tuple(defaults))
+
+    def _most_slack(self, pool: list[int], slacks: list[float], u: float) -> int:
+        best = max(slacks[i] for i in pool)
+        tied = [i for i in pool if slacks[i] >= best - self.tie]
+        return tied[min(int(u * len(tied)), len(tied) - 1)]
+
+    @staticmethod
+    def _decider(chosen: int, slacks: list[float], pred: Predictions, ttft_slo: float,
+                 tpot_slo: float | None) -> tuple[str, int | None]:
+        """The runner-up (the most slack among the other sites) and the term that favours the chosen site
+        the most against it, on the runner-up's binding bound."""
+        others = [i for i in range(len(slacks)) if i != chosen]
+        if not others:
+            return "only candidate", None
+        rival = max(others, key=lambda i: slacks[i])
+        if pred.reserved[rival] and not pred.reserved[chosen] and slacks[rival] >= slacks[chosen]:
+            return "realtime_reserve", rival
+        ttft_bound = not tpot_slo or 1 - pred.ttft_ms[rival] / ttft_slo <= 1 - pred.tpot_ms[rival] / tpot_slo
+        rows = pred.ttft_terms if ttft_bound else pred.tpot_terms
+        best_term, best_gap = "", float("-inf")
+        for term, row in rows.items():
+            gap = row[rival] - row[chosen]
+            if gap > best_gap:
+                best_term, best_gap = term, gap
+        return best_term or "tie", rival
+
+
+def rtt_tiers(sites: list[SiteView], pool: list[int], tolerance_ms: float) -> list[list[int]]:
+    """The pool's indices grouped by distance, nearest first: a site joins the current group while its
+    RTT is within `tolerance_ms` of the group's nearest."""
+    order = sorted(pool, key=lambda i: sites[i].rtt_ms)
+    tiers: list[list[int]] = []
+    for i in order:
+        if tiers and sites[i].rtt_ms <= sites[tiers[-1][0]].rtt_ms + tolerance_ms:
+            tiers[-1].append(i)
+        else:
+            tiers.append([i])
+    return tiers

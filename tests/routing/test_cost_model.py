@@ -1,0 +1,208 @@
+"""The cost model (`aigrid` profile): its arithmetic, each term, the slack picker, and the profile's
+decisions on plain data. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extproc.gateway.config import load_config_text
+from extproc.gateway.config.schema import EngineSpeed, PolicySettings, ProfileSpec, SiteRole, StepSpec
+from extproc.gateway.request.features import RequestFeatures, SlaClass
+from extproc.gateway.routing import costmodel as cm
+from extproc.gateway.routing.framework import Decision, RoutingContext
+from extproc.gateway.routing.profiles import BUILTIN_PROFILES
+from extproc.gateway.routing.registry import ProfileError, build_profile
+from extproc.gateway.routing.views import SiteView
+
+# The reference grid's two GPUs as an operator's benchmark gives them (the twin's roofline figures).
+L40S = EngineSpeed(prefill_tokens_per_s=10_657, decode_ms=21.8, decode_ms_per_seq=0.376, kv_cache_tokens=195_616)
+H100 = EngineSpeed(prefill_tokens_per_s=31_334, decode_ms=6.37, decode_ms_per_seq=0.104, kv_cache_tokens=415_344)
+
+CFG = """
+sites:
+  - {name: edge, role: edge, endpoints: ["127.0.0.1:1"], rtt_ms: 1,
+     speed: {prefill_tokens_per_s: 10657, decode_ms: 21.8, decode_ms_per_seq: 0.376, kv_cache_tokens: 195616}}
+  - {name: remote, role: far, endpoints: ["127.0.0.1:2"], rtt_ms: 8, replicas: 2,
+     speed: {prefill_tokens_per_s: 31334, decode_ms: 6.37, decode_ms_per_seq: 0.104, kv_cache_tokens: 415344}}
+"""
+
+
+def cfg(text: str = CFG):
+    return load_config_text(text)
+
+
+def site(name: str, *, rtt: float, speed: EngineSpeed | None, replicas: int = 1, running: int = 0, waiting: int = 0,
+         role: SiteRole = SiteRole.far) -> SiteView:
+    return SiteView(name, role, rtt, False, True, 0.1, 0.1, 64.0, waiting, 0.1, 0, frozenset(),
+                    running=running, replicas=replicas, speed=speed)
+
+
+EDGE = site("edge", rtt=1, speed=L40S, role=SiteRole.edge)
+REMOTE = site("remote", rtt=8, speed=H100, replicas=2)
+
+
+def ctx(views, *, sla=SlaClass.standard, prompt=500, u=0.5, blocks=(), now=0.0) -> RoutingContext:
+    f = RequestFeatures(prompt_tokens=prompt, sla=sla, prefix_blocks=blocks)
+    return RoutingContext(f, views, PolicySettings(), "edge", u, now)
+
+
+def aigrid(text: str = CFG, name: str = "aigrid"):
+    c = cfg(text)
+    return build_profile(name, BUILTIN_PROFILES[name], c)
+
+
+# ---- the arithmetic --------------------------------------------------------------------------------------
+def test_queue_and_prefill_are_work_over_speed():
+    assert cm.queue_wait_ms(20_000, 2, H100) == pytest.approx(1000 * 20_000 / (2 * 31_334))
+    assert cm.prefill_ms(4_000, L40S) == pytest.approx(1000 * 4_000 / 10_657)
+    assert cm.queue_wait_ms(-5, 1, H100) == 0.0
+
+
+def test_decode_step_grows_with_the_batch():
+    assert cm.decode_step_ms(L40S, 1) == pytest.approx(21.8)
+    assert cm.decode_step_ms(L40S, 33) == pytest.approx(21.8 + 32 * 0.376)
+
+
+def test_stall_is_nothing_while_decode_is_memory_bound_and_grows_to_the_cap():
+    # A light prefill load rides in the memory-bound decode steps for free.
+    assert cm.stall_ms(L40S, 8, 0.2) == 0.0
+    # Past the point where the steps turn compute-bound, each step stretches by 1 / (1 - rho).
+    heavy = [cm.stall_ms(L40S, 64, r) for r in (0.5, 0.7, 0.8, 0.9, 0.99)]
+    assert heavy == sorted(heavy) and heavy[-1] == heavy[-2]  # capped at MAX_PREFILL_SHARE
+    assert heavy[2] > 0
+
+
+@given(st.floats(0, 5000), st.floats(0, 500), st.floats(1, 20_000), st.floats(1, 1000))
+def test_slack_is_one_minus_the_tighter_share(ttft, tpot, ttft_slo, tpot_slo):
+    s = cm.slack(ttft, tpot, ttft_slo, tpot_slo)
+    assert s == pytest.approx(min(1 - ttft / ttft_slo, 1 - tpot / tpot_slo))
+    assert cm.slack(ttft, tpot, ttft_slo, None) == pytest.approx(1 - ttft / ttft_slo)
+
+
+# ---- the profile's decisions ----------------------------------------------------------------------------
+def test_a_long_prompt_goes_where_it_prefills_fastest_and_the_reason_says_why():
+    prof = aigrid(name="aigrid_no_reserve")  # (with the reserve, the edge is also kept for realtime)
+    d = prof.decide(ctx([EDGE, REMOTE], prompt=4_000))
+    assert d.site == "remote"
+    assert d.term == "ttft_prefill" and "ttft_prefill decided over edge" in d.reason
+    assert d.ttft_ms == pytest.approx(8 + 1000 * 4_000 / 31_334)
+    assert d.uncached_tokens == 4_000 and d.slack is not None and 0 < d.slack < 1
+
+
+def test_realtime_takes_the_near_site_while_it_has_slack_and_leaves_when_it_has_none():
+    prof = aigrid()
+    assert prof.decide(ctx([EDGE, REMOTE], sla=SlaClass.realtime, prompt=300)).site == "edge"
+    # 40 running streams on the L40S: a decode step of ~36 ms, too close to the 40 ms TPOT bound.
+    busy = replace(EDGE, running=40)
+    d = prof.decide(ctx([busy, REMOTE], sla=SlaClass.realtime, prompt=300))
+    assert d.site == "remote" and "tpot_decode" in d.reason
+
+
+def test_standard_work_leaves_the_near_site_to_realtime_when_it_would_not_fit_after_it():
+    loaded = replace(EDGE, waiting=3)  # three queued requests of ~1,000 tokens: ~280 ms of prefill ahead
+    with_reserve = aigrid()
+    without = aigrid(name="aigrid_no_reserve")
+    # A short standard request fits the edge either way; the reserve keeps the edge for realtime.
+    f = ctx([loaded, replace(REMOTE, running=60, waiting=30)], prompt=200)
+    assert without.decide(f).site == "edge"
+    d = with_reserve.decide(f)
+    assert d.site == "remote" and d.term == "realtime_reserve"
+    # A realtime request is never held back by the reserve.
+    rt = ctx([replace(EDGE, waiting=0), replace(REMOTE, running=60, waiting=8)], sla=SlaClass.realtime, prompt=200)
+    assert with_reserve.decide(rt).site == "edge"
+
+
+def test_ties_are_drawn_from_the_request_key_not_the_site_order():
+    twins = [site(n, rtt=2, speed=H100) for n in ("s1", "s2", "s3", "s4")]
+    text = "sites:\n" + "".join(
+        f"  - {{name: {n}, endpoints: ['127.0.0.1:{i + 1}'], rtt_ms: 2, speed: {{prefill_tokens_per_s: 31334, decode_ms: 6.37}}}}\n"
+        for i, n in enumerate(("s1", "s2", "s3", "s4")))
+    prof = aigrid(text)
+    for sla in SlaClass:
+        got = {prof.decide(ctx(twins, sla=sla, u=i / 40)).site for i in range(40)}
+        assert got == {"s1", "s2", "s3", "s4"}, sla
+        assert prof.decide(ctx(twins, sla=sla, u=0.3)).site == prof.decide(ctx(twins, sla=sla, u=0.3)).site
+
+
+def test_when_every_site_misses_the_least_violation_wins_not_the_first_site():
+    prof = aigrid()
+    drowned_edge = replace(EDGE, waiting=60, running=64)
+    drowned_remote = replace(REMOTE, waiting=120, running=200)
+    d = prof.decide(ctx([drowned_edge, drowned_remote], prompt=2_000))
+    assert d.slack is not None and d.slack < 0 and "least violation" in d.reason
+    slack = {v.name: v for v in (drowned_edge, drowned_remote)}
+    # The remote's queue spreads over two faster replicas: less violation there.
+    assert d.site == "remote", slack
+    # Saturated twice as hard, the edge is still worse: the choice follows the numbers, not an order.
+    assert prof.decide(ctx([replace(drowned_edge, waiting=10), drowned_remote], prompt=2_000)).site == "edge"
+
+
+def test_a_site_holding_the_prompts_prefix_predicts_fewer_uncached_tokens():
+    prof = aigrid()
+    prefill = next(s for s in prof.estimators if s.type_name == "ttft_prefill")
+    blocks = tuple(range(100))  # 100 blocks of 16 tokens
+    views = [replace(REMOTE, name="r1"), replace(REMOTE, name="r2")]
+    prefill.on_decision(ctx(views, blocks=blocks), Decision("r2", "", ""))
+    d = prof.decide(ctx(views, prompt=2_000, blocks=blocks))
+    assert d.site == "r2" and d.uncached_tokens == 2_000 - 100 * 16
+    ablation = aigrid(name="aigrid_no_prefix")
+    assert not ablation.needs_prefix_blocks
+    assert ablation.decide(ctx(views, prompt=2_000, blocks=blocks)).uncached_tokens == 2_000
+
+
+def test_the_queue_term_learns_the_work_per_request_per_site():
+    prof = aigrid()
+    queue = next(s for s in prof.estimators if s.type_name == "ttft_queue")
+    base = queue.queued_tokens(replace(REMOTE, waiting=4))
+    assert base == 4 * 1000.0  # the prior before any decision
+    for _ in range(200):
+        queue.on_decision(ctx([REMOTE], prompt=3_000), Decision("remote", "", "", uncached_tokens=3_000))
+    assert queue.queued_tokens(replace(REMOTE, waiting=4)) == pytest.approx(4 * 3_000, rel=0.01)
+    assert queue.queued_tokens(replace(EDGE, waiting=4)) == 4 * 1000.0  # per site
+
+
+def test_the_prefill_rate_decays():
+    prof = aigrid()
+    stall = next(s for s in prof.estimators if s.type_name == "tpot_prefill_stall")
+    for i in range(50):
+        stall.on_decision(ctx([EDGE], prompt=4_000, now=i * 0.02), Decision("edge", "", "", uncached_tokens=4_000))
+    hot = stall.rho(EDGE, 1.0)
+    assert 0.5 < hot <= cm.MAX_PREFILL_SHARE
+    assert stall.rho(EDGE, 21.0) < 0.01  # twenty seconds later, ten horizons
+
+
+def test_a_site_without_a_speed_gets_the_stated_default_and_says_so():
+    text = CFG + "  - {name: bare, endpoints: ['127.0.0.1:3'], rtt_ms: 4}\n"
+    prof = aigrid(text)
+    bare = site("bare", rtt=4, speed=None)
+    d = prof.decide(ctx([EDGE, REMOTE, bare], prompt=1_000))
+    assert d.default_speed == ("bare",) and "default speed for bare" in d.reason
+    assert prof.decide(ctx([EDGE, REMOTE], prompt=1_000)).default_speed == ()
+
+
+def test_a_prediction_picker_needs_estimators_and_estimators_need_one():
+    c = cfg()
+    with pytest.raises(ProfileError) as e:
+        build_profile("p", ProfileSpec(picker="slo_slack"), c)
+    assert e.value.key == "routing.profiles.p.picker" and "add estimators" in str(e.value)
+    with pytest.raises(ProfileError) as e:
+        build_profile("p", ProfileSpec(estimators=["ttft_link"], scorers=["least_pressure"]), c)
+    assert e.value.key == "routing.profiles.p.estimators" and "slo_slack" in str(e.value)
+    with pytest.raises(ProfileError) as e:
+        build_profile("p", ProfileSpec(estimators=["least_pressure"], picker="slo_slack"), c)
+    assert "is a scorer, not a estimator" in str(e.value) or "not an estimator" in str(e.value) or "not a estimator" in str(e.value)
+    with pytest.raises(ProfileError) as e:
+        build_profile("p", ProfileSpec(estimators=[StepSpec(type="realtime_reserve", params={"margin": 2})], picker="slo_slack"), c)
+    assert e.value.key == "routing.profiles.p.estimators.0.params.margin"
+
+
+def test_a_bad_speed_is_refused_with_its_key():
+    from extproc.gateway.config.load import ConfigError
+    with pytest.raises(ConfigError, match="sites.0.speed.prefill_tokens_per_s"):
+        cfg("sites:\n  - {name: e, endpoints: ['127.0.0.1:1'], speed: {prefill_tokens_per_s: -1, decode_ms: 5}}\n")
+    with pytest.raises(ConfigError, match="sites.0.speed.decode_ms"):
+        cfg("sites:\n  - {name: e, endpoints: ['127.0.0.1:1'], speed: {prefill_tokens_per_s: 1000}}\n")
