@@ -42,7 +42,8 @@ from extproc.tools.workload.generate import generate_open_loop
 from extproc.tools.workload.rag import build_corpus
 
 MAIN_ARMS = ("B1", "B2", "R", "C", "R+C")
-ALL_ARMS = ("B0", "B1", "B2", "R", "C", "R+C", "R+C-noSLA", "R+C-noAff", "R+C-fixed", "R-base", "R-noAff", "T", "T+C")
+ALL_ARMS = ("B0", "B1", "B2", "R", "C", "R+C", "R+C-noSLA", "R+C-fixed", "R-base", "R-noRes", "R-noPrefix", "S", "S+C",
+            "T", "T+C")
 
 
 def _twin(arms: tuple[str, ...], seeds: int, long: bool, console: Console, duration_s: float | None = None) -> tuple[Any, dict[str, Any]]:
@@ -128,6 +129,7 @@ def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_por
     summary: dict[str, Any] = {
         "scenario": "extproc/tools/twin/reference.yaml" + (" (--long: 40 s per run)" if long else ""),
         "seeds": seeds,
+        "statistic": sc.goodput.statistic,
         "arms": {},
         "compare": doc["compare"],
         "compressor": {"coarse_tokens_per_s_used": sc.compressor.coarse_tokens_per_s,
@@ -144,7 +146,10 @@ def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_por
         c = v["curves"][at]
         summary["arms"][k] = {
             "title": v["title"],
-            "goodput": {"value": g["value"], "ci95": g["ci95"], "per_seed": g["per_seed"], "capped_at_top_rate": g["capped_at_top_rate"]},
+            "goodput": {"value": g["value"], "ci95": g["ci95"], "ci95_over_seeds": g["ci95_over_seeds"],
+                        "statistic": g["statistic"], "per_seed": g["per_seed"], "capped_at_top_rate": g["capped_at_top_rate"],
+                        "requests_per_class_at_goodput": g["requests_per_class_at_goodput"],
+                        "per_seed_rule": v["goodput_per_seed_rule"]["value"]},
             "at_rate": float(at),
             "at_goodput": {key: c[key] for key in ("attainment", "requests_per_s", "output_tokens_per_s", "prompt_tokens_sent",
                                                     "prompt_tokens_to_gpu", "prompt_tokens_processed", "prefix_cache_hit_rate",
@@ -173,7 +178,7 @@ def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_por
         summary["twin_vs_live"] = {"skipped": "--no-live"}
     summary["wall_seconds"] = round(time.monotonic() - t0, 1)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    console.rule("[bold]goodput at SLO (requests/s), 95% interval over seeds")
+    console.rule("[bold]goodput at SLO (requests/s), pooled Wilson rule, 95% bootstrap interval over requests")
     for k, v in summary["arms"].items():
         if "goodput" in v:
             g = v["goodput"]

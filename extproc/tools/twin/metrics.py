@@ -91,7 +91,37 @@ def summarize(sc: Scenario, res: Any, rate: float) -> dict[str, Any]:
         "compressor_cpu_s_per_request": sum(f.cpu_s for f in fl) / n if n else 0.0,
         "site_share": {s: sum(1 for f in fl if f.site == s) / n if n else 0.0 for s in sites},
         "decision_us": 1e6 * res.decision_seconds / res.decisions if res.decisions else None,
+        "prediction": prediction_error(fl),
     }
+
+
+def prediction_error(flights: Sequence[Any]) -> dict[str, Any] | None:
+    """The cost model's predicted TTFT / TPOT against what the twin measured, per site, over finished
+    requests that carry a prediction: bias (mean of predicted − actual, ms; < 0: it predicted too little)
+    and the 90th percentile of |predicted − actual|. None for arms without a cost model."""
+    by: dict[str, dict[str, list[float]]] = {}
+    for f in flights:
+        if f.pred_ttft_ms is None or f.first is None or f.done is None:
+            continue
+        e = by.setdefault(f.site, {"ttft": [], "tpot": []})
+        e["ttft"].append(f.pred_ttft_ms - 1000 * (f.first - f.sent))
+        n = f.req.output_tokens
+        if f.pred_tpot_ms is not None and n > 1:
+            e["tpot"].append(f.pred_tpot_ms - 1000 * (f.done - f.first) / (n - 1))
+    if not by:
+        return None
+    out: dict[str, Any] = {}
+    for site, e in sorted(by.items()):
+        out[site] = {"requests": len(e["ttft"])}
+        for k, xs in e.items():
+            if xs:
+                out[site][f"{k}_bias_ms"] = round(sum(xs) / len(xs), 2)
+                out[site][f"{k}_p90_abs_err_ms"] = _ms_raw(percentile([abs(x) for x in xs], 90))
+    return out
+
+
+def _ms_raw(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
 
 
 def _ms(x: float | None) -> float | None:
