@@ -211,3 +211,29 @@ def test_worked_example_in_the_docs() -> None:
     bad = dict(x, compressible_tokens=9000)
     d = decide_rate(pol, RateInputs(**bad, requests_waiting=27, cached_compressible_tokens=6000))
     assert d.cost_s == pytest.approx(16.0) and d.saved_s < 0 and not d.compress
+
+
+# ---- the router's predicted slack (cost-model profiles) ----------------------------------------------------------
+@pytest.mark.parametrize(("slack", "want"), [(0.9, 1.0), (0.7, 1.0), (0.4, 0.75), (0.1, 0.5), (-0.5, 0.5)])
+def test_the_rate_follows_the_predicted_slack_not_the_pressure(slack: float, want: float) -> None:
+    # The load curve reads p = 1 - slack: room left, no compression; a predicted miss, down to the floor.
+    # The pressure of 0.9 would say "floor" every time: the slack, where given, decides.
+    fast = dict(requests_waiting=100, compressor_tokens_per_s=1e6)
+    d = decide_rate(P, inputs(slack=slack, pressure=0.9, **fast))
+    assert d.rate == pytest.approx(want)
+    assert d.reason == ("idle" if want == 1.0 else "compress")
+
+
+def test_a_prediction_compresses_even_where_the_pressure_is_unknown() -> None:
+    d = decide_rate(P, inputs(slack=-0.2, pressure=None, requests_waiting=100, compressor_tokens_per_s=1e6))
+    assert d.compress and d.rate == 0.5
+    assert decide_rate(P, inputs(pressure=None)).reason == "unknown_load"  # no prediction, no guess
+
+
+def test_predicted_slack_takes_the_lower_of_the_class_and_the_site() -> None:
+    from extproc.gateway.compression.rewriter import predicted_slack
+    from extproc.gateway.routing.framework import Decision
+
+    assert predicted_slack(Decision("s", "", "x")) is None
+    assert predicted_slack(Decision("s", "", "x", slack=0.6)) == 0.6
+    assert predicted_slack(Decision("s", "", "x", slack=0.6, site_slack=0.2)) == 0.2
