@@ -161,8 +161,9 @@ def test_the_queue_term_learns_the_work_per_request_per_site():
     assert base == 4 * 1000.0  # the prior before any decision
     for _ in range(200):
         queue.on_decision(ctx([REMOTE], prompt=3_000), Decision("remote", "", "", uncached_tokens=3_000))
-    assert queue.queued_tokens(replace(REMOTE, waiting=4)) == pytest.approx(4 * 3_000, rel=0.01)
-    assert queue.queued_tokens(replace(EDGE, waiting=4)) == 4 * 1000.0  # per site
+    later = 1e6  # long after: this gateway's own backlog has drained, the report's estimate is what is left
+    assert queue.queued_tokens(replace(REMOTE, waiting=4), later) == pytest.approx(4 * 3_000, rel=0.01)
+    assert queue.queued_tokens(replace(EDGE, waiting=4), later) == 4 * 1000.0  # per site
 
 
 def test_the_prefill_rate_decays():
@@ -206,3 +207,19 @@ def test_a_bad_speed_is_refused_with_its_key():
         cfg("sites:\n  - {name: e, endpoints: ['127.0.0.1:1'], speed: {prefill_tokens_per_s: -1, decode_ms: 5}}\n")
     with pytest.raises(ConfigError, match="sites.0.speed.decode_ms"):
         cfg("sites:\n  - {name: e, endpoints: ['127.0.0.1:1'], speed: {prefill_tokens_per_s: 1000}}\n")
+
+
+def test_the_gateways_own_backlog_sees_a_prefill_in_progress_that_the_report_does_not():
+    prof = aigrid()
+    queue = next(s for s in prof.estimators if s.type_name == "ttft_queue")
+    # An 8,000-token prefill sent to the remote at t=0; the next report says "1 running, 0 waiting".
+    queue.on_decision(ctx([REMOTE], prompt=8_000, now=0.0), Decision("remote", "", "", uncached_tokens=8_000))
+    reported = replace(REMOTE, running=1, waiting=0)
+    ahead = queue.queued_tokens(reported, 0.05)  # 50 ms later: two replicas x 31,334 tok/s drained 3,133
+    assert ahead == pytest.approx(8_000 - 0.05 * 2 * 31_334)
+    assert queue.queued_tokens(reported, 1.0) == 0.0  # drained
+    no_backlog = build_profile("p", ProfileSpec(estimators=["ttft_link", StepSpec(type="ttft_queue", params={"backlog": False})],
+                                                picker="slo_slack"), cfg())
+    q2 = no_backlog.estimators[1]
+    q2.on_decision(ctx([REMOTE], prompt=8_000, now=0.0), Decision("remote", "", "", uncached_tokens=8_000))
+    assert q2.queued_tokens(reported, 0.05) == 0.0  # the report's view alone

@@ -157,7 +157,8 @@ def test_reference_run_figures_are_pinned():
     before its speed work (per-step events, per-sequence engine, reports through the codec), with one stated
     changes since, each stated: a request whose compression lost the gold answer counts as a miss (R+C
     batch 101 -> 90 met, standard 173 -> 170); max_score draws its ties (B1, B2), B2 scores pods, and R is
-    the cost model (all four keys regenerated). A change here must be a stated one: regenerate the file in
+    the cost model (all four keys regenerated), whose queue term then learned the gateway's own backlog (R,
+    R+C regenerated). A change here must be a stated one: regenerate the file in
     a commit that says why."""
     want = json.loads(PINNED.read_text())
     sc = load_scenario(REFERENCE_SCENARIO)
