@@ -22,13 +22,10 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+# The image's extras (deploy/Dockerfile's EXTRAS, kept equal by tests/house/test_release.py) plus dev.
 # torch is pinned (in pyproject) to the CPU build; an unpinned torch would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q -e '.[compress,agent,tools,dev,otel]'
-# xds-protos ships older copies of opentelemetry-proto's modules under the same paths, and whichever
-# package installs last wins. The OTLP exporter (otel extra) needs opentelemetry-proto's own files (a
-# superset: Envoy's protos load with them too), so they are put back after everything else.
-otel_proto=$(.venv/bin/python -m pip show opentelemetry-proto 2>/dev/null | sed -n 's/^Version: //p')
-if [ -n "$otel_proto" ]; then
-  .venv/bin/python -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$otel_proto"
-fi
+EXTRAS=compress,agent,tools,otel
+.venv/bin/python -m pip install -q -e ".[$EXTRAS,dev]"
+# The same fix-up the image runs: opentelemetry-proto's own files back over xds-protos' older copies.
+./deploy/restore-otel-proto.sh .venv/bin/python
 echo "install.sh: ready (.venv)"

@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from extproc import __version__
+
 # Packages that contribute sub-commands, in the order they appear in `aigrid --help`.
 COMMAND_MODULES: tuple[str, ...] = (
     "extproc.gateway.server.cli",  # serve
@@ -64,6 +66,7 @@ def _command_in(argv: list[str]) -> str | None:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aigrid", description="AI Grid gateway")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--version", action="version", version=f"aigrid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     owner = COMMAND_OWNERS.get(_command_in(argv) or "") if argv is not None else None

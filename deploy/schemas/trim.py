@@ -33,6 +33,8 @@ KINDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("networking.istio.io", "DestinationRule"): ("v1",),
     ("networking.istio.io", "Gateway"): ("v1",),
     ("inference.networking.k8s.io", "InferencePool"): ("v1",),
+    ("monitoring.coreos.com", "ServiceMonitor"): ("v1",),
+    ("monitoring.coreos.com", "PodMonitor"): ("v1",),
 }
 
 

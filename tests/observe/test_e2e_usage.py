@@ -11,6 +11,7 @@ from harness import chat_body, wait_until
 from simstack import metric_sum, sim_counters, sse_events, wait_envoy_ready
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def _kinds(i: int) -> dict:
@@ -41,15 +42,20 @@ def test_usage_per_site_equals_the_simulators(sim_stack_factory, via):
         results = list(pool.map(one, range(18)))
 
     client_usage = 0
+    said_models: set[str] = set()  # the `model` the responses themselves named
+    expected_chunk_gaps = 0  # per stream: the upstream's events (the client's, plus a stripped usage chunk) - 1
     for i, extra, r in results:
         assert r.status == 200, (i, r.status, r.body[:200])
         if not extra.get("stream"):
             client_usage += 1
             assert json.loads(r.body)["usage"]["completion_tokens"] >= 1
+            said_models.add(json.loads(r.body)["model"])
             continue
         events = sse_events(r.body)
         assert events[-1] == b"[DONE]"
         chunks = [json.loads(e) for e in events[:-1]]
+        said_models.update(c["model"] for c in chunks)
+        expected_chunk_gaps += len(chunks) + (0 if "stream_options" in extra else 1) - 1
         with_usage = [c for c in chunks if c.get("usage")]
         if "stream_options" in extra:
             # The client asked: its usage chunk is still there, exactly once, last before [DONE].
@@ -88,3 +94,19 @@ def test_usage_per_site_equals_the_simulators(sim_stack_factory, via):
     assert metric_sum(text, "aigrid_usage_chunks_stripped_total") == 6
     assert metric_sum(text, "gen_ai_server_time_to_first_token_seconds_count") == 12
     assert client_usage == 12
+
+    # The conventions' client names: gen_ai.response.model is what the responses said, server.address /
+    # server.port the site endpoint that answered, one operation duration per request, one first chunk
+    # per stream, and (ext_proc: the observer sees every chunk) one gap per chunk after a stream's first.
+    series = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    usage_series = [s for s in series if s.name == "gen_ai_client_token_usage_count"]
+    assert {s.labels["gen_ai_response_model"] for s in usage_series} == said_models, said_models
+    for s in usage_series:
+        assert (s.labels["server_address"], s.labels["server_port"]) == ("127.0.0.1", str(st.sites[s.labels["site"]])), s.labels
+    assert metric_sum(text, "gen_ai_client_operation_duration_seconds_count") == 18
+    assert metric_sum(text, "gen_ai_client_operation_time_to_first_chunk_seconds_count") == 12
+    gaps = metric_sum(text, "gen_ai_client_operation_time_per_output_chunk_seconds_count")
+    assert gaps == (expected_chunk_gaps if via == "ext_proc" else 0), (gaps, expected_chunk_gaps)
+    # The deprecated aliases still count the same requests, under their old labels.
+    assert metric_sum(text, "gen_ai_server_request_duration_seconds_count") == 18
+    assert not [s for s in series if s.name.startswith("gen_ai_server_") and "gen_ai_response_model" in s.labels]

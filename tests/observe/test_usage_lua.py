@@ -74,3 +74,12 @@ def test_last_usage(lua):
     assert lua.aigrid_last_usage(body) == (b"4", b"2")
     # Inside a JSON string the quotes are escaped: no match.
     assert lua.aigrid_last_usage(b'{"content":"\\"usage\\": {\\"prompt_tokens\\": 9, \\"completion_tokens\\": 1}"}') == (None, None)
+
+
+def test_last_model_in_a_tail(lua):
+    """gen_ai.response.model on the access-log path: the last "model" value in the tail, or nil."""
+    tail = b'data: {"model":"a","choices":[{}]}\n\ndata: {"model":"b-2407","choices":[],"usage":{"prompt_tokens":1}}\n\n'
+    assert lua.aigrid_last_model(tail) == b"b-2407"
+    assert lua.aigrid_last_model(b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}') is None
+    assert lua.aigrid_last_model(b'{"model" : "x y"}') == b"x y"
+    assert lua.aigrid_last_model(b'{"model":"' + b"m" * 300 + b'"}') is None  # not a model name: not a label

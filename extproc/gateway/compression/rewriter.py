@@ -29,8 +29,6 @@ from extproc.gateway.compression.core.pipeline import (
 )
 from extproc.gateway.compression.core.rate import RateInputs, RatePolicy, decide_rate
 from extproc.gateway.compression.core.segment import Segmentation, rebuild
-from extproc.gateway.compression.runtime.process import ProcessCompressor
-from extproc.gateway.compression.runtime.worker import BatchingCompressor
 from extproc.gateway.compression.seam import Rewrite, RewriteRequest, Skip
 from extproc.gateway.routing.framework import Decision
 from extproc.gateway.config.compression import CompressionSettings
@@ -287,9 +285,13 @@ def build_fine_compressor(settings: CompressionSettings) -> FineCompressor | Non
         backend=settings.fine_backend,
         num_threads=settings.fine_threads,
     )
+    # The model runtime (numpy, torch) is imported only when a model is configured: `aigrid serve` from a
+    # plain `pip install aigrid` (no compress extra) routes without it (tests/house/test_release.py).
     if settings.fine_process:
+        from extproc.gateway.compression.runtime.process import ProcessCompressor  # noqa: PLC0415
 
         return ProcessCompressor(settings.model_path, **kwargs)
+    from extproc.gateway.compression.runtime.worker import BatchingCompressor  # noqa: PLC0415
 
     return BatchingCompressor.from_path(settings.model_path, **kwargs)
 

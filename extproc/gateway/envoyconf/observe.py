@@ -18,6 +18,7 @@ from typing import Any
 from extproc.gateway.config.schema import GatewayConfig
 from extproc.gateway.envoyconf.usage_lua import NAMESPACE as USAGE_NS
 from extproc.gateway.envoyconf.usage_lua import SOURCE as USAGE_LUA
+from extproc.gateway.observe.request import UPSTREAM_ATTRIBUTE
 from extproc.wire.contract import (
     COMPRESSION_HEADER,
     DECISION_HEADER,
@@ -50,6 +51,8 @@ def observe_filter(cluster: str) -> dict[str, Any]:
             "failure_mode_allow": True,
             "observability_mode": True,
             "stat_prefix": OBSERVE_STAT_PREFIX,
+            # The upstream host that answered, for server.address / server.port of a multi-endpoint site.
+            "response_attributes": [UPSTREAM_ATTRIBUTE],
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "NONE",

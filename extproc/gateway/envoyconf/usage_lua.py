@@ -80,6 +80,19 @@ end
 -- The usage in a response tail: prompt and completion token counts (strings), or nils.
 aigrid_last_usage = last_usage
 
+-- The last JSON "model" string value in s, or nil (bounded: model names are short).
+function aigrid_last_model(s)
+  local found = nil
+  local i = 1
+  while true do
+    local _, b, m = string.find(s, '"model"%%s*:%%s*"([^"\\]*)"', i)
+    if b == nil then break end
+    if #m <= 256 then found = m end
+    i = b + 1
+  end
+  return found
+end
+
 function envoy_on_request(handle)
   -- The routing filter asked this stream for usage on the client's behalf: strip it on the way back.
   local v = handle:headers():get("%(obs)s")
@@ -129,6 +142,10 @@ function envoy_on_response(handle)
   if p ~= nil and c ~= nil then
     md:set("%(ns)s", "prompt_tokens", tonumber(p))
     md:set("%(ns)s", "completion_tokens", tonumber(c))
+    -- gen_ai.response.model: the last "model" in the tail (a stream's usage chunk names it; a long
+    -- non-stream body's may lie before the tail, and is then unknown).
+    local m = aigrid_last_model(tail)
+    if m ~= nil then md:set("%(ns)s", "model", m) end
   end
   if cut > 0 then md:set("%(ns)s", "stripped", cut) end
 end

@@ -42,7 +42,16 @@ def entry_usage(common: al.AccessLogCommon) -> Usage | None:
     pv, cv = p.number_value, c.number_value
     if pv < 0 or cv < 0 or pv != int(pv) or cv != int(cv):
         return None
-    return Usage(int(pv), int(cv))
+    m = md.fields.get("model")
+    return Usage(int(pv), int(cv), model=m.string_value if m is not None else "")
+
+
+def entry_upstream(common: al.AccessLogCommon) -> str:
+    """host:port of the upstream Envoy connected to, "" when it never connected."""
+    if not common.HasField("upstream_remote_address"):
+        return ""
+    sa = common.upstream_remote_address.socket_address
+    return f"{sa.address}:{sa.port_value}" if sa.address else ""
 
 
 class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
@@ -79,4 +88,5 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
             last_s=(duration - first) if first is not None else None,
             compression=compression_estimate(h.get(COMPRESSION_HEADER)),
             aborted=not status or status == "0",
+            upstream=entry_upstream(c),
         )

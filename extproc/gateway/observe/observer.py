@@ -23,6 +23,7 @@ from extproc.gateway.config.observability import ObservabilitySettings
 from extproc.gateway.observe import names
 from extproc.gateway.observe.headers import header_map
 from extproc.gateway.observe.request import (
+    UPSTREAM_ATTRIBUTE,
     RequestSummary,
     compression_estimate,
     decode_summary,
@@ -49,20 +50,39 @@ class ObserveMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         lab = names.GENAI_LABELS
+        client = names.CLIENT_LABELS
         self.tokens = Histogram(
             names.TOKEN_USAGE, "Tokens used per request, from the response's own usage (gen_ai.client.token.usage)",
-            [*lab, "gen_ai_token_type"], buckets=names.TOKEN_BUCKETS, registry=r,
+            [*client, "gen_ai_token_type"], buckets=names.TOKEN_BUCKETS, registry=r,
         )
+        self.operation = Histogram(
+            names.OPERATION_DURATION,
+            "Time from the request leaving the gateway to the last response byte (gen_ai.client.operation.duration)",
+            [*client, "error_type"], buckets=names.DURATION_BUCKETS, registry=r,
+        )
+        self.first_chunk = Histogram(
+            names.TIME_TO_FIRST_CHUNK,
+            "Streams: time from the request leaving the gateway to the first chunk (gen_ai.client.operation.time_to_first_chunk)",
+            client, buckets=names.DURATION_BUCKETS, registry=r,
+        )
+        self.per_chunk = Histogram(
+            names.TIME_PER_OUTPUT_CHUNK,
+            "Streams: per chunk after the first, the time since the previous chunk (gen_ai.client.operation.time_per_output_chunk)",
+            client, buckets=names.DURATION_BUCKETS, registry=r,
+        )
+        # Deprecated aliases (0.1 series): the same measurements under the first release's names and labels.
         self.ttft = Histogram(
-            names.TTFT, "Time from the request leaving the gateway to the first response bytes of a stream",
+            names.TTFT, "Deprecated alias of gen_ai_client_operation_time_to_first_chunk_seconds (removed in 0.2)",
             lab, buckets=names.TTFT_BUCKETS, registry=r,
         )
         self.duration = Histogram(
-            names.REQUEST_DURATION, "Time from the request leaving the gateway to the last response byte",
+            names.REQUEST_DURATION, "Deprecated alias of gen_ai_client_operation_duration_seconds (removed in 0.2)",
             [*lab, "error_type"], buckets=names.DURATION_BUCKETS, registry=r,
         )
         self.tpot = Histogram(
-            names.TIME_PER_OUTPUT_TOKEN, "Time per output token after the first (streams)",
+            names.TIME_PER_OUTPUT_TOKEN,
+            "Deprecated (removed in 0.2; see gen_ai_client_operation_time_per_output_chunk_seconds): "
+            "(last - first response byte) / (output tokens - 1), streams",
             lab, buckets=names.TPOT_BUCKETS, registry=r,
         )
         self.responses = Counter(
@@ -96,10 +116,16 @@ class RoutingSide:
 
 
 class ResponseObserver:
-    def __init__(self, settings: ObservabilitySettings, registry: CollectorRegistry, sites: list[str] = ()) -> None:  # type: ignore[assignment]
+    def __init__(
+        self, settings: ObservabilitySettings, registry: CollectorRegistry, sites: list[str] = (),  # type: ignore[assignment]
+        endpoints: dict[str, list[str]] | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = ObserveMetrics(registry)
         self.model_label = names.ModelLabels(settings.max_model_labels)
+        # The response's model is the upstream's word, bounded the same way but on its own table.
+        self.response_model_label = names.ModelLabels(settings.max_model_labels)
+        self.server = names.ServerAddresses(endpoints)
         self._children: dict[tuple[str, ...], _Children] = {}
         # Known label values start at 0, so a dashboard shows "none yet" rather than "no data".
         for site in sites:
@@ -178,6 +204,18 @@ class ResponseObserver:
                 st.first_at = now
             if st.scanner is not None:
                 st.scanner.feed(b.body)
+                n = st.scanner.last_events
+                if n:
+                    # The chunks that arrived together: the first waited since the previous arrival, the
+                    # others not at all (a client reading these bytes sees them at the same moment).
+                    if st.chunk_at is not None:
+                        st.chunk_gaps.append(now - st.chunk_at)
+                        n -= 1
+                    elif st.first_chunk_at is None:
+                        st.first_chunk_at = now
+                        n -= 1
+                    st.chunk_gaps.extend([0.0] * n)
+                    st.chunk_at = now
             elif st.collector is not None:
                 st.collector.feed(b.body)
             if b.end_of_stream:
@@ -194,6 +232,7 @@ class ResponseObserver:
                 return
             h = header_map(req.response_headers, _OBSERVER_WANTED)
             st.status = h.get(":status", "")
+            st.upstream = upstream_address(req)
             if "text/event-stream" in h.get("content-type", ""):
                 st.scanner = SseUsageScanner()
             else:
@@ -217,7 +256,9 @@ class ResponseObserver:
             st.summary, st.site, st.status, usage, end - st.t0,
             ttft_s=(st.first_at - st.t0) if streamed and st.first_at is not None else None,
             last_s=(end - st.first_at) if st.first_at is not None else None,
-            compression=st.compression, aborted=aborted,
+            compression=st.compression, aborted=aborted, upstream=st.upstream,
+            first_chunk_s=(st.first_chunk_at - st.t0) if st.first_chunk_at is not None else None,
+            chunk_gaps=st.chunk_gaps,
         )
 
     def record(
@@ -232,15 +273,26 @@ class ResponseObserver:
         last_s: float | None,
         compression: tuple[int, int] | None,
         aborted: bool = False,
+        upstream: str = "",
+        first_chunk_s: float | None = None,
+        chunk_gaps: list[float] = (),  # type: ignore[assignment]
     ) -> None:
         """One finished response, however it was observed (ext_proc stream or access log entry).
         `ttft_s`: request to first response byte of a stream (None for non-stream); `last_s`: first to last
-        response byte (time per output token)."""
+        response byte (time per output token); `upstream`: the host:port Envoy says it connected to;
+        `first_chunk_s`: request to the first complete SSE event (None: as ttft_s); `chunk_gaps`: per
+        event after the first, the time since the one before."""
         site = site or "unknown"
-        labels = (s.operation, names.PROVIDER, self.model_label(s.model), site, s.sla)
-        ch = self._children.get(labels)
+        request_model = self.model_label(s.model)
+        labels = (s.operation, names.PROVIDER, request_model, site, s.sla)
+        # gen_ai.response.model: what the response says; when it says nothing, unknown ("").
+        response_model = self.response_model_label(usage.model) if usage is not None and usage.model else ""
+        address, port = self.server(site, upstream)
+        client = (s.operation, names.PROVIDER, request_model, response_model, address, port, site, s.sla)
+        key = (*client, "")
+        ch = self._children.get(key)
         if ch is None:
-            ch = self._children[labels] = _Children(self.metrics, labels)
+            ch = self._children[key] = _Children(self.metrics, labels, client)
         ok = status.startswith("2") and not aborted
         if aborted:
             outcome = "aborted"
@@ -254,8 +306,10 @@ class ResponseObserver:
             self.metrics.responses.labels(site, outcome).inc()
         if ok:
             ch.duration_ok.observe(duration_s)
+            ch.operation_ok.observe(duration_s)
         else:
             self.metrics.duration.labels(*labels, status or "aborted").observe(duration_s)
+            self.metrics.operation.labels(*client, status or "aborted").observe(duration_s)
         if usage is not None:
             ch.tokens_in.observe(usage.prompt_tokens)
             ch.tokens_out.observe(usage.completion_tokens)
@@ -264,6 +318,9 @@ class ResponseObserver:
                 self.metrics.saved.labels(site).inc(prompt_tokens_saved(usage.prompt_tokens, compression))
         if ok and ttft_s is not None:
             ch.ttft.observe(ttft_s)
+            ch.first_chunk.observe(first_chunk_s if first_chunk_s is not None else ttft_s)
+            for gap in chunk_gaps:
+                ch.per_chunk.observe(gap)
             if usage is not None and usage.completion_tokens > 1 and last_s is not None:
                 ch.tpot.observe(last_s / (usage.completion_tokens - 1))
 
@@ -271,11 +328,15 @@ class ResponseObserver:
 class _Children:
     """The metric children of one label set, looked up once (labels() costs microseconds per call)."""
 
-    __slots__ = ("tokens_in", "tokens_out", "ttft", "tpot", "duration_ok", "with_usage")
+    __slots__ = ("tokens_in", "tokens_out", "ttft", "tpot", "duration_ok", "with_usage",
+                 "operation_ok", "first_chunk", "per_chunk")
 
-    def __init__(self, m: ObserveMetrics, labels: tuple[str, ...]) -> None:
-        self.tokens_in = m.tokens.labels(*labels, "input")
-        self.tokens_out = m.tokens.labels(*labels, "output")
+    def __init__(self, m: ObserveMetrics, labels: tuple[str, ...], client: tuple[str, ...]) -> None:
+        self.tokens_in = m.tokens.labels(*client, "input")
+        self.tokens_out = m.tokens.labels(*client, "output")
+        self.operation_ok = m.operation.labels(*client, "")
+        self.first_chunk = m.first_chunk.labels(*client)
+        self.per_chunk = m.per_chunk.labels(*client)
         self.ttft = m.ttft.labels(*labels)
         self.tpot = m.tpot.labels(*labels)
         self.duration_ok = m.duration.labels(*labels, "")
@@ -283,7 +344,8 @@ class _Children:
 
 
 class _Observed:
-    __slots__ = ("summary", "site", "compression", "t0", "status", "scanner", "collector", "first_at", "end_at", "done")
+    __slots__ = ("summary", "site", "compression", "t0", "status", "scanner", "collector", "first_at", "end_at", "done",
+                 "upstream", "first_chunk_at", "chunk_at", "chunk_gaps")
 
     def __init__(self) -> None:
         self.summary: RequestSummary | None = None
@@ -296,3 +358,19 @@ class _Observed:
         self.first_at: float | None = None
         self.end_at: float | None = None
         self.done = False
+        self.upstream = ""
+        self.first_chunk_at: float | None = None
+        self.chunk_at: float | None = None
+        self.chunk_gaps: list[float] = []
+
+
+_EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
+
+
+def upstream_address(req: ep.ProcessingRequest) -> str:
+    """host:port of the upstream Envoy connected to, when the filter was configured to send it."""
+    attrs = req.attributes.get(_EXT_PROC_ATTRIBUTES)
+    if attrs is None:
+        return ""
+    v = attrs.fields.get(UPSTREAM_ATTRIBUTE)
+    return v.string_value if v is not None else ""

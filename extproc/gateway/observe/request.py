@@ -18,6 +18,9 @@ import orjson
 
 # Envoy dynamic-metadata namespace the usage Lua filter writes and the access-log receiver reads.
 USAGE_NAMESPACE = "aigrid.usage"
+# The Envoy attribute the observing ext_proc filter is configured to send with the response headers
+# (`response_attributes`): the upstream host:port that answered (server.address / server.port).
+UPSTREAM_ATTRIBUTE = "upstream.address"
 _SUMMARY_VERSION = "1"
 
 

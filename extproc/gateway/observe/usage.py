@@ -23,6 +23,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    # The `model` of the object that carried the usage (gen_ai.response.model); "" when it named none.
+    model: str = ""
 
     @property
     def total_tokens(self) -> int:
@@ -43,7 +45,8 @@ def usage_from_object(obj: object) -> Usage | None:
     details = u.get("prompt_tokens_details")
     if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
         cached = max(0, details["cached_tokens"])
-    return Usage(p, c, cached)
+    model = obj.get("model")
+    return Usage(p, c, cached, model if isinstance(model, str) else "")
 
 
 def usage_from_body(body: bytes) -> Usage | None:
@@ -78,6 +81,15 @@ def split_events(block: bytes) -> list[bytes]:
         out.append(block[i:end])
         i = end
     return out
+
+
+def count_events(block: bytes) -> int:
+    """Complete events in a block of complete events (as split_events would make), `[DONE]` excluded."""
+    if b"\r\n\r\n" in block:
+        n = len(split_events(block))
+    else:
+        n = block.count(b"\n\n")
+    return n - (1 if b"data: [DONE]" in block or b"data:[DONE]" in block else 0)
 
 
 def event_data(event: bytes) -> bytes:
@@ -115,7 +127,7 @@ class SseUsageScanner:
     b"" and nothing is copied but that tail.
     """
 
-    __slots__ = ("strip", "usage", "stripped", "overflow", "_pending", "events_seen")
+    __slots__ = ("strip", "usage", "stripped", "overflow", "_pending", "events_seen", "last_events")
 
     def __init__(self, *, strip: bool = False) -> None:
         self.strip = strip
@@ -124,8 +136,12 @@ class SseUsageScanner:
         self.overflow = False
         self._pending = b""
         self.events_seen = False
+        # Complete events the last feed() ended, `data: [DONE]` not counted: the chunks a client
+        # reading these bytes would have received at that moment (gen_ai.client.operation.*_chunk).
+        self.last_events = 0
 
     def feed(self, piece: bytes) -> bytes:
+        self.last_events = 0
         if self.overflow:
             return piece if self.strip else b""
         buf = self._pending + piece if self._pending else piece
@@ -140,6 +156,7 @@ class SseUsageScanner:
             return b""
         complete, self._pending = buf[:end], buf[end:]
         self.events_seen = True
+        self.last_events = count_events(complete)
         if _USAGE_KEY not in complete:
             return complete if self.strip else b""
         kept: list[bytes] = []

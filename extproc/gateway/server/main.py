@@ -146,7 +146,11 @@ async def serve(
             [s.name for s in config.sites],
         )
     )
-    observer = ResponseObserver(config.observability, metrics.registry, [s.name for s in config.sites]) if config.observability.usage else None
+    observer = (
+        ResponseObserver(config.observability, metrics.registry, [s.name for s in config.sites],
+                         endpoints={s.name: list(s.endpoints) for s in config.sites})
+        if config.observability.usage else None
+    )
 
     max_msg = config.gateway.max_body_bytes + _MESSAGE_OVERHEAD
     server = grpc.aio.server(

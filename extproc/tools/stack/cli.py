@@ -12,23 +12,46 @@ from extproc.tools.stack.local import LocalStack, simulator_available
 from extproc.tools.stack.procs import StackError
 
 
+# What an operator would watch, on by default in the local grid: token usage, time to first chunk and
+# durations per site from the responses (streams that did not ask for usage are asked on their behalf,
+# and the extra chunk is stripped), and which site answered and why on every response.
+UP_OBSERVABILITY = {"usage": True, "inject_stream_usage": True, "client_headers": ["site", "decision"]}
+
+
+def _banner(stack: LocalStack, upstream: str, overlay: str | None) -> str:
+    """Where to send requests, and where what an operator watches can be read."""
+    lines = [
+        f"AI Grid is up ({upstream} sites: {', '.join(s.name for s in stack.sites)}).",
+        f"  send requests to  {stack.url}/v1/chat/completions",
+        f"  gateway metrics   http://127.0.0.1:{stack.metrics_port}/metrics"
+        "  (gen_ai_client_token_usage, gen_ai_client_operation_*, aigrid_decisions_total)",
+        f"  Envoy metrics     http://127.0.0.1:{stack.admin_port}/stats/prometheus"
+        "  (envoy_cluster_upstream_rq_total, ext_proc failure_mode_allowed)",
+        f"  Envoy admin       http://127.0.0.1:{stack.admin_port}/stats",
+    ]
+    if upstream == "sim":
+        lines.append("  site metrics      " + ", ".join(f"{n} http://127.0.0.1:{p}/metrics" for n, p in stack.site_ports.items()))
+    lines += [
+        "  response headers  x-aigrid-site, x-aigrid-decision (observability.client_headers)",
+        f"  config            {stack.config_path} "
+        + (f"(generated, with {overlay} merged over it)" if overlay else "(generated; aigrid up -c FILE merges yours over it)"),
+        f"  load map          aigrid status -c {stack.config_path}",
+        f"  logs              {stack.group.log_dir}",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
 def _up(args: argparse.Namespace) -> int:
     upstream = args.upstream or ("sim" if simulator_available() else "standin")
-    stack = LocalStack(Path(args.workdir), envoy_port=args.port, admin_port=args.admin_port, upstream=upstream)
+    stack = LocalStack(Path(args.workdir), envoy_port=args.port, admin_port=args.admin_port, upstream=upstream,
+                       overrides={"observability": dict(UP_OBSERVABILITY)},
+                       overlay=Path(args.config) if args.config else None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         with stack:
-            print(
-                f"AI Grid is up ({upstream} sites: {', '.join(s.name for s in stack.sites)}).\n"
-                f"  send requests to  {stack.url}/v1/chat/completions\n"
-                f"  Envoy admin       http://127.0.0.1:{stack.admin_port}/stats\n"
-                f"  gateway metrics   http://127.0.0.1:{stack.metrics_port}/metrics\n"
-                f"  load map          aigrid status -c {stack.config_path}\n"
-                f"  logs              {stack.group.log_dir}\n"
-                "Ctrl-C stops everything.",
-                flush=True,
-            )
+            print(_banner(stack, upstream, args.config), flush=True)
             # A child that exits is restarted with backoff; the rest keeps serving (with ext_proc down,
             # Envoy fails open to the default route). This thread started every child: it must stay
             # alive as long as they do (their PR_SET_PDEATHSIG is tied to it).
@@ -88,4 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
     p.add_argument("--upstream", choices=("sim", "standin"), help="simulated GPU sites (default when available) or instant stand-ins")
     p.add_argument("--workdir", default=".aigrid/up", help="config and logs go here (default .aigrid/up)")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="your aigrid.yaml overlay, merged over the generated one (policy, routing, compression, "
+                        "observability, trust, ...) and checked like any config")
     p.set_defaults(func=_up)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from extproc.gateway.config import load_config
+from extproc.gateway.config import ConfigError, load_config
 from extproc.gateway.config.schema import GatewayConfig
 from extproc.gateway.envoyconf.render import render_envoy_yaml
 from extproc.tools.sites import GridSite
@@ -41,6 +41,45 @@ from extproc.wire.sites import SiteRole
 
 # What `aigrid serve` prints once its gRPC server is up (extproc/gateway/server/main.py).
 LISTENING_LINE = "aigrid serve: ext_proc listening on"
+
+# Keys of aigrid.yaml the local stack owns: it starts the processes behind them on the ports it picked,
+# so an operator's overlay (`aigrid up -c FILE`) may not move them (`--port` / `--admin-port` move Envoy's).
+STACK_OWNED_KEYS: tuple[tuple[str, ...], ...] = (
+    ("sites",), ("redis", "url"), ("gateway", "listen"), ("gateway", "metrics_listen"),
+    ("envoy", "listen_address"), ("envoy", "listen_port"), ("envoy", "admin_port"),
+)
+
+
+def merge_overlay(base: dict, overlay: dict) -> dict:
+    """`overlay` over `base`: mappings merge key by key, anything else (lists included) replaces."""
+    out = dict(base)
+    for k, v in overlay.items():
+        out[k] = merge_overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_overlay(path: Path) -> dict:
+    """An operator's aigrid.yaml overlay: a mapping that sets none of the keys the stack owns."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise StackError(f"{path}: cannot read the overlay: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise StackError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise StackError(f"{path}: an overlay is a mapping of aigrid.yaml sections, not {type(data).__name__}")
+    for key in STACK_OWNED_KEYS:
+        node: object = data
+        for part in key:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            raise StackError(
+                f"{path}: {'.'.join(key)} is set by aigrid up (it starts that process on a port it picks); "
+                "remove it (Envoy's ports: --port / --admin-port)"
+            )
+    return data
 
 
 
@@ -77,6 +116,9 @@ class LocalStack:
     agent_interval_ms: int = 250
     # Merged into aigrid.yaml's sections (e.g. {"envoy": {"access_log": True}}), for tests and benches.
     overrides: dict = field(default_factory=dict)
+    # An operator's aigrid.yaml overlay (`aigrid up -c FILE`), merged last over the generated config and
+    # checked with it like any config (read_overlay refuses the keys the stack owns).
+    overlay: Path | None = None
     group: ProcessGroup = field(init=False)
     site_ports: dict[str, int] = field(default_factory=dict)
     redis_port: int = 0
@@ -120,9 +162,16 @@ class LocalStack:
             cfg["compression"] = self.compression
         for section, values in self.overrides.items():
             cfg.setdefault(section, {}).update(values)
+        if self.overlay is not None:
+            cfg = merge_overlay(cfg, read_overlay(self.overlay))
         self.config_path = self.workdir / "aigrid.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        self.config = load_config(str(self.config_path))
+        try:
+            self.config = load_config(str(self.config_path))
+        except ConfigError as exc:
+            if self.overlay is None:
+                raise
+            raise StackError(f"the config merged from {self.overlay} is invalid:\n{exc}") from None
         (self.workdir / "envoy.yaml").write_text(render_envoy_yaml(self.config))
         return self.config_path
 
