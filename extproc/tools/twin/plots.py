@@ -82,11 +82,14 @@ def waterfall(doc: dict[str, Any], path: Path) -> Path | None:
             ax.bar(i, g, color="grey")
         else:
             ax.bar(i, g - prev, bottom=prev, color="tab:green" if g >= prev else "tab:red")
-        ax.annotate(f"{g:.1f}", (i, g), ha="center", va="bottom", fontsize=8)
+        lo, hi = ok[k]["goodput"]["ci95"]
+        # The arm's own 95% interval (bootstrap over requests) as a bar on its level.
+        ax.errorbar(i, g, yerr=[[max(0.0, g - lo)], [max(0.0, hi - g)]], color="black", capsize=3, lw=1)
+        ax.annotate(f"{g:.1f}\n[{lo:.0f}, {hi:.0f}]", (i, hi), ha="center", va="bottom", fontsize=7)
         prev = g
     ax.set_xticks(range(len(steps)), [label for _, label in steps], rotation=15)
     ax.set_ylabel("goodput (requests/s at SLO)")
-    ax.set_title("Ablation: what each mechanism adds")
+    ax.set_title("Ablation: what each mechanism adds (95% intervals)")
     return _save(fig, path)
 
 

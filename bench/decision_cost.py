@@ -1,0 +1,85 @@
+"""CPU per routing decision against the number of sites: the real `Router` (the profile's steps, views,
+in-flight accounting), no I/O. A fresh snapshot (every site reporting) arrives every `--per-snapshot`
+decisions, as reports would at a few hundred requests per second; requests are a mix of realtime chat
+(300 tokens) and standard RAG (3,000 tokens) with prefix blocks. Ratios are against 3 sites in the same
+run (the box is shared and noisy).
+
+    .venv/bin/python bench/decision_cost.py [--sites 3,10,50,200] [--decisions 20000] [--profile aigrid]
+
+Last line: JSON with `us_per_decision` per site count and `ratio_50_over_3`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+from extproc.gateway.config import GatewayConfig
+from extproc.gateway.loadmap.model import LoadSnapshot, SiteLoad
+from extproc.gateway.request.features import RequestFeatures, SlaClass
+from extproc.gateway.routing.router import Router
+
+SPEEDS = ({"prefill_tokens_per_s": 10657, "decode_ms": 21.8, "decode_ms_per_seq": 0.376, "kv_cache_tokens": 195616},
+          {"prefill_tokens_per_s": 31334, "decode_ms": 6.37, "decode_ms_per_seq": 0.104, "kv_cache_tokens": 415344})
+
+
+def grid(n: int, profile: str) -> GatewayConfig:
+    roles = ("edge", "regional", "far")
+    sites = [{"name": f"s{i}", "role": roles[i % 3], "endpoints": [f"127.0.0.1:{1000 + i}"], "rtt_ms": 1 + 2 * (i % 13),
+              "replicas": 1 + i % 4, "speed": SPEEDS[i % 2]} for i in range(n)]
+    return GatewayConfig.model_validate({"sites": sites, "routing": {"profile": profile}})
+
+
+def snapshot(cfg: GatewayConfig, rng: random.Random, now: float) -> LoadSnapshot:
+    loads = {s.name: SiteLoad(s.name, 1, 1, s.replicas, rng.random(), 0.5, rng.random() * 0.9, rng.randrange(0, 64),
+                              rng.randrange(0, 8), 256 * s.replicas, now) for s in cfg.sites}
+    return LoadSnapshot(sites=loads, connected=True, built_at=now)
+
+
+def cost(n: int, profile: str, decisions: int, per_snapshot: int) -> float:
+    cfg = grid(n, profile)
+    router = Router(cfg, rng=random.Random(1))
+    rng = random.Random(2)
+    reqs = []
+    for i in range(512):
+        rt = i % 3 == 0
+        blocks = tuple(rng.randrange(1 << 60) for _ in range(16 if rt else 180))
+        reqs.append(RequestFeatures(prompt_tokens=300 if rt else 3000, sla=SlaClass.realtime if rt else SlaClass.standard,
+                                    conversation_key=f"c{i}", prefix_blocks=blocks))
+    now = 0.0
+    snap = snapshot(cfg, rng, now)
+    router.on_snapshot(snap, now)
+    cpu = 0.0
+    for i in range(decisions):
+        if i and i % per_snapshot == 0:
+            snap = snapshot(cfg, rng, now)
+            router.on_snapshot(snap, now)
+        now += 0.002
+        f = reqs[i % len(reqs)]
+        t0 = time.process_time()
+        router.route(f, snap, now)
+        cpu += time.process_time() - t0
+    return 1e6 * cpu / decisions
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sites", default="3,10,50,200")
+    ap.add_argument("--decisions", type=int, default=20_000)
+    ap.add_argument("--per-snapshot", type=int, default=100)
+    ap.add_argument("--profile", default="aigrid")
+    a = ap.parse_args()
+    out: dict[str, float] = {}
+    for n in (int(x) for x in a.sites.split(",")):
+        out[str(n)] = round(cost(n, a.profile, a.decisions, a.per_snapshot), 1)
+        print(f"{a.profile}: {n:4d} sites  {out[str(n)]:8.1f} us CPU per decision", flush=True)
+    line: dict[str, object] = {"profile": a.profile, "us_per_decision": out}
+    if "3" in out and "50" in out:
+        line["ratio_50_over_3"] = round(out["50"] / out["3"], 2)
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
