@@ -223,3 +223,27 @@ def test_the_gateways_own_backlog_sees_a_prefill_in_progress_that_the_report_doe
     q2 = no_backlog.estimators[1]
     q2.on_decision(ctx([REMOTE], prompt=8_000, now=0.0), Decision("remote", "", "", uncached_tokens=8_000))
     assert q2.queued_tokens(reported, 0.05) == 0.0  # the report's view alone
+
+
+def test_bounded_keeps_the_nearest_and_a_keyed_sample_of_the_rest():
+    from extproc.gateway.routing.steps.bounded import draw_distinct
+
+    text = "sites:\n" + "".join(f"  - {{name: s{i:02d}, endpoints: ['127.0.0.1:{i + 1}'], rtt_ms: {1 + i}}}\n" for i in range(50))
+    c = cfg(text)
+    prof = build_profile("b", ProfileSpec(filters=[StepSpec(type="bounded", params={"nearest": 2, "sampled": 3})],
+                                          scorers=["least_pressure"]), c)
+    (bounded,) = prof.filters
+    views = [site(f"s{i:02d}", rtt=1 + i, speed=H100) for i in range(50)]
+    bounded.on_snapshot(views, 0.0)
+    seen: set[str] = set()
+    for i in range(200):
+        got = [v.name for v in bounded.filter(ctx(views, u=i / 200), views)]
+        assert got[:2] == ["s00", "s01"] and len(set(got)) == 5, got
+        seen.update(got)
+        assert got == [v.name for v in bounded.filter(ctx(views, u=i / 200), views)]  # the same key, the same sites
+    assert len(seen) == 50  # over many keys every site is sampled
+    assert bounded.filter(ctx(views[:4]), views[:4]) == views[:4]  # a small grid is left whole
+    for m in (1, 2, 7, 12, 48):
+        for u in (0.0, 0.37, 0.999):
+            idx = draw_distinct(m, 3, u)
+            assert len(set(idx)) == min(3, m) and all(0 <= j < m for j in idx)

@@ -272,8 +272,12 @@ class Profile:
     def needs_prefix_blocks(self) -> bool:
         return any(s.needs_prefix_blocks for s in self.steps)
 
-    def decide(self, ctx: RoutingContext, timer: StepTimer | None = None) -> Decision:
-        """Run the steps; `timer(step_name, seconds)` is called per step when given (sampled metrics)."""
+    def decide(self, ctx: RoutingContext, timer: StepTimer | None = None,
+               adjust: Callable[[list[SiteView]], list[SiteView]] | None = None) -> Decision:
+        """Run the steps; `timer(step_name, seconds)` is called per step when given (sampled metrics).
+        `adjust` rewrites the candidates the filters left before the other steps see them (the router's
+        in-flight correction: filters read health, drain, models and distance, not load, so correcting
+        only the survivors keeps a decision's cost in the candidates, not in the grid)."""
         clock = time.perf_counter
         candidates = list(ctx.views)
         for f in self.filters:
@@ -284,6 +288,8 @@ class Profile:
             if not narrowed:
                 return fallback(ctx, candidates, f.empty_reason)
             candidates = narrowed
+        if adjust is not None:
+            candidates = adjust(candidates)
         for r in self.rules:
             t0 = clock() if timer else 0.0
             d = r.decide(ctx, candidates)

@@ -40,8 +40,12 @@ class PrefixIndex:
     def matched(self, site: str, blocks: Sequence[int]) -> int:
         """How many of the leading blocks the site holds (the chain stops at the first miss)."""
         lru = self._lru.get(site)
-        if not lru:
+        if not lru or not blocks:
             return 0
+        if blocks[-1] in lru and blocks[0] in lru:
+            # The common repeat (the same prompt prefix again): no walk. A chain goes in in order, so a
+            # present first and last block almost always mean the blocks between are there too.
+            return len(blocks)
         n = 0
         for b in blocks:
             if b not in lru:

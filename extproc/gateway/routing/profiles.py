@@ -36,7 +36,8 @@ def _cost_model(*, reserve: bool = True, prefix: bool = True, sla: bool = True) 
     if reserve:
         terms.append("realtime_reserve")
     picker = "slo_slack" if sla else StepSpec(type="slo_slack", params={"sla_aware": False, "near_first": []})
-    return ProfileSpec(filters=_MODEL_AWARE, estimators=terms, picker=picker)
+    # `bounded` last: a decision looks at the nearest sites and a keyed sample of the rest, not the grid.
+    return ProfileSpec(filters=[*_MODEL_AWARE, "bounded"], estimators=terms, picker=picker)
 
 
 BUILTIN_PROFILES: dict[str, ProfileSpec] = {

@@ -108,15 +108,24 @@ class Router:
         counts = self.sent_since_report
         if self._peer_in_flight:
             counts = {k: counts.get(k, 0) + self._peer_in_flight.get(k, 0) for k in {*counts, *self._peer_in_flight}}
-        if any(counts.values()):
-            views = with_in_flight(views, counts)
+        corrected: list[SiteView] | None = None
+
+        def adjust(candidates: list[SiteView]) -> list[SiteView]:
+            # Only the filters' survivors get the in-flight correction (see Profile.decide).
+            nonlocal corrected
+            corrected = with_in_flight(candidates, counts) if any(counts.values()) else candidates
+            return corrected
+
         key = features.conversation_key
         u = keyed_draw(key) if (self._keyed and key is not None) else self._rng.random()
         ctx = RoutingContext(features, views, self.config.policy, self._default, u, now)
-        d = self.profile.decide(ctx, timer)
+        d = self.profile.decide(ctx, timer, adjust)
         if features.inference:  # a GET /v1/models puts no load on the GPUs
             self.sent_since_report[d.site] = self.sent_since_report.get(d.site, 0) + 1
         self.profile.on_decision(ctx, d)
+        # The views the decision saw: the corrected candidates when the chosen site is one of them.
+        if corrected is not None and any(v.name == d.site for v in corrected):
+            return d, corrected
         return d, views
 
     def on_response(self, site: str, features: RequestFeatures, now: float) -> None:

@@ -3,6 +3,7 @@ on import (see `extproc.gateway.routing.registry`). `docs/routing.md` says how t
 
 from extproc.gateway.routing.steps import (  # noqa: F401
     affinity,
+    bounded,
     default_only,
     filters,
     gie,
