@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from extproc.gateway.compression.core.cache import quantize_rate
 from extproc.gateway.compression.core.coarse import MAX_RANK_CHARS, CoarseRanker
@@ -88,10 +90,34 @@ class CompressionMetrics:
         )
 
 
+class WorkerCollector(Collector):
+    """The model worker process's supervision state, read at scrape time from the ProcessCompressor that
+    owns it (its supervisor thread counts; nothing here is updated on the request path)."""
+
+    def __init__(self, worker: ProcessCompressor) -> None:
+        self.worker = worker
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        up = GaugeMetricFamily(
+            "aigrid_compression_worker_up",
+            "1 while the compressor's model worker process is serving; 0 while it is being restarted "
+            "(requests pass through uncompressed)",
+        )
+        up.add_metric([], 1.0 if self.worker.up() else 0.0)
+        yield up
+        restarts = CounterMetricFamily(
+            "aigrid_compression_worker_restarts",
+            "Times the compressor's model worker process was started again after it died",
+        )
+        restarts.add_metric([], float(self.worker.restarts))
+        yield restarts
+
+
 # Skip reasons are a fixed vocabulary (bounded metric labels).
 SKIP_REASONS = frozenset({
     "path", "nothing_to_compress", "short", "unknown_load", "idle", "deadline", "break_even", "no_gain",
     "no_change", "encode", "error", "fine_saturated", "fine_deadline", "fine_language", "fine_empty",
+    "fine_restarting", "fine_error",
 })
 
 
@@ -112,6 +138,8 @@ class CompressionRewriter:
         self.settings = settings
         self.pipeline = CompressionPipeline(settings, fine, ranker)
         self.metrics = CompressionMetrics(registry)
+        if isinstance(fine, ProcessCompressor):
+            self.metrics.registry.register(WorkerCollector(fine))
         s = settings
         self.policy = RatePolicy(
             start_pressure=s.start_pressure,
