@@ -143,7 +143,7 @@ async def serve(
     metrics.registry.register(
         LoadMapCollector(
             lambda: (reader.reports_accepted, reader.reports_rejected), lambda: reader.snapshot,
-            [s.name for s in config.sites],
+            [s.name for s in config.sites], refused=lambda: reader.refused,
         )
     )
     observer = ResponseObserver(config.observability, metrics.registry, [s.name for s in config.sites]) if config.observability.usage else None

@@ -4,7 +4,7 @@ reasons from fixed vocabularies."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -75,8 +75,10 @@ class LoadMapCollector:
         snapshot: Callable[[], LoadSnapshot],
         sites: list[str],
         clock: Callable[[], float] = time.monotonic,
+        refused: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._counts = counts
+        self._refused = refused
         self._snapshot = snapshot
         self._sites = sites
         self._clock = clock
@@ -85,6 +87,15 @@ class LoadMapCollector:
         accepted, rejected = self._counts()
         yield CounterMetricFamily("aigrid_loadmap_reports_accepted", "Load reports accepted since start", value=accepted)
         yield CounterMetricFamily("aigrid_loadmap_reports_rejected", "Load reports rejected since start", value=rejected)
+        refused = CounterMetricFamily(
+            "aigrid_loadmap_reports_refused",
+            "Load reports refused because their channel or key does not belong to the site they name "
+            "(wrong_channel, wrong_key, not_its_key); also counted in aigrid_loadmap_reports_rejected",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self._refused().items()):
+            refused.add_metric([reason], n)
+        yield refused
         age = GaugeMetricFamily(
             "aigrid_site_report_age_seconds", "Age of the site's newest load report as this gateway sees it (-1: none)",
             labels=["site"],
