@@ -36,13 +36,13 @@ from extproc.gateway.compression.runtime.worker import BatchingCompressor
 from extproc.gateway.compression.seam import Rewrite, RewriteRequest, Skip
 from extproc.gateway.config.compression import CompressionSettings
 from extproc.gateway.request.openai import estimate_tokens
-from extproc.wire.contract import CHAT_PATH, COMPLETIONS_PATH, COMPRESSION_HEADER
+from extproc.wire.contract import CHAT_PATH, COMPLETIONS_PATH, COMPRESSION_HEADER, RESPONSES_PATH
 
 log = logging.getLogger(__name__)
 
 # The request header that says what compression did (or why not), and the paths it compresses.
 HEADER = COMPRESSION_HEADER
-PATHS = (CHAT_PATH, COMPLETIONS_PATH)
+PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
 # The rewriter's own deadline is this share of compression.deadline_ms, so it answers (with a reason)
 # before the gateway's wait_for cancels it.
 OWN_DEADLINE_SHARE = 0.85

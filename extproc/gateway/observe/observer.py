@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -30,8 +30,8 @@ from extproc.gateway.observe.request import (
     operation_name,
     prompt_tokens_saved,
 )
-from extproc.gateway.observe.usage import BodyCollector, SseUsageScanner, Usage
-from extproc.wire.contract import COMPRESSION_HEADER, OBS_HEADER, SITE_HEADER
+from extproc.gateway.observe.usage import ID_SEARCH_BYTES, BodyCollector, SseUsageScanner, Usage, response_id_in
+from extproc.wire.contract import COMPRESSION_HEADER, OBS_HEADER, RESPONSES_PATH, SITE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,8 @@ class ResponseObserver:
         self.settings = settings
         self.metrics = ObserveMetrics(registry)
         self.model_label = names.ModelLabels(settings.max_model_labels)
+        # Set by the server: (response id, conversation key) of each observed Responses API response.
+        self.on_response_id: Callable[[str, str], None] | None = None
         self._children: dict[tuple[str, ...], _Children] = {}
         # Known label values start at 0, so a dashboard shows "none yet" rather than "no data".
         for site in sites:
@@ -123,7 +125,8 @@ class ResponseObserver:
                 self.metrics.injected.inc()
         side.injected = injected
         summary = RequestSummary(
-            model=f.model or "", sla=f.sla.value, operation=operation_name(path), injected=injected, stream=f.stream
+            model=f.model or "", sla=f.sla.value, operation=operation_name(path), injected=injected, stream=f.stream,
+            conversation=(f.conversation_key or "") if path == RESPONSES_PATH and self.on_response_id is not None else "",
         )
         out.headers[OBS_HEADER] = summary.encode()
 
@@ -176,6 +179,8 @@ class ResponseObserver:
             b = req.response_body
             if st.first_at is None and b.body:
                 st.first_at = now
+            if st.head is not None:
+                self._look_for_id(st, b.body)
             if st.scanner is not None:
                 st.scanner.feed(b.body)
             elif st.collector is not None:
@@ -194,6 +199,8 @@ class ResponseObserver:
                 return
             h = header_map(req.response_headers, _OBSERVER_WANTED)
             st.status = h.get(":status", "")
+            if st.summary.conversation and st.status.startswith("2") and self.on_response_id is not None:
+                st.head = b""
             if "text/event-stream" in h.get("content-type", ""):
                 st.scanner = SseUsageScanner()
             else:
@@ -201,6 +208,16 @@ class ResponseObserver:
             if req.response_headers.end_of_stream:
                 st.end_at = time.monotonic()
                 self._finish(st)
+
+    def _look_for_id(self, st: "_Observed", chunk: bytes) -> None:
+        """The response id in the first bytes of a Responses API response; learned once."""
+        assert st.head is not None and st.summary is not None and self.on_response_id is not None
+        st.head += chunk[: ID_SEARCH_BYTES - len(st.head)]
+        rid = response_id_in(st.head)
+        if rid is not None:
+            self.on_response_id(rid, st.summary.conversation)
+        if rid is not None or len(st.head) >= ID_SEARCH_BYTES:
+            st.head = None
 
     def _finish(self, st: "_Observed", *, aborted: bool = False) -> None:
         st.done = True
@@ -283,7 +300,8 @@ class _Children:
 
 
 class _Observed:
-    __slots__ = ("summary", "site", "compression", "t0", "status", "scanner", "collector", "first_at", "end_at", "done")
+    __slots__ = ("summary", "site", "compression", "t0", "status", "scanner", "collector", "first_at", "end_at", "done",
+                 "head")
 
     def __init__(self) -> None:
         self.summary: RequestSummary | None = None
@@ -296,3 +314,4 @@ class _Observed:
         self.first_at: float | None = None
         self.end_at: float | None = None
         self.done = False
+        self.head: bytes | None = None  # a Responses API response's first bytes, until its id is found

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from extproc.gateway.loadmap.model import LoadSnapshot
+from extproc.gateway.request.chains import ResponseChains
 
 
 class GatewayMetrics:
@@ -106,6 +107,30 @@ class LoadMapCollector:
             load = snap.sites.get(site)
             age.add_metric([site], -1.0 if load is None else load.age_s(now))
         yield age
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class ResponseChainsCollector:
+    """The Responses API chain table (`extproc.gateway.request.chains`), read at scrape time."""
+
+    def __init__(self, chains: ResponseChains) -> None:
+        self._chains = chains
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._chains
+        yield CounterMetricFamily(
+            "aigrid_response_chains_learned", "Response ids the response side tied to their conversation", value=c.learned
+        )
+        lookups = CounterMetricFamily(
+            "aigrid_response_chains_lookups",
+            "previous_response_id lookups: found (the chain's key) or missed (routed by the id itself)", labels=["result"],
+        )
+        lookups.add_metric(["found"], c.found)
+        lookups.add_metric(["missed"], c.missed)
+        yield lookups
+        yield GaugeMetricFamily("aigrid_response_chains_entries", "Response ids held in the chain table", value=len(c))
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
