@@ -51,7 +51,15 @@ class Bare(ep_grpc.ExternalProcessorServicer):
 
 
 async def main(listen: str, mutate: bool) -> None:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 9 * 1024 * 1024)])
+    # The same server options as `aigrid serve` (extproc/gateway/server/main.py): message size for the
+    # default 8 MiB body, keepalive pings through idle periods.
+    max_msg = 8 * 1024 * 1024 + 64 * 1024
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_msg),
+        ("grpc.max_send_message_length", max_msg),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ])
     ep_grpc.add_ExternalProcessorServicer_to_server(Bare(mutate), server)
     server.add_insecure_port(listen)
     await server.start()

@@ -15,7 +15,11 @@ each in alternating rounds. The figure is the server process's user+system CPU t
 by the requests it served, so the noisy shared machine's wall-clock speed does not enter the ratio. The
 last line is JSON with `ratio_headers_only` and `ratio_body` (goals <= 1.0 and <= 1.15).
 
-Usage: .venv/bin/python bench/extproc_overhead.py [--requests 3000] [--rounds 3] [--concurrency 32] [--envoy-data-plane]
+`--uds` adds `aigrid serve` (body path) and the bare pass-through behind a Unix-socket ext_proc cluster
+(`gateway.listen: unix:/path`): `ratio_body_uds` (each against its own transport's floor) and the
+socket's effect on each server (`uds_over_tcp_*`, CPU per request UDS / TCP).
+
+Usage: .venv/bin/python bench/extproc_overhead.py [--requests 3000] [--rounds 3] [--concurrency 32] [--envoy-data-plane] [--uds]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -37,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from harness import make_stack, wait_pressure  # noqa: E402
+from harness import make_stack, wait_pressure, wait_until  # noqa: E402
 
 from extproc.gateway.config import load_config  # noqa: E402
 from extproc.gateway.envoyconf.render import render_envoy_yaml  # noqa: E402
@@ -66,6 +71,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--envoy-data-plane", action="store_true", help="add the betterproto2/grpclib pass-through row")
+    ap.add_argument("--uds", action="store_true",
+                    help="add rows: aigrid serve (body) and the bare pass-through behind a Unix-socket ext_proc cluster")
     ap.add_argument("--mutating-bare", action="store_true",
                     help="add a row: the bare servicer answering with the gateway's header mutations (the answer's shape without its logic)")
     args = ap.parse_args()
@@ -80,19 +87,42 @@ def main() -> int:
         for g in (body_gw, headers_gw):
             wait_pressure(g, "edge", lambda p: p > 0.2)
 
-        def bare_server(name: str, script: str, *flags: str) -> tuple[int, str]:
-            """A bare servicer behind its own Envoy (same config, ext_proc cluster pointing at it)."""
-            port = free_port()
-            proc = st.group.start(name, python_argv(str(REPO / "bench" / script), "--listen", f"127.0.0.1:{port}", *flags))
-            proc.wait_ready(lambda: port_open(port), 30, f"{name} listening")
+        def envoy_to(name: str, listen: str) -> str:
+            """An Envoy with the body gateway's config, its ext_proc cluster pointing at `listen`."""
             cfg = yaml.safe_load(body_gw.config_path.read_text())
             envoy_port, admin_port = free_port(), free_port()
-            cfg["gateway"]["listen"] = f"127.0.0.1:{port}"
+            cfg["gateway"]["listen"] = listen
             cfg["envoy"].update(listen_port=envoy_port, admin_port=admin_port)
             (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
             (root / f"{name}-envoy.yaml").write_text(render_envoy_yaml(load_config(str(root / f"{name}.yaml"))))
             start_envoy(st.group, root / f"{name}-envoy.yaml", admin_port, name=f"envoy-{name}")
-            return proc.pid, f"http://127.0.0.1:{envoy_port}/v1/chat/completions"
+            wait_until(lambda: port_open(envoy_port), 30, f"{name} envoy")
+            return f"http://127.0.0.1:{envoy_port}/v1/chat/completions"
+
+        def bare_server(name: str, script: str, *flags: str, uds: bool = False) -> tuple[int, str]:
+            """A bare servicer behind its own Envoy (same config, ext_proc cluster pointing at it)."""
+            if uds:
+                listen = f"unix:{root}/{name}.sock"
+                ready = lambda: os.path.exists(listen[5:])  # noqa: E731
+            else:
+                port = free_port()
+                listen = f"127.0.0.1:{port}"
+                ready = lambda: port_open(port)  # noqa: E731
+            proc = st.group.start(name, python_argv(str(REPO / "bench" / script), "--listen", listen, *flags))
+            proc.wait_ready(ready, 30, f"{name} listening")
+            return proc.pid, envoy_to(name, listen)
+
+        def serve_uds(name: str) -> tuple[int, str]:
+            """`aigrid serve` (the body gateway's config) on a Unix socket, behind its own Envoy."""
+            cfg = yaml.safe_load(body_gw.config_path.read_text())
+            listen = f"unix:{root}/{name}.sock"
+            metrics = free_port()
+            cfg["gateway"].update(listen=listen, metrics_listen=f"127.0.0.1:{metrics}")
+            (root / f"{name}-serve.yaml").write_text(yaml.safe_dump(cfg))
+            proc = st.group.start(name, python_argv("-m", "extproc.cli", "serve", "--config", str(root / f"{name}-serve.yaml")))
+            proc.wait_ready(lambda: port_open(metrics) and os.path.exists(listen[5:]), 30, f"{name} ready")
+            time.sleep(1.0)  # its map reader's first full read
+            return proc.pid, envoy_to(name, listen)
 
         body = root / "body.json"
         body.write_text(json.dumps({
@@ -105,6 +135,9 @@ def main() -> int:
             "aigrid serve, body": (body_gw.serve.pid, f"http://127.0.0.1:{body_gw.envoy_port}/v1/chat/completions"),
             "bare pass-through (grpcio, 2 messages)": bare_server("bare", "bare_extproc.py"),
         }
+        if args.uds:
+            targets["aigrid serve, body, unix socket"] = serve_uds("serve-uds")
+            targets["bare pass-through, unix socket"] = bare_server("bare-uds", "bare_extproc.py", uds=True)
         if args.envoy_data_plane:
             targets["bare pass-through (envoy-data-plane, 2 messages)"] = bare_server("bare-edp", "bare_extproc_edp.py")
         if args.mutating_bare:
@@ -139,6 +172,12 @@ def main() -> int:
             "ratio_headers_only": med["aigrid serve, headers only"] / base,
             "ratio_body": med["aigrid serve, body"] / base,
         }
+        if args.uds:
+            # Each transport against its own bare floor, and the socket's effect on each server.
+            ub = med["bare pass-through, unix socket"]
+            result["ratio_body_uds"] = med["aigrid serve, body, unix socket"] / ub
+            result["uds_over_tcp_bare"] = ub / base
+            result["uds_over_tcp_serve_body"] = med["aigrid serve, body, unix socket"] / med["aigrid serve, body"]
         if args.mutating_bare:
             result["ratio_mutating_bare"] = med["bare + the gateway's header mutations"] / base
         if args.envoy_data_plane:
