@@ -187,6 +187,9 @@ def main() -> int:
         # One config for every target (the test harness's: stand-in sites, Redis, default profile); each
         # target gets its own Envoy rendered from it, with only the ext_proc address changed.
         base_cfg = st.config_dict((free_port(), free_port(), free_port(), free_port()))
+        # The sites' load is published once: it must stay fresh for the whole run, or every decision
+        # would be the stale-map fallback instead of the default profile's steps.
+        base_cfg["policy"]["stale_after_s"] = 600
         st.publish_load("edge", kv=0.05, ttl_ms=3_600_000)
         st.publish_load("remote", kv=0.05, ttl_ms=3_600_000)
         targets: dict[str, str] = {"none": envoy_for(st, root, base_cfg, "none", base_cfg["gateway"]["listen"], strip_extproc=True)}

@@ -73,6 +73,9 @@ def main() -> int:
     ap.add_argument("--envoy-data-plane", action="store_true", help="add the betterproto2/grpclib pass-through row")
     ap.add_argument("--uds", action="store_true",
                     help="add rows: aigrid serve (body) and the bare pass-through behind a Unix-socket ext_proc cluster")
+    ap.add_argument("--bare-variant", action="append", default=[], metavar="FLAGS",
+                    help="add a row: the bare pass-through started with these flags (e.g. '--sync 64', "
+                         "'--option grpc.optimization_target=throughput'); its CPU against the default bare")
     ap.add_argument("--mutating-bare", action="store_true",
                     help="add a row: the bare servicer answering with the gateway's header mutations (the answer's shape without its logic)")
     args = ap.parse_args()
@@ -80,8 +83,10 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="aigrid-overhead-"))
     st = make_stack(root)
     try:
-        body_gw = st.add_gateway()
-        headers_gw = st.add_gateway(extra={"routing": {"profile": "least_loaded"}})
+        # The load is published once: it must stay fresh for the whole run (stale_after_s), or every
+        # decision would be the stale-map fallback instead of the profile's own steps.
+        body_gw = st.add_gateway(stale_after_s=600)
+        headers_gw = st.add_gateway(extra={"routing": {"profile": "least_loaded"}}, stale_after_s=600)
         st.publish_load("edge", kv=0.3, ttl_ms=600_000)
         st.publish_load("remote", kv=0.1, ttl_ms=600_000)
         for g in (body_gw, headers_gw):
@@ -138,6 +143,8 @@ def main() -> int:
         if args.uds:
             targets["aigrid serve, body, unix socket"] = serve_uds("serve-uds")
             targets["bare pass-through, unix socket"] = bare_server("bare-uds", "bare_extproc.py", uds=True)
+        for i, flags in enumerate(args.bare_variant):
+            targets[f"bare pass-through {flags}"] = bare_server(f"bare-v{i}", "bare_extproc.py", *flags.split())
         if args.envoy_data_plane:
             targets["bare pass-through (envoy-data-plane, 2 messages)"] = bare_server("bare-edp", "bare_extproc_edp.py")
         if args.mutating_bare:
@@ -178,12 +185,19 @@ def main() -> int:
             result["ratio_body_uds"] = med["aigrid serve, body, unix socket"] / ub
             result["uds_over_tcp_bare"] = ub / base
             result["uds_over_tcp_serve_body"] = med["aigrid serve, body, unix socket"] / med["aigrid serve, body"]
+        if args.bare_variant:
+            result["bare_variants_over_bare"] = {f: med[f"bare pass-through {f}"] / base for f in args.bare_variant}
         if args.mutating_bare:
             result["ratio_mutating_bare"] = med["bare + the gateway's header mutations"] / base
         if args.envoy_data_plane:
             result["ratio_envoy_data_plane_bare"] = med["bare pass-through (envoy-data-plane, 2 messages)"] / base
         console.print(f"headers only / bare = {result['ratio_headers_only']:.2f} (goal <= 1.0); "
                       f"body / bare = {result['ratio_body']:.2f} (goal <= 1.15)")
+        result["decision_steps"] = {
+            g: sorted({line.split('step="', 1)[1].split('"', 1)[0] for line in gw.metrics().splitlines()
+                       if line.startswith("aigrid_decisions_total{")})
+            for g, gw in (("body", body_gw), ("headers_only", headers_gw))
+        }
         print(json.dumps(result))
     finally:
         st.group.stop_all()
