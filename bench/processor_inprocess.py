@@ -6,7 +6,7 @@ both and left out, so this shows what our own code adds per request, precisely e
 larger than that). `--profile` prints where the time goes.
 
 Ends with one JSON line: `us_per_request` (ours, bare), `extra_us`, `ratio`.
-Usage: .venv/bin/python bench/processor_inprocess.py [--requests 3000] [--rounds 3] [--profile]
+Usage: .venv/bin/python bench/processor_inprocess.py [--requests 3000] [--rounds 3] [--repeat 8] [--usage] [--profile]
 """
 
 from __future__ import annotations
@@ -33,17 +33,19 @@ from extproc.gateway.loadmap.model import LoadSnapshot, SiteLoad  # noqa: E402
 from extproc.gateway.server.gateway import Gateway  # noqa: E402
 from extproc.gateway.server.processor import ExternalProcessor  # noqa: E402
 
-BODY = json.dumps({
-    "model": "llama-3.1-8b", "stream": False,
-    "messages": [{"role": "system", "content": "You are a helpful assistant."},
-                 {"role": "user", "content": "Summarise the benefits of edge inference for carriers. " * 8}],
-}).encode()
-HEADERS = ((":method", "POST"), (":path", "/v1/chat/completions"), ("content-type", "application/json"),
-           ("content-length", str(len(BODY))), (":authority", "gw"), ("user-agent", "aiohttp"),
-           ("x-request-id", "0b6f1c1e-6a43-4c2a-9a9e-3c1d2b1e0f00"), ("accept", "*/*"), ("accept-encoding", "gzip"))
+def body(repeat: int) -> bytes:
+    return json.dumps({
+        "model": "llama-3.1-8b", "stream": False,
+        "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                     {"role": "user", "content": "Summarise the benefits of edge inference for carriers. " * repeat}],
+    }).encode()
 
 
-def messages() -> tuple[bytes, bytes]:
+def messages(repeat: int) -> tuple[bytes, bytes]:
+    BODY = body(repeat)
+    HEADERS = ((":method", "POST"), (":path", "/v1/chat/completions"), ("content-type", "application/json"),
+               ("content-length", str(len(BODY))), (":authority", "gw"), ("user-agent", "aiohttp"),
+               ("x-request-id", "0b6f1c1e-6a43-4c2a-9a9e-3c1d2b1e0f00"), ("accept", "*/*"), ("accept-encoding", "gzip"))
     h = ep.ProcessingRequest()
     for k, v in HEADERS:
         x = h.request_headers.headers.headers.add()
@@ -53,15 +55,22 @@ def messages() -> tuple[bytes, bytes]:
     return h.SerializeToString(), b.SerializeToString()
 
 
-def processor() -> ExternalProcessor:
+def processor(usage: bool) -> ExternalProcessor:
     cfg = GatewayConfig.model_validate({"sites": [{"name": "edge", "role": "edge", "endpoints": ["127.0.0.1:1"]},
-                                                  {"name": "remote", "endpoints": ["127.0.0.1:2"]}]})
+                                                  {"name": "remote", "endpoints": ["127.0.0.1:2"]}],
+                                        "observability": {"usage": usage}})
     now = time.monotonic()
     snap = LoadSnapshot(sites={s: SiteLoad(s, 1, 1, 1, 0.3, 0.3, 0.3, 3, 0, 0, now + 1e6) for s in ("edge", "remote")},
                         connected=True, built_at=now)
     gw = Gateway(cfg, lambda: snap)
     gw.on_snapshot(snap)
-    return ExternalProcessor(gw)
+    if not usage:
+        return ExternalProcessor(gw)
+    from prometheus_client import CollectorRegistry
+
+    from extproc.gateway.observe.observer import ResponseObserver
+
+    return ExternalProcessor(gw, ResponseObserver(cfg.observability, CollectorRegistry(), ["edge", "remote"]))
 
 
 async def per_request_us(servicer, n: int, hb: bytes, bb: bytes) -> float:  # type: ignore[no-untyped-def]
@@ -81,9 +90,11 @@ async def main() -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--repeat", type=int, default=8, help="times the user sentence repeats (56 bytes each)")
+    ap.add_argument("--usage", action="store_true", help="with observability.usage (the response side's summary)")
     args = ap.parse_args()
-    hb, bb = messages()
-    ours, bare = processor(), Bare()
+    hb, bb = messages(args.repeat)
+    ours, bare = processor(args.usage), Bare()
     for s in (ours, bare):
         await per_request_us(s, 300, hb, bb)
     a, b = [], []

@@ -145,12 +145,13 @@ class ResponseObserver:
         if sc is None:
             return
         before = sc.stripped
-        out = sc.feed(msg.body)
+        data = msg.body  # read once: each read of a protobuf bytes field is a fresh copy
+        out = sc.feed(data)
         if msg.end_of_stream:
             out += sc.finish()
         if sc.stripped > before:
             self.metrics.stripped.inc(sc.stripped - before)
-        if out is msg.body or out == msg.body:
+        if out is data or out == data:
             return  # unchanged: a plain continue
         common = resp.response_body.response
         if out:
@@ -177,14 +178,15 @@ class ResponseObserver:
                 return
             now = time.monotonic()
             b = req.response_body
-            if st.first_at is None and b.body:
+            data = b.body  # read once: each read of a protobuf bytes field is a fresh copy
+            if st.first_at is None and data:
                 st.first_at = now
             if st.head is not None:
-                self._look_for_id(st, b.body)
+                self._look_for_id(st, data)
             if st.scanner is not None:
-                st.scanner.feed(b.body)
+                st.scanner.feed(data)
             elif st.collector is not None:
-                st.collector.feed(b.body)
+                st.collector.feed(data)
             if b.end_of_stream:
                 st.end_at = now
                 self._finish(st)

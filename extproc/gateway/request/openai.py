@@ -6,12 +6,12 @@ from us is routing on load alone, never a changed body or an error.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import xxhash
 
 from extproc.gateway.request.features import RequestFeatures, SlaClass
 from extproc.wire.contract import (
@@ -174,12 +174,12 @@ def _conversation_key(
         raw = orjson.dumps(prefix)
     except TypeError:
         return None
-    return "p:" + hashlib.blake2b(raw, digest_size=8).hexdigest()
+    return "p:" + xxhash.xxh3_64_hexdigest(raw)
 
 
 def _digest(kind: str, value: str | bytes) -> str:
     raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
-    return "r:" + hashlib.blake2b(kind.encode() + b"\0" + raw, digest_size=8).hexdigest()
+    return "r:" + xxhash.xxh3_64_hexdigest(kind.encode() + b"\0" + raw)
 
 
 def _responses_key(
