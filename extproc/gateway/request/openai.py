@@ -89,6 +89,8 @@ def estimate_tokens(text: str) -> int:
     n = len(text)
     if n == 0:
         return 0
+    if text.isascii():  # the common case, without encoding a copy of the text
+        return max(1, n // 4)
     extra = len(text.encode("utf-8", "surrogatepass")) - n
     wide = extra // 2
     return max(1, (n - wide) // 4 + wide)
