@@ -174,10 +174,21 @@ def main() -> int:
             t.add_row(k, f"{med[k]:.0f}", f"{statistics.median(rps[k]):.0f}")
         console.print(t)
         base = med["bare pass-through (grpcio, 2 messages)"]
+        bare_key = "bare pass-through (grpcio, 2 messages)"
+
+        def paired(name: str) -> float:
+            """Median over rounds of this round's ratio: the targets of one round run back to back, so a
+            slow drift of the shared box's load cancels out of each pair."""
+            return statistics.median(a / b for a, b in zip(per_req[name], per_req[bare_key]))
+
         result = {
             "cpu_us_per_request": med,
             "ratio_headers_only": med["aigrid serve, headers only"] / base,
             "ratio_body": med["aigrid serve, body"] / base,
+            "paired_ratio_headers_only": paired("aigrid serve, headers only"),
+            "paired_ratio_body": paired("aigrid serve, body"),
+            "per_round_cpu_us": per_req,
+            "load_avg": os.getloadavg()[0],
         }
         if args.uds:
             # Each transport against its own bare floor, and the socket's effect on each server.
