@@ -10,8 +10,9 @@ and counts each refusal by reason (`refused`): a report on one site's channel th
 (`wrong_channel`), a key that holds another node's report (`wrong_key`), and a push on the shared channel
 of agents from before per-site channels that is not what its site's key holds (`not_its_key`). That
 shared channel is still read while `redis.read_shared_reports_channel` is on (an upgrade), but only as
-a hint: the reader applies the site's own key, which only that site's agent can write. The request path only ever
-reads `reader.snapshot`, an immutable object swapped whole: it never waits on Redis. With Redis down the
+a hint: the reader applies the site's own key, which only that site's agent can write.
+
+The request path only ever reads `reader.snapshot`, an immutable object swapped whole: it never waits on Redis. With Redis down the
 last snapshot stays in place, ages, and the policy treats it as stale once it passes `stale_after_s`.
 """
 
@@ -143,7 +144,8 @@ class LoadMapReader:
             self._rejected(where, str(exc))
             return False
         if site is not None and report.site != site:
-            self._rejected(where, f"a report for site {report.site!r} on site {site!r}'s channel", "wrong_channel")
+            # `where` stays "pubsub": the log's rate limit is per source, and channel names are the writer's.
+            self._rejected(where, f"a report for site {report.site!r} on the channel of {site[:64]!r}", "wrong_channel")
             return False
         self._nodes, changed = apply_report(self._nodes, report, self._clock() - age_s)
         if changed:
@@ -166,13 +168,14 @@ class LoadMapReader:
                            "not_its_key")
         if stored is None:
             return False
+        # `where` stays "shared channel" (the key's name comes from the push): the log's rate limit is per source.
         try:
             held = decode_report(stored)
         except ReportRejected as exc:
-            self._rejected(key, str(exc))
+            self._rejected("shared channel", f"{key}: {exc}")
             return False
         if key != self._keys.report(held.site, held.node):
-            self._rejected(key, f"key does not match its report ({held.site}/{held.node})", "wrong_key")
+            self._rejected("shared channel", f"{key} does not match its report ({held.site}/{held.node})", "wrong_key")
             return False
         self._nodes, changed = apply_report(self._nodes, held, self._clock())
         if changed:
@@ -249,7 +252,7 @@ class LoadMapReader:
                         channel = channel.decode("utf-8", "replace")
                     if msg["type"] == "pmessage":
                         site = self._keys.site_of_reports_channel(channel)
-                        if site is not None and self.ingest(msg["data"], channel, site=site):
+                        if site is not None and self.ingest(msg["data"], "pubsub", site=site):
                             self._publish_snapshot()
                     elif channel == self._keys.reports_channel:
                         if await self._ingest_shared(client, msg["data"]):
