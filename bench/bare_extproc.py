@@ -50,8 +50,40 @@ class Bare(ep_grpc.ExternalProcessorServicer):
             yield resp
 
 
-async def main(listen: str, mutate: bool) -> None:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 9 * 1024 * 1024)])
+class BareSync(ep_grpc.ExternalProcessorServicer):
+    """The same answers on grpcio's thread-pool server (one thread per stream while it lasts)."""
+
+    def Process(self, request_iterator, context):  # noqa: N802
+        for req in request_iterator:
+            resp = ep.ProcessingResponse()
+            which = req.WhichOneof("request")
+            if which == "request_headers":
+                resp.request_headers.SetInParent()
+                if not req.request_headers.end_of_stream:
+                    resp.mode_override.CopyFrom(_BUFFER)
+            else:
+                getattr(resp, which).SetInParent()
+            yield resp
+
+
+def server_options(extra: list[str]) -> list[tuple[str, object]]:
+    # The same server options as `aigrid serve` (extproc/gateway/server/main.py): message size for the
+    # default 8 MiB body, keepalive pings through idle periods; then any --option name=value.
+    max_msg = 8 * 1024 * 1024 + 1024 * 1024
+    opts: list[tuple[str, object]] = [
+        ("grpc.max_receive_message_length", max_msg),
+        ("grpc.max_send_message_length", max_msg),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ]
+    for o in extra:
+        k, _, v = o.partition("=")
+        opts.append((k, int(v) if v.lstrip("-").isdigit() else v))
+    return opts
+
+
+async def main(listen: str, mutate: bool, extra: list[str]) -> None:
+    server = grpc.aio.server(options=server_options(extra))
     ep_grpc.add_ExternalProcessorServicer_to_server(Bare(mutate), server)
     server.add_insecure_port(listen)
     await server.start()
@@ -59,9 +91,25 @@ async def main(listen: str, mutate: bool) -> None:
     await server.wait_for_termination()
 
 
+def main_sync(listen: str, extra: list[str], threads: int) -> None:
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=server_options(extra))
+    ep_grpc.add_ExternalProcessorServicer_to_server(BareSync(), server)
+    server.add_insecure_port(listen)
+    server.start()
+    print(f"bare ext_proc (thread pool, {threads}) on {listen}", flush=True)
+    server.wait_for_termination()
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", required=True)
     ap.add_argument("--mutate", action="store_true", help="answer the body with the gateway's header mutations")
+    ap.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a further gRPC server option")
+    ap.add_argument("--sync", type=int, default=0, metavar="THREADS", help="grpcio's thread-pool server instead of grpc.aio")
     a = ap.parse_args()
-    asyncio.run(main(a.listen, a.mutate))
+    if a.sync:
+        main_sync(a.listen, a.option, a.sync)
+    else:
+        asyncio.run(main(a.listen, a.mutate, a.option))

@@ -15,7 +15,11 @@ each in alternating rounds. The figure is the server process's user+system CPU t
 by the requests it served, so the noisy shared machine's wall-clock speed does not enter the ratio. The
 last line is JSON with `ratio_headers_only` and `ratio_body` (goals <= 1.0 and <= 1.15).
 
-Usage: .venv/bin/python bench/extproc_overhead.py [--requests 3000] [--rounds 3] [--concurrency 32] [--envoy-data-plane]
+`--uds` adds `aigrid serve` (body path) and the bare pass-through behind a Unix-socket ext_proc cluster
+(`gateway.listen: unix:/path`): `ratio_body_uds` (each against its own transport's floor) and the
+socket's effect on each server (`uds_over_tcp_*`, CPU per request UDS / TCP).
+
+Usage: .venv/bin/python bench/extproc_overhead.py [--requests 3000] [--rounds 3] [--concurrency 32] [--envoy-data-plane] [--uds]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -37,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from harness import make_stack, wait_pressure  # noqa: E402
+from harness import make_stack, wait_pressure, wait_until  # noqa: E402
 
 from extproc.gateway.config import load_config  # noqa: E402
 from extproc.gateway.envoyconf.render import render_envoy_yaml  # noqa: E402
@@ -66,6 +71,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--envoy-data-plane", action="store_true", help="add the betterproto2/grpclib pass-through row")
+    ap.add_argument("--uds", action="store_true",
+                    help="add rows: aigrid serve (body) and the bare pass-through behind a Unix-socket ext_proc cluster")
+    ap.add_argument("--bare-variant", action="append", default=[], metavar="FLAGS",
+                    help="add a row: the bare pass-through started with these flags (e.g. '--sync 64', "
+                         "'--option grpc.optimization_target=throughput'); its CPU against the default bare")
     ap.add_argument("--mutating-bare", action="store_true",
                     help="add a row: the bare servicer answering with the gateway's header mutations (the answer's shape without its logic)")
     args = ap.parse_args()
@@ -73,26 +83,51 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="aigrid-overhead-"))
     st = make_stack(root)
     try:
-        body_gw = st.add_gateway()
-        headers_gw = st.add_gateway(extra={"routing": {"profile": "least_loaded"}})
+        # The load is published once: it must stay fresh for the whole run (stale_after_s), or every
+        # decision would be the stale-map fallback instead of the profile's own steps.
+        body_gw = st.add_gateway(stale_after_s=600)
+        headers_gw = st.add_gateway(extra={"routing": {"profile": "least_loaded"}}, stale_after_s=600)
         st.publish_load("edge", kv=0.3, ttl_ms=600_000)
         st.publish_load("remote", kv=0.1, ttl_ms=600_000)
         for g in (body_gw, headers_gw):
             wait_pressure(g, "edge", lambda p: p > 0.2)
 
-        def bare_server(name: str, script: str, *flags: str) -> tuple[int, str]:
-            """A bare servicer behind its own Envoy (same config, ext_proc cluster pointing at it)."""
-            port = free_port()
-            proc = st.group.start(name, python_argv(str(REPO / "bench" / script), "--listen", f"127.0.0.1:{port}", *flags))
-            proc.wait_ready(lambda: port_open(port), 30, f"{name} listening")
+        def envoy_to(name: str, listen: str) -> str:
+            """An Envoy with the body gateway's config, its ext_proc cluster pointing at `listen`."""
             cfg = yaml.safe_load(body_gw.config_path.read_text())
             envoy_port, admin_port = free_port(), free_port()
-            cfg["gateway"]["listen"] = f"127.0.0.1:{port}"
+            cfg["gateway"]["listen"] = listen
             cfg["envoy"].update(listen_port=envoy_port, admin_port=admin_port)
             (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
             (root / f"{name}-envoy.yaml").write_text(render_envoy_yaml(load_config(str(root / f"{name}.yaml"))))
             start_envoy(st.group, root / f"{name}-envoy.yaml", admin_port, name=f"envoy-{name}")
-            return proc.pid, f"http://127.0.0.1:{envoy_port}/v1/chat/completions"
+            wait_until(lambda: port_open(envoy_port), 30, f"{name} envoy")
+            return f"http://127.0.0.1:{envoy_port}/v1/chat/completions"
+
+        def bare_server(name: str, script: str, *flags: str, uds: bool = False) -> tuple[int, str]:
+            """A bare servicer behind its own Envoy (same config, ext_proc cluster pointing at it)."""
+            if uds:
+                listen = f"unix:{root}/{name}.sock"
+                ready = lambda: os.path.exists(listen[5:])  # noqa: E731
+            else:
+                port = free_port()
+                listen = f"127.0.0.1:{port}"
+                ready = lambda: port_open(port)  # noqa: E731
+            proc = st.group.start(name, python_argv(str(REPO / "bench" / script), "--listen", listen, *flags))
+            proc.wait_ready(ready, 30, f"{name} listening")
+            return proc.pid, envoy_to(name, listen)
+
+        def serve_uds(name: str) -> tuple[int, str]:
+            """`aigrid serve` (the body gateway's config) on a Unix socket, behind its own Envoy."""
+            cfg = yaml.safe_load(body_gw.config_path.read_text())
+            listen = f"unix:{root}/{name}.sock"
+            metrics = free_port()
+            cfg["gateway"].update(listen=listen, metrics_listen=f"127.0.0.1:{metrics}")
+            (root / f"{name}-serve.yaml").write_text(yaml.safe_dump(cfg))
+            proc = st.group.start(name, python_argv("-m", "extproc.cli", "serve", "--config", str(root / f"{name}-serve.yaml")))
+            proc.wait_ready(lambda: port_open(metrics) and os.path.exists(listen[5:]), 30, f"{name} ready")
+            time.sleep(1.0)  # its map reader's first full read
+            return proc.pid, envoy_to(name, listen)
 
         body = root / "body.json"
         body.write_text(json.dumps({
@@ -105,6 +140,11 @@ def main() -> int:
             "aigrid serve, body": (body_gw.serve.pid, f"http://127.0.0.1:{body_gw.envoy_port}/v1/chat/completions"),
             "bare pass-through (grpcio, 2 messages)": bare_server("bare", "bare_extproc.py"),
         }
+        if args.uds:
+            targets["aigrid serve, body, unix socket"] = serve_uds("serve-uds")
+            targets["bare pass-through, unix socket"] = bare_server("bare-uds", "bare_extproc.py", uds=True)
+        for i, flags in enumerate(args.bare_variant):
+            targets[f"bare pass-through {flags}"] = bare_server(f"bare-v{i}", "bare_extproc.py", *flags.split())
         if args.envoy_data_plane:
             targets["bare pass-through (envoy-data-plane, 2 messages)"] = bare_server("bare-edp", "bare_extproc_edp.py")
         if args.mutating_bare:
@@ -134,17 +174,41 @@ def main() -> int:
             t.add_row(k, f"{med[k]:.0f}", f"{statistics.median(rps[k]):.0f}")
         console.print(t)
         base = med["bare pass-through (grpcio, 2 messages)"]
+        bare_key = "bare pass-through (grpcio, 2 messages)"
+
+        def paired(name: str) -> float:
+            """Median over rounds of this round's ratio: the targets of one round run back to back, so a
+            slow drift of the shared box's load cancels out of each pair."""
+            return statistics.median(a / b for a, b in zip(per_req[name], per_req[bare_key]))
+
         result = {
             "cpu_us_per_request": med,
             "ratio_headers_only": med["aigrid serve, headers only"] / base,
             "ratio_body": med["aigrid serve, body"] / base,
+            "paired_ratio_headers_only": paired("aigrid serve, headers only"),
+            "paired_ratio_body": paired("aigrid serve, body"),
+            "per_round_cpu_us": per_req,
+            "load_avg": os.getloadavg()[0],
         }
+        if args.uds:
+            # Each transport against its own bare floor, and the socket's effect on each server.
+            ub = med["bare pass-through, unix socket"]
+            result["ratio_body_uds"] = med["aigrid serve, body, unix socket"] / ub
+            result["uds_over_tcp_bare"] = ub / base
+            result["uds_over_tcp_serve_body"] = med["aigrid serve, body, unix socket"] / med["aigrid serve, body"]
+        if args.bare_variant:
+            result["bare_variants_over_bare"] = {f: med[f"bare pass-through {f}"] / base for f in args.bare_variant}
         if args.mutating_bare:
             result["ratio_mutating_bare"] = med["bare + the gateway's header mutations"] / base
         if args.envoy_data_plane:
             result["ratio_envoy_data_plane_bare"] = med["bare pass-through (envoy-data-plane, 2 messages)"] / base
         console.print(f"headers only / bare = {result['ratio_headers_only']:.2f} (goal <= 1.0); "
                       f"body / bare = {result['ratio_body']:.2f} (goal <= 1.15)")
+        result["decision_steps"] = {
+            g: sorted({line.split('step="', 1)[1].split('"', 1)[0] for line in gw.metrics().splitlines()
+                       if line.startswith("aigrid_decisions_total{")})
+            for g, gw in (("body", body_gw), ("headers_only", headers_gw))
+        }
         print(json.dumps(result))
     finally:
         st.group.stop_all()

@@ -73,15 +73,15 @@ def report(seq: int) -> bytes:
 def publisher_process(url: str, n: int, interval_s: float, start_at: float, out: "mp.Queue[list[tuple[int, float]]]") -> None:
     async def run() -> list[tuple[int, float]]:
         pub = Publisher(RedisSettings(url=url))
-        key = RedisKeys().report(SITE, NODE)
+        key, channel = RedisKeys().report(SITE, NODE), RedisKeys().site_reports_channel(SITE)
         stamps: list[tuple[int, float]] = []
-        await pub.send(Outgoing(key, report(1), 60_000))  # connect outside the measurement
+        await pub.send(Outgoing(key, report(1), 60_000, channel))  # connect outside the measurement
         while time.monotonic() < start_at:
             await asyncio.sleep(0.005)
         for seq in range(2, n + 2):
             data = report(seq)
             t = time.monotonic()
-            await pub.send(Outgoing(key, data, 60_000))
+            await pub.send(Outgoing(key, data, 60_000, channel))
             stamps.append((seq, t))
             await asyncio.sleep(interval_s)
         return stamps

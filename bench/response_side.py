@@ -164,7 +164,7 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
             "ext_proc": {"observability": {"usage": True, "usage_via": "ext_proc"}},
             "ext_proc+inject": {"observability": {"usage": True, "usage_via": "ext_proc", "inject_stream_usage": True}},
         }
-        gws = {k: st.add_gateway(extra=v, strategy="least_loaded") for k, v in configs.items()}
+        gws = {k: st.add_gateway(extra=v, strategy="least_loaded", stale_after_s=600) for k, v in configs.items()}
         for gw in gws.values():
             envoy_ready(gw)
         st.publish_idle(*gws.values())
@@ -214,8 +214,10 @@ def cpu_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore
 def latency_part(args: argparse.Namespace, root: Path, log) -> dict:  # type: ignore[no-untyped-def]
     st = make_stack(root / "lat")
     try:
-        routing = st.add_gateway()
-        observing = st.add_gateway(extra={"observability": {"usage": True}})  # access_log (default)
+        # stale_after_s: the load is published once and must stay fresh for the whole run, or every decision
+        # would be the stale-map fallback instead of the default profile's steps.
+        routing = st.add_gateway(stale_after_s=600)
+        observing = st.add_gateway(extra={"observability": {"usage": True}}, stale_after_s=600)  # access_log (default)
         for gw in (routing, observing):
             envoy_ready(gw)
         st.publish_idle(routing, observing)

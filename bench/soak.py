@@ -44,6 +44,23 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+def compressor_worker(pid: int) -> list[int]:
+    """The model worker among pid's descendants (a child of the compressor's forkserver), by the name it
+    gives itself."""
+    from extproc.gateway.compression.runtime.process import WORKER_COMM
+
+    found, frontier = [], [pid]
+    while frontier:
+        for kid, _ in children(frontier.pop()):
+            frontier.append(kid)
+            try:
+                if Path(f"/proc/{kid}/comm").read_text().strip() == WORKER_COMM:
+                    found.append(kid)
+            except OSError:
+                pass
+    return found
+
+
 def children(pid: int) -> list[tuple[int, str]]:
     out = []
     for d in Path("/proc").iterdir():
@@ -132,7 +149,7 @@ def main() -> int:
     with stack:
         serve = stack.serve_proc
         envoy = stack.process("envoy")
-        worker = [p for p, cmd in children(serve.pid) if "spawn_main" in cmd]
+        worker = compressor_worker(serve.pid)
         pids = {"ext_proc": serve.pid, "envoy": envoy.pid, "compressor": worker[0] if worker else None}
         print(f"soak: {args.duration:.0f}s at {args.rate:g} req/s through {stack.url}; RSS of {pids}", flush=True)
         load = OpenLoop(f"{stack.url}/v1/chat/completions", body, args.rate, timeout_s=60).start()

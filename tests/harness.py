@@ -210,7 +210,7 @@ class Stack:
         keys = RedisKeys(self.prefix)
         c = self.redis()
         c.set(keys.report(site, node), data, px=ttl_ms)
-        c.publish(keys.reports_channel, data)
+        c.publish(keys.site_reports_channel(site), data)
         c.close()
 
     def publish_idle(self, *gateways: Gateway) -> None:

@@ -29,7 +29,8 @@ from pathlib import Path
 # extproc/gateway/operator/drain.py); tests/deploy/test_redis_acl.py runs each role against a real redis-server
 # with these rules and checks a role cannot do another's writes.
 ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
-    "gateway": ("ping", "select", "get", "pttl", "scan", "smembers", "subscribe", "unsubscribe"),
+    "gateway": ("ping", "select", "get", "pttl", "scan", "smembers", "subscribe", "unsubscribe", "psubscribe",
+                "punsubscribe"),
     "agent": ("ping", "select", "set", "publish"),
     "operator": ("ping", "select", "get", "pttl", "scan", "smembers", "sadd", "srem", "publish", "subscribe",
                  "unsubscribe"),
@@ -43,9 +44,14 @@ def role_keys(role: str, prefix: str) -> tuple[list[str], list[str]]:
     if role == "admin":
         return [], []
     if role == "agent":
-        return [f"{prefix}:report:*"], [f"{prefix}:reports"]
+        # One agent user for every site here (one Secret for the DaemonSet); deploy/redis/users.acl shows
+        # the stricter layout, a user per site confined to its own keys and channel.
+        return [f"{prefix}:report:*"], [f"{prefix}:reports:*"]
     if role == "gateway":
-        return [f"{prefix}:*"], [f"{prefix}:reports", f"{prefix}:control", f"{prefix}:inflight"]
+        # reports:* literally: the gateway PSUBSCRIBEs that pattern; reports: the shared channel of agents
+        # from before per-site channels, read during an upgrade.
+        return [f"{prefix}:*"], [f"{prefix}:reports", f"{prefix}:reports:*", f"{prefix}:control",
+                                 f"{prefix}:inflight"]
     return [f"{prefix}:*"], [f"{prefix}:control", f"{prefix}:reports"]
 
 

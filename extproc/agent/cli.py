@@ -98,7 +98,7 @@ async def _once(agent: Agent, dry_run: bool) -> int:
             return 2
         print(MessageToJson(report, preserving_proto_field_name=True, indent=2))
         if not dry_run:
-            item = (agent.key, encode_report(report), agent.config.effective_ttl_ms)
+            item = (agent.key, encode_report(report), agent.config.effective_ttl_ms, agent.channel)
             try:
 
                 await agent.publisher.send(Outgoing(*item))

@@ -1,4 +1,5 @@
-"""Report bytes → Redis: SET the node's key with a TTL (PX), then PUBLISH the same bytes for push updates.
+"""Report bytes → Redis: SET the node's key with a TTL (PX), then PUBLISH the same bytes on the site's own
+channel for push updates (an ACL user per site may write only its own key space and channel).
 
 The publisher holds a single slot: offering a new report replaces one not yet sent. With Redis down the
 agent therefore keeps only its latest report (memory stays flat however long the outage lasts) and sends
@@ -14,8 +15,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from redis.exceptions import NoPermissionError
+
 from extproc.wire.redisconn.settings import RedisSettings
-from extproc.wire.loadreport.keys import RedisKeys
 from extproc.wire.redisconn.client import is_cluster, make_async_client, redacted_url
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class Outgoing:
     key: str
     data: bytes
     ttl_ms: int
+    channel: str  # the site's own reports channel (RedisKeys.site_reports_channel)
 
 
 class Publisher:
@@ -38,7 +41,6 @@ class Publisher:
         client_factory: Callable[[RedisSettings], object] = make_async_client,
     ) -> None:
         self._settings = settings
-        self._keys = RedisKeys(settings.key_prefix)
         self._factory = client_factory
         self._pending: Outgoing | None = None
         self._wake = asyncio.Event()
@@ -50,6 +52,7 @@ class Publisher:
         self.sent = 0
         self.failures = 0
         self.replaced = 0
+        self.refused = 0  # refused by the Redis ACL (NOPERM)
 
     @property
     def connected(self) -> bool:
@@ -59,11 +62,11 @@ class Publisher:
     def pending(self) -> Outgoing | None:
         return self._pending
 
-    def offer(self, key: str, data: bytes, ttl_ms: int) -> None:
+    def offer(self, key: str, data: bytes, ttl_ms: int, channel: str) -> None:
         """Queue a report for sending, replacing any report still waiting."""
         if self._pending is not None:
             self.replaced += 1
-        self._pending = Outgoing(key, data, ttl_ms)
+        self._pending = Outgoing(key, data, ttl_ms, channel)
         self._wake.set()
 
     def stop(self) -> None:
@@ -84,11 +87,11 @@ class Publisher:
         # has no key, so a Redis Cluster cannot put it in a slot's transaction or even its pipelines.
         if is_cluster(self._client):
             await self._client.set(item.key, item.data, px=item.ttl_ms)  # type: ignore[attr-defined]
-            await self._client.publish(self._keys.reports_channel, item.data)  # type: ignore[attr-defined]
+            await self._client.publish(item.channel, item.data)  # type: ignore[attr-defined]
             return
         pipe = self._client.pipeline(transaction=False)  # type: ignore[attr-defined]
         pipe.set(item.key, item.data, px=item.ttl_ms)
-        pipe.publish(self._keys.reports_channel, item.data)
+        pipe.publish(item.channel, item.data)
         await pipe.execute()
 
     async def run(self) -> None:
@@ -108,6 +111,12 @@ class Publisher:
                     raise
                 except Exception as exc:  # any Redis/network error: keep the latest report, back off
                     self.failures += 1
+                    if isinstance(exc, NoPermissionError):
+                        # The ACL refuses this agent's user the key or channel: a misconfigured site name
+                        # or credentials of another site. Retrying will not help; say so loudly.
+                        self.refused += 1
+                        log.error("redis refused the report (%s): this agent's user may not write %s or %s",
+                                  exc, item.key, item.channel)
                     if self._connected:
                         log.warning(
                             "redis publish failed (%s: %s); keeping only the latest report, reconnecting",

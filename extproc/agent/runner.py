@@ -52,6 +52,11 @@ class Agent:
         self._session: aiohttp.ClientSession | None = None
 
     @property
+    def channel(self) -> str:
+        """The site's own reports channel."""
+        return self.keys.site_reports_channel(self.config.site)
+
+    @property
     def key(self) -> str:
         return self.keys.report(self.config.site, self.config.node)
 
@@ -116,7 +121,7 @@ class Agent:
             return None
 
     def publish(self, report: NodeLoadReport) -> None:
-        self.publisher.offer(self.key, encode_report(report), self.config.effective_ttl_ms)
+        self.publisher.offer(self.key, encode_report(report), self.config.effective_ttl_ms, self.channel)
 
     # -- the loop ---------------------------------------------------------------------------------------
     async def _poll_loop(self, source: Source) -> None:

@@ -224,3 +224,67 @@ def test_script_of() -> None:
 def test_is_subsequence() -> None:
     assert is_subsequence(["a", "c"], ["a", "b", "c"])
     assert not is_subsequence(["c", "a"], ["a", "b", "c"])
+
+
+# ---- the Responses API under chat's rules ------------------------------------------------------------------
+RESPONSES = "/v1/responses"
+
+
+def _as_responses(chat: dict) -> dict:
+    """The same conversation in the Responses API's shape: the system message becomes `instructions`,
+    the others input items with typed text parts (tool messages: function-call outputs)."""
+    msgs = chat["messages"]
+    out: dict = {"model": "m", "instructions": msgs[0]["content"], "input": []}
+    for m in msgs[1:]:
+        if m["role"] == "tool":
+            out["input"].append({"type": "function_call_output", "call_id": "c1", "output": m["content"]})
+        else:
+            kind = "output_text" if m["role"] == "assistant" else "input_text"
+            out["input"].append({"type": "message", "role": m["role"], "content": [{"type": kind, "text": m["content"]}]})
+    return out
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_responses_input_items_are_segmented_like_the_same_chat(earlier: bool) -> None:
+    chat = {"messages": [
+        {"role": "system", "content": "Answer from the documents. " + LONG},
+        {"role": "user", "content": LONG},
+        {"role": "assistant", "content": "Noted: " + LONG},
+        {"role": "tool", "content": LONG},
+        {"role": "user", "content": "Intro.\n\nDocument [1]: " + LONG + "\n\nDocument [2]: " + LONG + "\n\nQuestion: why?"},
+    ]}
+    opts = SegmentOptions(min_segment_tokens=10, rewrite_earlier_turns=earlier)
+    a, b = segment(CHAT, chat, opts), segment(RESPONSES, _as_responses(chat), opts)
+    assert [[(p.text, p.compress) for p in s.pieces] for s in a.slots] == [[(p.text, p.compress) for p in s.pieces] for s in b.slots]
+    assert (a.question, a.compressible_tokens, a.total_tokens, len(a.documents)) == (
+        b.question, b.compressible_tokens, b.total_tokens, len(b.documents))
+    assert b.compressible_tokens > 0 and b.slots[0].path == ("instructions",)
+    assert not any(p.compress for p in b.slots[0].pieces)  # instructions: the system prompt, kept
+
+
+def test_responses_string_input_and_rebuild() -> None:
+    text = "Intro.\n\nDocument [1]: " + LONG + "\n\nDocument [2]: " + LONG + "\n\nQuestion: why?"
+    body = {"model": "m", "instructions": "be brief", "input": text, "previous_response_id": "resp_1", "store": True}
+    seg = segment(RESPONSES, body, OPTS)
+    assert seg.question == "Question: why?" and len(seg.documents) == 2
+    assert segment(CHAT, {"messages": [{"role": "user", "content": text}]}, OPTS).compressible_tokens == seg.compressible_tokens
+    si = next(i for i, s in enumerate(seg.slots) if s.path == ("input",))
+    pi = next(i for i, p in enumerate(seg.slots[si].pieces) if p.compress)
+    out = rebuild(body, seg, {(si, pi): "short"})
+    assert out["input"] != text and "short" in out["input"] and out["input"].endswith("Question: why?")
+    assert {k: v for k, v in out.items() if k != "input"} == {k: v for k, v in body.items() if k != "input"}
+    assert body["input"] == text  # not modified in place
+
+
+def test_responses_items_we_do_not_know_are_kept() -> None:
+    body = {"model": "m", "input": [
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": LONG}]},
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": LONG},
+        {"type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "x"}, {"type": "input_text", "text": LONG}]},
+        "not an item", {"role": ["odd"], "content": LONG},
+    ]}
+    seg = segment(RESPONSES, body, OPTS)
+    assert [s.path for s in seg.slots] == [("input", 2, "content", 1, "text"), ("input", 4, "content")]
+    assert not any(p.compress for p in seg.slots[1].pieces)
+    for bad in ({"input": 3}, {"input": None, "instructions": 7}, {"input": [None, []]}):
+        assert segment(RESPONSES, bad, OPTS).compressible_tokens == 0

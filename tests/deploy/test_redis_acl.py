@@ -62,7 +62,7 @@ async def test_each_role_does_its_job(acl_redis):
     try:
         # ...the agent publishes with its own...
         pub = Publisher(RedisSettings(url=values["agent-url"]))
-        await pub.send(Outgoing(keys.report("edge", "n1"), _report(1), 5000))
+        await pub.send(Outgoing(keys.report("edge", "n1"), _report(1), 5000, keys.site_reports_channel("edge")))
         for _ in range(200):
             snap = reader.snapshot
             if snap.connected and "edge" in snap.sites:
@@ -100,6 +100,8 @@ def test_roles_cannot_do_each_others_writes(acl_redis):
         gw.set(keys.report("edge", "n1"), b"forged")
     with pytest.raises(redis.exceptions.NoPermissionError):
         gw.publish(keys.reports_channel, b"forged")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        gw.publish(keys.site_reports_channel("edge"), b"forged")
     with pytest.raises(redis.exceptions.NoPermissionError):
         gw.publish(keys.control_channel, b"forged")
     with pytest.raises(redis.exceptions.NoPermissionError):

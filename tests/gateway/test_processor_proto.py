@@ -76,7 +76,7 @@ def chat(model: str = "small", text: str = "hello") -> bytes:
 
 
 async def test_inspected_request_asks_for_the_body_then_routes_with_it():
-    proc, _ = make()
+    proc, _ = make("routing: {profile: spill}\n")  # idle sites: the spill policy keeps it home (edge)
     body = chat()
     r1, r2 = await run(proc, headers_msg("POST", "/v1/chat/completions", length=len(body)), body_msg(body))
     assert r1.WhichOneof("response") == "request_headers"

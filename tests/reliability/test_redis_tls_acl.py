@@ -1,6 +1,6 @@
 """TLS to a real `redis-server --tls-port` (client certificates required) with the shipped ACL file
-(deploy/redis/users.acl): the gateway reads and subscribes, each agent writes only its own site's keys,
-the operator only the drain set — and every one of them is refused anything else."""
+(deploy/redis/users.acl): the gateway reads and subscribes, each agent writes only its own site's keys
+and channel, the operator only the drain set — and every one of them is refused anything else."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ async def test_gateway_sees_agent_reports_and_drains_over_tls_with_least_privile
     pub = Publisher(RedisSettings(url=_url(port, files, "aigrid-agent-edge")))
     task = asyncio.create_task(pub.run())
     try:
-        pub.offer(KEYS.report("edge", "n1"), _report("edge"), 10_000)
+        pub.offer(KEYS.report("edge", "n1"), _report("edge"), 10_000, KEYS.site_reports_channel("edge"))
         for _ in range(100):
             if "edge" in reader.snapshot.sites:
                 break
@@ -100,16 +100,80 @@ async def test_gateway_sees_agent_reports_and_drains_over_tls_with_least_privile
         await reader.stop()
 
 
+async def test_an_agent_cannot_publish_or_write_another_sites_report(tls_redis) -> None:
+    """The edge agent's credentials, used (by mistake or malice) for a report of site remote: Redis refuses
+    both the key and the channel, the agent counts the refusal, and the gateway never sees it; the remote
+    site's own agent still reaches the gateway beside edge's (the gateway reads every site)."""
+    port, files = tls_redis
+    reader = LoadMapReader(RedisSettings(url=_url(port, files, "aigrid-gateway"), resync_interval_s=0.3))
+    reader.start()
+    edge = Publisher(RedisSettings(url=_url(port, files, "aigrid-agent-edge")))
+    remote = Publisher(RedisSettings(url=_url(port, files, "aigrid-agent-remote")))
+    pubs = [edge, remote]
+    tasks = [asyncio.create_task(p.run()) for p in pubs]
+    try:
+        forged = _report("remote", "forged")
+        edge.offer(KEYS.report("remote", "forged"), forged, 10_000, KEYS.site_reports_channel("remote"))
+        for _ in range(100):
+            if edge.refused:
+                break
+            await asyncio.sleep(0.05)
+        assert edge.refused >= 1 and edge.sent == 0
+        # Not even the shared channel of before the upgrade, nor edge's own channel, carries it.
+        agent = _sync(port, files, "aigrid-agent-edge")
+        for cmd in (("SET", KEYS.report("remote", "forged"), forged, "PX", 10_000),
+                    ("PUBLISH", KEYS.site_reports_channel("remote"), forged),
+                    ("PUBLISH", KEYS.reports_channel, forged)):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                agent.execute_command(*cmd)
+        # On its own channel Redis lets it through, and the gateway refuses and counts it.
+        rejected = reader.refused["wrong_channel"]
+        for _ in range(100):  # the reader's PSUBSCRIBE may still be on its way
+            agent.publish(KEYS.site_reports_channel("edge"), forged)
+            if reader.refused["wrong_channel"] > rejected:
+                break
+            await asyncio.sleep(0.05)
+        agent.close()
+        assert reader.refused["wrong_channel"] > rejected
+        edge.stop()
+        edge2 = Publisher(RedisSettings(url=_url(port, files, "aigrid-agent-edge")))
+        pubs.append(edge2)
+        tasks.append(asyncio.create_task(edge2.run()))
+        edge2.offer(KEYS.report("edge", "n1"), _report("edge"), 10_000, KEYS.site_reports_channel("edge"))
+        remote.offer(KEYS.report("remote", "n1"), _report("remote"), 10_000, KEYS.site_reports_channel("remote"))
+        for _ in range(100):
+            if {"edge", "remote"} <= reader.snapshot.sites.keys():
+                break
+            await asyncio.sleep(0.05)
+        assert {"edge", "remote"} <= reader.snapshot.sites.keys()
+        resyncs = reader.resyncs
+        for _ in range(100):
+            if reader.resyncs >= resyncs + 1:
+                break
+            await asyncio.sleep(0.05)
+        assert reader.snapshot.sites["remote"].nodes == 1  # n1 only: the forged node never got in
+        assert edge2.refused == 0 and remote.refused == 0
+    finally:
+        for p in pubs:
+            p.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await reader.stop()
+
+
 @pytest.mark.parametrize(
     ("user", "allowed", "refused"),
     [
         ("aigrid-gateway",
          [("GET", KEYS.report("edge", "n1")), ("SMEMBERS", KEYS.drained), ("PTTL", KEYS.report("edge", "n1"))],
          [("SET", KEYS.report("edge", "n1"), b"x"), ("SADD", KEYS.drained, "edge"), ("PUBLISH", KEYS.reports_channel, b"x"),
+          ("PUBLISH", KEYS.site_reports_channel("edge"), b"x"),
           ("GET", "other:key"), ("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*")]),
         ("aigrid-agent-edge",
-         [("SET", KEYS.report("edge", "n9"), b"x", "PX", 1000), ("PUBLISH", KEYS.reports_channel, b"x")],
-         [("SET", KEYS.report("remote", "n1"), b"x"), ("GET", KEYS.report("edge", "n9")), ("SADD", KEYS.drained, "edge"),
+         [("SET", KEYS.report("edge", "n9"), b"x", "PX", 1000), ("PUBLISH", KEYS.site_reports_channel("edge"), b"x")],
+         [("SET", KEYS.report("remote", "n1"), b"x"), ("PUBLISH", KEYS.site_reports_channel("remote"), b"x"),
+          ("PUBLISH", KEYS.reports_channel, b"x"), ("GET", KEYS.report("edge", "n9")), ("SADD", KEYS.drained, "edge"),
           ("PUBLISH", KEYS.control_channel, b"x"), ("DEL", KEYS.report("remote", "n1")), ("FLUSHALL",)]),
         ("aigrid-operator",
          [("SADD", KEYS.drained, "x"), ("SREM", KEYS.drained, "x"), ("PUBLISH", KEYS.control_channel, b"undrain x")],

@@ -15,10 +15,12 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from extproc.gateway.compression.core.cache import quantize_rate
 from extproc.gateway.compression.core.coarse import MAX_RANK_CHARS, CoarseRanker
@@ -30,16 +32,19 @@ from extproc.gateway.compression.core.pipeline import (
 from extproc.gateway.compression.core.rate import RateInputs, RatePolicy, decide_rate
 from extproc.gateway.compression.core.segment import Segmentation, rebuild
 from extproc.gateway.compression.seam import Rewrite, RewriteRequest, Skip
-from extproc.gateway.routing.framework import Decision
 from extproc.gateway.config.compression import CompressionSettings
 from extproc.gateway.request.openai import estimate_tokens
-from extproc.wire.contract import CHAT_PATH, COMPLETIONS_PATH, COMPRESSION_HEADER
+from extproc.gateway.routing.framework import Decision
+from extproc.wire.contract import CHAT_PATH, COMPLETIONS_PATH, COMPRESSION_HEADER, RESPONSES_PATH
+
+if TYPE_CHECKING:
+    from extproc.gateway.compression.runtime.process import ProcessCompressor
 
 log = logging.getLogger(__name__)
 
 # The request header that says what compression did (or why not), and the paths it compresses.
 HEADER = COMPRESSION_HEADER
-PATHS = (CHAT_PATH, COMPLETIONS_PATH)
+PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
 # The rewriter's own deadline is this share of compression.deadline_ms, so it answers (with a reason)
 # before the gateway's wait_for cancels it.
 OWN_DEADLINE_SHARE = 0.85
@@ -95,10 +100,34 @@ class CompressionMetrics:
         )
 
 
+class WorkerCollector(Collector):
+    """The model worker process's supervision state, read at scrape time from the ProcessCompressor that
+    owns it (its supervisor thread counts; nothing here is updated on the request path)."""
+
+    def __init__(self, worker: ProcessCompressor) -> None:
+        self.worker = worker
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        up = GaugeMetricFamily(
+            "aigrid_compression_worker_up",
+            "1 while the compressor's model worker process is serving; 0 while it is being restarted "
+            "(requests pass through uncompressed)",
+        )
+        up.add_metric([], 1.0 if self.worker.up() else 0.0)
+        yield up
+        restarts = CounterMetricFamily(
+            "aigrid_compression_worker_restarts",
+            "Times the compressor's model worker process was started again after it died",
+        )
+        restarts.add_metric([], float(self.worker.restarts))
+        yield restarts
+
+
 # Skip reasons are a fixed vocabulary (bounded metric labels).
 SKIP_REASONS = frozenset({
     "path", "nothing_to_compress", "short", "unknown_load", "idle", "deadline", "break_even", "no_gain",
     "no_change", "encode", "error", "fine_saturated", "fine_deadline", "fine_language", "fine_empty",
+    "fine_restarting", "fine_error",
 })
 
 
@@ -119,6 +148,12 @@ class CompressionRewriter:
         self.settings = settings
         self.pipeline = CompressionPipeline(settings, fine, ranker)
         self.metrics = CompressionMetrics(registry)
+        if fine is not None:
+            # A model is configured, so its runtime (numpy, torch) is installed: only then is it imported.
+            from extproc.gateway.compression.runtime.process import ProcessCompressor  # noqa: PLC0415
+
+            if isinstance(fine, ProcessCompressor):
+                self.metrics.registry.register(WorkerCollector(fine))
         s = settings
         self.policy = RatePolicy(
             start_pressure=s.start_pressure,

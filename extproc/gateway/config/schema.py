@@ -14,6 +14,8 @@ from extproc.wire.redisconn.settings import RedisSettings
 from extproc.wire.sites import SiteRole
 
 HostPort = Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]
+# host:port, or a Unix socket as gRPC writes it (unix:/absolute/path): no port, file-system permissions.
+ListenAddress = Annotated[str, Field(pattern=r"^([^\s:]+:\d{1,5}|unix:/\S+)$")]
 
 
 class _Strict(BaseModel):
@@ -176,8 +178,9 @@ class SloSettings(_Strict):
 
 
 class GatewaySettings(_Strict):
-    # ext_proc gRPC listen address.
-    listen: HostPort = "127.0.0.1:50051"
+    # ext_proc gRPC listen address: host:port, or unix:/path for a Unix socket (Envoy on the same host; the
+    # socket file's permissions say who may connect; no TLS needed or allowed there).
+    listen: ListenAddress = "127.0.0.1:50051"
     # Prometheus metrics (HTTP); empty string disables.
     metrics_listen: str = "127.0.0.1:9464"
     # Largest request body the gateway looks at; matched to Envoy's buffer limit and gRPC's max message.
@@ -197,6 +200,12 @@ class GatewaySettings(_Strict):
     # signed may connect). Needed when Envoy is not on this host; on loopback it is optional.
     tls: ServerTls | None = None
 
+    @model_validator(mode="after")
+    def _unix_has_no_tls(self) -> "GatewaySettings":
+        if self.tls is not None and self.listen.startswith("unix:"):
+            raise ValueError("gateway.tls does not apply to a Unix socket (gateway.listen: unix:...)")
+        return self
+
 
 class EnvoySettings(_Strict):
     listen_address: str = "0.0.0.0"
@@ -214,7 +223,7 @@ class EnvoySettings(_Strict):
     route_timeout_s: float = Field(default=600, ge=0)
     health_check_interval_ms: int = Field(default=1000, ge=100)
     # Where Envoy reaches the ext_proc server, when not gateway.listen (e.g. a container name:port).
-    extproc_address: HostPort | None = None
+    extproc_address: ListenAddress | None = None
     # JSON access log on stdout (method, path, status, site, cluster, duration).
     access_log: bool = False
     # TLS on the client listener (client_ca_path: clients must present a certificate).

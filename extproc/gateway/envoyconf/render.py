@@ -135,6 +135,8 @@ def _aggregate_cluster(site: SiteConfig, cfg: GatewayConfig) -> dict[str, Any]:
 
 def _extproc_cluster(cfg: GatewayConfig) -> dict[str, Any]:
     c = _extproc_cluster_base(cfg)
+    if cfg.envoy.extproc_tls is not None and (cfg.envoy.extproc_address or cfg.gateway.listen).startswith("unix:"):
+        raise ValueError("envoy.extproc_tls does not apply to a Unix socket ext_proc address")
     if cfg.envoy.extproc_tls is not None:
         host = _split_hostport(cfg.envoy.extproc_address or cfg.gateway.listen)[0]
         c["transport_socket"] = tls.upstream(cfg.envoy.extproc_tls, host, alpn=["h2"])
@@ -142,13 +144,22 @@ def _extproc_cluster(cfg: GatewayConfig) -> dict[str, Any]:
 
 
 def _extproc_cluster_base(cfg: GatewayConfig) -> dict[str, Any]:
-    host, port = _split_hostport(cfg.envoy.extproc_address or cfg.gateway.listen)
-    if host in ("0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
+    addr = cfg.envoy.extproc_address or cfg.gateway.listen
     n = cfg.envoy.extproc_max_streams
+    if addr.startswith("unix:"):
+        # A Unix socket: Envoy connects to the path (a `pipe` address); no port, no DNS.
+        kind = "STATIC"
+        assignment = {"cluster_name": EXTPROC_CLUSTER, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"pipe": {"path": addr[len("unix:"):]}}}}]}]}
+    else:
+        host, port = _split_hostport(addr)
+        if host in ("0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        kind = "STATIC" if _is_ip(host) else "STRICT_DNS"
+        assignment = _endpoints(EXTPROC_CLUSTER, [f"{host}:{port}"])
     return {
         "name": EXTPROC_CLUSTER,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": kind,
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -166,7 +177,7 @@ def _extproc_cluster_base(cfg: GatewayConfig) -> dict[str, Any]:
                 {"max_connections": n, "max_pending_requests": n, "max_requests": n, "max_retries": 16}
             ]
         },
-        "load_assignment": _endpoints(EXTPROC_CLUSTER, [f"{host}:{port}"]),
+        "load_assignment": assignment,
     }
 
 

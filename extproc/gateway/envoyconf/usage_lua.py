@@ -17,6 +17,7 @@ anyway (the spec dispatches an event only at its blank line).
 from __future__ import annotations
 
 from extproc.gateway.observe.request import USAGE_NAMESPACE
+from extproc.gateway.observe.usage import ID_SEARCH_BYTES
 from extproc.wire.contract import OBS_HEADER
 
 # Bytes of the response tail kept: a usage chunk or object is ~200 bytes; generous for cached/reasoning
@@ -27,6 +28,7 @@ NAMESPACE = USAGE_NAMESPACE
 SOURCE = (
     r"""
 local TAIL = %(tail)d
+local HEAD = %(head)d
 local MAX_PENDING = 1048576
 
 local function last_usage(s)
@@ -99,6 +101,10 @@ function envoy_on_request(handle)
   if v ~= nil and string.match(v, "^1;[^;]*;[^;]*;1%%d;") then
     handle:streamInfo():dynamicMetadata():set("%(ns)s", "strip", true)
   end
+  -- A Responses API request with a conversation key (a sixth field): read the response's id.
+  if v ~= nil and string.match(v, "^1;[^;]*;[^;]*;%%d%%d;[^;]*;.") then
+    handle:streamInfo():dynamicMetadata():set("%(ns)s", "chain", true)
+  end
 end
 
 function envoy_on_response(handle)
@@ -108,10 +114,15 @@ function envoy_on_response(handle)
     local ct = handle:headers():get("content-type") or ""
     strip = string.find(ct, "text/event-stream", 1, true) ~= nil
   end
+  local chain = state ~= nil and state["chain"] == true
+  local head = ""
   local tail, pending, cut = "", "", 0
   local parts, first, last, size = {}, 1, 0, 0
   for chunk in handle:bodyChunks() do
     local n = chunk:length()
+    if chain and n > 0 and #head < HEAD then
+      head = head .. chunk:getBytes(0, math.min(n, HEAD - #head))
+    end
     if strip and (n > 0 or #pending > 0) then
       -- Only complete events go on; an event split across chunks goes out whole with the next one.
       local bytes = chunk:getBytes(0, n)
@@ -148,7 +159,11 @@ function envoy_on_response(handle)
     if m ~= nil then md:set("%(ns)s", "model", m) end
   end
   if cut > 0 then md:set("%(ns)s", "stripped", cut) end
+  if chain then
+    local rid = string.match(head, '"id"%%s*:%%s*"(resp_[%%w_%%-]+)"')
+    if rid ~= nil and #rid <= 205 then md:set("%(ns)s", "response_id", rid) end
+  end
 end
 """
-    % {"tail": TAIL_BYTES, "ns": NAMESPACE, "obs": OBS_HEADER}
+    % {"tail": TAIL_BYTES, "ns": NAMESPACE, "obs": OBS_HEADER, "head": ID_SEARCH_BYTES}
 )

@@ -1,14 +1,25 @@
 """Redis → in-memory load snapshot. The adapter between Redis and the pure load-map functions.
 
-Pushes arrive on the reports channel; a full read (SCAN + GET/PTTL) every resync interval repairs anything
-a lost message or a reconnect missed, and drops nodes whose keys expired. The request path only ever
-reads `reader.snapshot`, an immutable object swapped whole: it never waits on Redis. With Redis down the
+Pushes arrive on each site's own channel (`<prefix>:reports:<site>`, one PSUBSCRIBE); a full read (SCAN +
+GET/PTTL) every resync interval repairs anything a lost message or a reconnect missed, and drops nodes
+whose keys expired.
+
+Ownership: with the shipped ACL (`deploy/redis/users.acl`) each site's agent may write only its own key
+space and channel, so Redis refuses a report for another site. The reader checks the same thing itself
+and counts each refusal by reason (`refused`): a report on one site's channel that names another site
+(`wrong_channel`), a key that holds another node's report (`wrong_key`), and a push on the shared channel
+of agents from before per-site channels that is not what its site's key holds (`not_its_key`). That
+shared channel is still read while `redis.read_shared_reports_channel` is on (an upgrade), but only as
+a hint: the reader applies the site's own key, which only that site's agent can write.
+
+The request path only ever reads `reader.snapshot`, an immutable object swapped whole: it never waits on Redis. With Redis down the
 last snapshot stays in place, ages, and the policy treats it as stale once it passes `stale_after_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -64,6 +75,8 @@ class LoadMapReader:
         # Counters, exposed as gateway metrics.
         self.reports_accepted = 0
         self.reports_rejected = 0
+        # Reports refused because their channel or key does not belong to the site they name (by reason).
+        self.refused: collections.Counter[str] = collections.Counter()
         self.resyncs = 0
         self.reconnects = 0
 
@@ -112,22 +125,59 @@ class LoadMapReader:
             except Exception:  # a listener's bug must not stop the map
                 log.exception("load map listener failed")
 
-    def _rejected(self, where: str, why: str) -> None:
+    def _rejected(self, where: str, why: str, refusal: str | None = None) -> None:
         self.reports_rejected += 1
+        if refusal is not None:
+            self.refused[refusal] += 1
         now = self._clock()
         # One log line per source per minute: a misbehaving writer must not flood the log.
         if now - self._last_reject_log.get(where, -1e9) >= 60.0:
             self._last_reject_log[where] = now
             log.warning("load report rejected (%s): %s", where, why)
 
-    def ingest(self, data: bytes, where: str, age_s: float = 0.0) -> bool:
-        """Apply one report's bytes; returns whether the map changed. Never raises on bad input."""
+    def ingest(self, data: bytes, where: str, age_s: float = 0.0, *, site: str | None = None) -> bool:
+        """Apply one report's bytes; returns whether the map changed. Never raises on bad input.
+        `site`: the site whose channel carried it; a report naming another site is refused."""
         try:
             report = decode_report(data)
         except ReportRejected as exc:
             self._rejected(where, str(exc))
             return False
+        if site is not None and report.site != site:
+            # `where` stays "pubsub": the log's rate limit is per source, and channel names are the writer's.
+            self._rejected(where, f"a report for site {report.site!r} on the channel of {site[:64]!r}", "wrong_channel")
+            return False
         self._nodes, changed = apply_report(self._nodes, report, self._clock() - age_s)
+        if changed:
+            self.reports_accepted += 1
+        return changed
+
+    async def _ingest_shared(self, client, data: bytes) -> bool:  # type: ignore[no-untyped-def]
+        """A push on the shared channel (an agent from before per-site channels): anyone allowed on that
+        channel could name any site there, so the push only says which key to read; the key (which only
+        the site's own agent can write) is what is applied."""
+        try:
+            report = decode_report(data)
+        except ReportRejected as exc:
+            self._rejected("pubsub", str(exc))
+            return False
+        key = self._keys.report(report.site, report.node)
+        stored = await client.get(key)
+        if stored != data:
+            self._rejected("shared channel", f"a report for {report.site}/{report.node} that its key does not hold",
+                           "not_its_key")
+        if stored is None:
+            return False
+        # `where` stays "shared channel" (the key's name comes from the push): the log's rate limit is per source.
+        try:
+            held = decode_report(stored)
+        except ReportRejected as exc:
+            self._rejected("shared channel", f"{key}: {exc}")
+            return False
+        if key != self._keys.report(held.site, held.node):
+            self._rejected("shared channel", f"{key} does not match its report ({held.site}/{held.node})", "wrong_key")
+            return False
+        self._nodes, changed = apply_report(self._nodes, held, self._clock())
         if changed:
             self.reports_accepted += 1
         return changed
@@ -180,10 +230,13 @@ class LoadMapReader:
     async def _session(self, client) -> None:  # type: ignore[no-untyped-def]
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            channels = [self._keys.reports_channel, self._keys.control_channel]
+            channels = [self._keys.control_channel]
+            if self._settings.read_shared_reports_channel:
+                channels.append(self._keys.reports_channel)
             if self._peers is not None:
                 channels.append(self._keys.in_flight_channel)
             await pubsub.subscribe(*channels)
+            await pubsub.psubscribe(self._keys.site_reports_pattern)
             await self.resync(client)
             if not self._connected:
                 log.info("redis connected: %s", redacted_url(self._settings.url))
@@ -193,12 +246,16 @@ class LoadMapReader:
             while not self._stopping:
                 timeout = max(0.0, next_resync - self._clock())
                 msg = await pubsub.get_message(timeout=min(timeout, 1.0))
-                if msg is not None and msg.get("type") == "message":
+                if msg is not None and msg.get("type") in ("message", "pmessage"):
                     channel = msg["channel"]
                     if isinstance(channel, bytes):
                         channel = channel.decode("utf-8", "replace")
-                    if channel == self._keys.reports_channel:
-                        if self.ingest(msg["data"], "pubsub"):
+                    if msg["type"] == "pmessage":
+                        site = self._keys.site_of_reports_channel(channel)
+                        if site is not None and self.ingest(msg["data"], "pubsub", site=site):
+                            self._publish_snapshot()
+                    elif channel == self._keys.reports_channel:
+                        if await self._ingest_shared(client, msg["data"]):
                             self._publish_snapshot()
                     elif channel == self._keys.control_channel:
                         await self._read_drained(client)
@@ -255,7 +312,7 @@ class LoadMapReader:
                     self._rejected(where, str(exc))
                     continue
                 if where != self._keys.report(report.site, report.node):
-                    self._rejected(where, f"key does not match its report ({report.site}/{report.node})")
+                    self._rejected(where, f"key does not match its report ({report.site}/{report.node})", "wrong_key")
                     continue
                 present.add((report.site, report.node))
                 current = self._nodes.get((report.site, report.node))

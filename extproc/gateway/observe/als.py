@@ -17,7 +17,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from extproc.gateway.observe.observer import ResponseObserver
 from extproc.gateway.observe.request import USAGE_NAMESPACE as NAMESPACE
 from extproc.gateway.observe.request import compression_estimate, decode_summary
-from extproc.gateway.observe.usage import Usage
+from extproc.gateway.observe.usage import Usage, valid_response_id
 from extproc.wire.contract import COMPRESSION_HEADER, OBS_HEADER, SITE_HEADER
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,11 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
         if md is not None and "stripped" in md.fields:
             self.observer.metrics.stripped.inc(int(md.fields["stripped"].number_value))
         status = str(e.response.response_code.value) if e.response.HasField("response_code") else ""
+        learn = self.observer.on_response_id
+        if summary.conversation and learn is not None and md is not None and status.startswith("2"):
+            rid = md.fields.get("response_id")
+            if rid is not None and valid_response_id(rid.string_value):
+                learn(rid.string_value, summary.conversation)
         first = _seconds(c.time_to_first_upstream_rx_byte)
         last = _seconds(c.time_to_last_downstream_tx_byte)
         duration = last if last is not None else (_seconds(c.duration) or 0.0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -31,8 +31,8 @@ from extproc.gateway.observe.request import (
     operation_name,
     prompt_tokens_saved,
 )
-from extproc.gateway.observe.usage import BodyCollector, SseUsageScanner, Usage
-from extproc.wire.contract import COMPRESSION_HEADER, OBS_HEADER, SITE_HEADER
+from extproc.gateway.observe.usage import ID_SEARCH_BYTES, BodyCollector, SseUsageScanner, Usage, response_id_in
+from extproc.wire.contract import COMPRESSION_HEADER, OBS_HEADER, RESPONSES_PATH, SITE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ class ResponseObserver:
         # The response's model is the upstream's word, bounded the same way but on its own table.
         self.response_model_label = names.ModelLabels(settings.max_model_labels)
         self.server = names.ServerAddresses(endpoints)
+        # Set by the server: (response id, conversation key) of each observed Responses API response.
+        self.on_response_id: Callable[[str, str], None] | None = None
         self._children: dict[tuple[str, ...], _Children] = {}
         # Known label values start at 0, so a dashboard shows "none yet" rather than "no data".
         for site in sites:
@@ -149,7 +151,8 @@ class ResponseObserver:
                 self.metrics.injected.inc()
         side.injected = injected
         summary = RequestSummary(
-            model=f.model or "", sla=f.sla.value, operation=operation_name(path), injected=injected, stream=f.stream
+            model=f.model or "", sla=f.sla.value, operation=operation_name(path), injected=injected, stream=f.stream,
+            conversation=(f.conversation_key or "") if path == RESPONSES_PATH and self.on_response_id is not None else "",
         )
         out.headers[OBS_HEADER] = summary.encode()
 
@@ -168,12 +171,13 @@ class ResponseObserver:
         if sc is None:
             return
         before = sc.stripped
-        out = sc.feed(msg.body)
+        data = msg.body  # read once: each read of a protobuf bytes field is a fresh copy
+        out = sc.feed(data)
         if msg.end_of_stream:
             out += sc.finish()
         if sc.stripped > before:
             self.metrics.stripped.inc(sc.stripped - before)
-        if out is msg.body or out == msg.body:
+        if out is data or out == data:
             return  # unchanged: a plain continue
         common = resp.response_body.response
         if out:
@@ -200,10 +204,13 @@ class ResponseObserver:
                 return
             now = time.monotonic()
             b = req.response_body
-            if st.first_at is None and b.body:
+            data = b.body  # read once: each read of a protobuf bytes field is a fresh copy
+            if st.first_at is None and data:
                 st.first_at = now
+            if st.head is not None:
+                self._look_for_id(st, data)
             if st.scanner is not None:
-                st.scanner.feed(b.body)
+                st.scanner.feed(data)
                 n = st.scanner.last_events
                 if n:
                     # The chunks that arrived together: the first waited since the previous arrival, the
@@ -217,7 +224,7 @@ class ResponseObserver:
                     st.chunk_gaps.extend([0.0] * n)
                     st.chunk_at = now
             elif st.collector is not None:
-                st.collector.feed(b.body)
+                st.collector.feed(data)
             if b.end_of_stream:
                 st.end_at = now
                 self._finish(st)
@@ -233,6 +240,8 @@ class ResponseObserver:
             h = header_map(req.response_headers, _OBSERVER_WANTED)
             st.status = h.get(":status", "")
             st.upstream = upstream_address(req)
+            if st.summary.conversation and st.status.startswith("2") and self.on_response_id is not None:
+                st.head = b""
             if "text/event-stream" in h.get("content-type", ""):
                 st.scanner = SseUsageScanner()
             else:
@@ -240,6 +249,16 @@ class ResponseObserver:
             if req.response_headers.end_of_stream:
                 st.end_at = time.monotonic()
                 self._finish(st)
+
+    def _look_for_id(self, st: "_Observed", chunk: bytes) -> None:
+        """The response id in the first bytes of a Responses API response; learned once."""
+        assert st.head is not None and st.summary is not None and self.on_response_id is not None
+        st.head += chunk[: ID_SEARCH_BYTES - len(st.head)]
+        rid = response_id_in(st.head)
+        if rid is not None:
+            self.on_response_id(rid, st.summary.conversation)
+        if rid is not None or len(st.head) >= ID_SEARCH_BYTES:
+            st.head = None
 
     def _finish(self, st: "_Observed", *, aborted: bool = False) -> None:
         st.done = True
@@ -345,7 +364,7 @@ class _Children:
 
 class _Observed:
     __slots__ = ("summary", "site", "compression", "t0", "status", "scanner", "collector", "first_at", "end_at", "done",
-                 "upstream", "first_chunk_at", "chunk_at", "chunk_gaps")
+                 "upstream", "first_chunk_at", "chunk_at", "chunk_gaps", "head")
 
     def __init__(self) -> None:
         self.summary: RequestSummary | None = None
@@ -362,6 +381,7 @@ class _Observed:
         self.first_chunk_at: float | None = None
         self.chunk_at: float | None = None
         self.chunk_gaps: list[float] = []
+        self.head: bytes | None = None  # a Responses API response's first bytes, until its id is found
 
 
 _EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"

@@ -69,9 +69,15 @@ class RequestSummary:
     operation: str  # gen_ai.operation.name: chat | text_completion
     injected: bool = False
     stream: bool = False
+    # A Responses API request's conversation key (a digest, never client text): the response side learns
+    # which conversation the response id continues (`extproc.gateway.request.chains`). "" for others.
+    conversation: str = ""
 
     def encode(self) -> str:
-        return f"{_SUMMARY_VERSION};{self.operation};{self.sla};{int(self.injected)}{int(self.stream)};{quote(self.model, safe='')}"
+        s = f"{_SUMMARY_VERSION};{self.operation};{self.sla};{int(self.injected)}{int(self.stream)};{quote(self.model, safe='')}"
+        # A sixth field only when there is one: every other request's header stays what older replicas
+        # (and the usage Lua filter's pattern) read.
+        return s + ";" + quote(self.conversation, safe=":") if self.conversation else s
 
 
 def decode_summary(value: str | None) -> RequestSummary | None:
@@ -79,11 +85,12 @@ def decode_summary(value: str | None) -> RequestSummary | None:
     if not value:
         return None
     parts = value.split(";")
-    if len(parts) != 5 or parts[0] != _SUMMARY_VERSION or len(parts[3]) != 2 or set(parts[3]) - {"0", "1"}:
+    if len(parts) not in (5, 6) or parts[0] != _SUMMARY_VERSION or len(parts[3]) != 2 or set(parts[3]) - {"0", "1"}:
         return None
     flags = parts[3]
     return RequestSummary(
-        model=unquote(parts[4]), sla=parts[2], operation=parts[1], injected=flags[0] == "1", stream=flags[1] == "1"
+        model=unquote(parts[4]), sla=parts[2], operation=parts[1], injected=flags[0] == "1", stream=flags[1] == "1",
+        conversation=unquote(parts[5])[:128] if len(parts) == 6 else "",
     )
 
 

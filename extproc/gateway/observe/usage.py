@@ -9,6 +9,7 @@ tail after the last event boundary and only looks at complete events.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -204,3 +205,23 @@ class BodyCollector:
         if self.overflow:
             return None
         return usage_from_body(b"".join(self._parts))
+
+
+# A Responses API response id as OpenAI and vLLM write it ("resp_" + letters, digits, - and _), bounded.
+_RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[A-Za-z0-9_-]{1,200})"')
+# How far into a response its id is looked for: a JSON body and a stream's `response.created` event
+# both carry it in their first few hundred bytes.
+ID_SEARCH_BYTES = 4096
+
+
+def response_id_in(head: bytes) -> str | None:
+    """The first response id in the first bytes of a response body (JSON or SSE), or None."""
+    m = _RESPONSE_ID.search(head, 0, ID_SEARCH_BYTES)
+    return m.group(1).decode("ascii") if m else None
+
+
+_RESPONSE_ID_ONLY = re.compile(r"resp_[A-Za-z0-9_-]{1,200}")
+
+
+def valid_response_id(value: str) -> bool:
+    return _RESPONSE_ID_ONLY.fullmatch(value) is not None

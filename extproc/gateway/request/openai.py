@@ -6,12 +6,12 @@ from us is routing on load alone, never a changed body or an error.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import xxhash
 
 from extproc.gateway.request.features import RequestFeatures, SlaClass
 from extproc.wire.contract import (
@@ -89,6 +89,8 @@ def estimate_tokens(text: str) -> int:
     n = len(text)
     if n == 0:
         return 0
+    if text.isascii():  # the common case, without encoding a copy of the text
+        return max(1, n // 4)
     extra = len(text.encode("utf-8", "surrogatepass")) - n
     wide = extra // 2
     return max(1, (n - wide) // 4 + wide)
@@ -147,17 +149,19 @@ def _prompt_tokens(path: str, body: Mapping[str, Any]) -> int:
     return 0
 
 
-def _conversation_key(path: str, body: Mapping[str, Any], header_key: str | None) -> str | None:
+def _conversation_key(
+    path: str, body: Mapping[str, Any], header_key: str | None, chains: Callable[[str], str | None] | None = None
+) -> str | None:
     """Stable across turns: the client's header, else the OpenAI `user` field, else a hash of the prefix
     up to and including the first user message (what every later turn repeats, and what a KV prefix
-    cache can reuse)."""
+    cache can reuse). The Responses API has its own rules (`_responses_key`)."""
+    if path == RESPONSES_PATH:
+        return _responses_key(body, header_key, chains)
     if header_key:
         return "h:" + header_key[:256]
     user = body.get("user")
     if isinstance(user, str) and user:
         return "u:" + user[:256]
-    if path == RESPONSES_PATH:
-        return _responses_key(body)
     if path != CHAT_PATH:
         return None
     messages = body.get("messages")
@@ -172,12 +176,33 @@ def _conversation_key(path: str, body: Mapping[str, Any], header_key: str | None
         raw = orjson.dumps(prefix)
     except TypeError:
         return None
-    return "p:" + hashlib.blake2b(raw, digest_size=8).hexdigest()
+    return "p:" + xxhash.xxh3_64_hexdigest(raw)
 
 
-def _responses_key(body: Mapping[str, Any]) -> str | None:
-    """/v1/responses: instructions plus the first input item (what later turns repeat when the client
-    resends the history). A chain by `previous_response_id` alone carries no stable key here."""
+def _digest(kind: str, value: str | bytes) -> str:
+    raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+    return "r:" + xxhash.xxh3_64_hexdigest(kind.encode() + b"\0" + raw)
+
+
+def _responses_key(
+    body: Mapping[str, Any], header_key: str | None, chains: Callable[[str], str | None] | None
+) -> str | None:
+    """/v1/responses, first match wins: the client's header, `user`, `prompt_cache_key` (named by the
+    client, stable by design); a `previous_response_id` the chain table knows (the key of the chain's
+    first turn, `chains.py`) or, unknown, that id itself (siblings of one response agree); instructions
+    plus the first input item (what later turns repeat when the client resends the history).
+    Always a digest ("r:..."): the key travels to the response side in a request header (the observer's
+    summary) and may be logged there, so it carries no client text."""
+    if header_key:
+        return _digest("h", header_key[:256])
+    for field, kind in (("user", "u"), ("prompt_cache_key", "c")):
+        v = body.get(field)
+        if isinstance(v, str) and v:
+            return _digest(kind, v[:256])
+    prev = body.get("previous_response_id")
+    if isinstance(prev, str) and prev:
+        known = chains(prev) if chains is not None else None
+        return known if known is not None else _digest("prev", prev[:256])
     inp = body.get("input")
     first: Any = inp if isinstance(inp, str) else (inp[0] if isinstance(inp, list) and inp else None)
     if first is None:
@@ -186,7 +211,7 @@ def _responses_key(body: Mapping[str, Any]) -> str | None:
         raw = orjson.dumps([body.get("instructions"), first])
     except TypeError:
         return None
-    return "p:" + hashlib.blake2b(raw, digest_size=8).hexdigest()
+    return _digest("p", raw)
 
 
 # GIE's approximate prefix: 64-character blocks (about 16 tokens), chained, at most this many.
@@ -237,14 +262,16 @@ def body_features(
     conversation_header: str | None = None,
     *,
     with_prefix_blocks: bool = False,
+    chains: Callable[[str], str | None] | None = None,
 ) -> RequestFeatures:
+    """`chains`: the Responses API chain lookup (response id → conversation key), `ResponseChains.get`."""
     model = body.get("model")
     return RequestFeatures(
         prompt_tokens=_prompt_tokens(path, body),
         model=model if isinstance(model, str) else None,
         stream=body.get("stream") is True,
         sla=sla,
-        conversation_key=_conversation_key(path, body, conversation_header),
+        conversation_key=_conversation_key(path, body, conversation_header, chains),
         parsed=True,
         prefix_blocks=prefix_blocks(_prompt_text(path, body)) if with_prefix_blocks else (),
     )

@@ -20,6 +20,7 @@ import orjson
 from extproc.gateway.compression.seam import BodyRewriter, Rewrite, RewriteRequest, Skip
 from extproc.gateway.config.schema import GatewayConfig
 from extproc.gateway.loadmap.model import LoadSnapshot
+from extproc.gateway.request.chains import ResponseChains
 from extproc.gateway.request.features import RequestFeatures, SlaClass
 from extproc.gateway.request.openai import (
     Inspection,
@@ -98,6 +99,8 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self._clock = clock
         self.router = Router(config, profile=profile, rng=rng)
+        # Responses API chains (previous_response_id → the conversation's key), fed by the response side.
+        self.chains = ResponseChains()
         # The body is buffered only when a routing step, the rewriter or the response side (usage by
         # model and class) reads it; otherwise the gateway answers in the request-headers phase (one
         # gRPC message, nothing buffered).
@@ -218,7 +221,7 @@ class Gateway:
             return self.route_unparsed(insp.sla, "invalid_json", inference=insp.inference)
         features = body_features(
             insp.path, parsed, insp.sla, headers.get(self._conv_header),
-            with_prefix_blocks=self.router.needs_prefix_blocks,
+            with_prefix_blocks=self.router.needs_prefix_blocks, chains=self.chains.get,
         )
         missing = self._unknown_model(features)
         if missing is not None:

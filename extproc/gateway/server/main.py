@@ -26,7 +26,7 @@ from extproc.gateway.observe.als import AccessLogReceiver
 from extproc.gateway.observe.observer import ResponseObserver
 from extproc.gateway.observe.tracing import DecisionTracer
 from extproc.gateway.server.gateway import Gateway
-from extproc.gateway.server.metrics import GatewayMetrics, LoadMapCollector
+from extproc.gateway.server.metrics import GatewayMetrics, LoadMapCollector, ResponseChainsCollector
 from extproc.gateway.server.peers import InFlightPublisher
 from extproc.gateway.server.processor import ExternalProcessor
 
@@ -143,7 +143,7 @@ async def serve(
     metrics.registry.register(
         LoadMapCollector(
             lambda: (reader.reports_accepted, reader.reports_rejected), lambda: reader.snapshot,
-            [s.name for s in config.sites],
+            [s.name for s in config.sites], refused=lambda: reader.refused,
         )
     )
     observer = (
@@ -151,6 +151,11 @@ async def serve(
                          endpoints={s.name: list(s.endpoints) for s in config.sites})
         if config.observability.usage else None
     )
+    if observer is not None:
+        # Responses API chains: the response side tells the gateway which conversation each response
+        # id belongs to, so the next turn's previous_response_id keeps the conversation's key.
+        observer.on_response_id = gw.chains.learn
+    metrics.registry.register(ResponseChainsCollector(gw.chains))
 
     max_msg = config.gateway.max_body_bytes + _MESSAGE_OVERHEAD
     server = grpc.aio.server(

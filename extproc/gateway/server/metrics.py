@@ -4,12 +4,13 @@ reasons from fixed vocabularies."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from extproc.gateway.loadmap.model import LoadSnapshot
+from extproc.gateway.request.chains import ResponseChains
 
 
 class GatewayMetrics:
@@ -83,8 +84,10 @@ class LoadMapCollector:
         snapshot: Callable[[], LoadSnapshot],
         sites: list[str],
         clock: Callable[[], float] = time.monotonic,
+        refused: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._counts = counts
+        self._refused = refused
         self._snapshot = snapshot
         self._sites = sites
         self._clock = clock
@@ -93,6 +96,15 @@ class LoadMapCollector:
         accepted, rejected = self._counts()
         yield CounterMetricFamily("aigrid_loadmap_reports_accepted", "Load reports accepted since start", value=accepted)
         yield CounterMetricFamily("aigrid_loadmap_reports_rejected", "Load reports rejected since start", value=rejected)
+        refused = CounterMetricFamily(
+            "aigrid_loadmap_reports_refused",
+            "Load reports refused because their channel or key does not belong to the site they name "
+            "(wrong_channel, wrong_key, not_its_key); also counted in aigrid_loadmap_reports_rejected",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self._refused().items()):
+            refused.add_metric([reason], n)
+        yield refused
         age = GaugeMetricFamily(
             "aigrid_site_report_age_seconds", "Age of the site's newest load report as this gateway sees it (-1: none)",
             labels=["site"],
@@ -103,6 +115,30 @@ class LoadMapCollector:
             load = snap.sites.get(site)
             age.add_metric([site], -1.0 if load is None else load.age_s(now))
         yield age
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class ResponseChainsCollector:
+    """The Responses API chain table (`extproc.gateway.request.chains`), read at scrape time."""
+
+    def __init__(self, chains: ResponseChains) -> None:
+        self._chains = chains
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._chains
+        yield CounterMetricFamily(
+            "aigrid_response_chains_learned", "Response ids the response side tied to their conversation", value=c.learned
+        )
+        lookups = CounterMetricFamily(
+            "aigrid_response_chains_lookups",
+            "previous_response_id lookups: found (the chain's key) or missed (routed by the id itself)", labels=["result"],
+        )
+        lookups.add_metric(["found"], c.found)
+        lookups.add_metric(["missed"], c.missed)
+        yield lookups
+        yield GaugeMetricFamily("aigrid_response_chains_entries", "Response ids held in the chain table", value=len(c))
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

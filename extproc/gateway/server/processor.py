@@ -163,8 +163,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                         body = req.request_body
                         if insp is not None and insp.inspect:
                             common = resp.request_body.response
+                            # Read once: every read of a protobuf bytes field is a fresh copy of the body.
+                            data = body.body
                             if body.end_of_stream:
-                                out = await self.gw.route_body(insp, body.body, headers, rewrite=insp.has_length)
+                                out = await self.gw.route_body(insp, data, headers, rewrite=insp.has_length)
                             else:
                                 # Only part of the body (should not happen in BUFFERED mode): never
                                 # rewrite a fragment; route on load alone.
@@ -175,7 +177,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                                 _immediate(resp, out)
                             else:
                                 if observer is not None:
-                                    observer.on_routed(side, out, insp.path, body.body)
+                                    observer.on_routed(side, out, insp.path, data)
                                 self._stamp(out, t_in, spent, headers, started_ns)
                                 _apply_outcome(common, out)
                                 if self._access_meta and out.features is not None:

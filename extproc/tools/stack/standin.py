@@ -30,6 +30,8 @@ def make_app(name: str) -> web.Application:
                 "t": time.time(),
             }
         )
+        if request.path == "/v1/responses":
+            return await _responses(request, body, len(records))
         return web.json_response(
             {
                 "id": "cmpl-standin",
@@ -41,6 +43,32 @@ def make_app(name: str) -> web.Application:
             },
             headers={"x-served-by": name},
         )
+
+    async def _responses(request: web.Request, body: bytes, n: int) -> web.StreamResponse:
+        """The Responses API's shape: a fresh `resp_` id per response (what previous_response_id names),
+        as one JSON object or, with `stream: true`, as its SSE events."""
+        try:
+            stream = orjson.loads(body).get("stream") is True
+        except (orjson.JSONDecodeError, AttributeError):
+            stream = False
+        obj = {
+            "id": f"resp_{name}_{n}", "object": "response", "status": "completed", "model": "standin",
+            "output": [{"type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": f"served by {name}"}]}],
+            "usage": {"input_tokens": 0, "output_tokens": 3, "total_tokens": 3},
+            "aigrid_site": name,
+        }
+        if not stream:
+            return web.json_response(obj, headers={"x-served-by": name})
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream", "x-served-by": name})
+        await resp.prepare(request)
+        events = [("response.created", {"type": "response.created", "response": {**obj, "status": "in_progress", "output": []}}),
+                  ("response.output_text.delta", {"type": "response.output_text.delta", "delta": f"served by {name}"}),
+                  ("response.completed", {"type": "response.completed", "response": obj})]
+        for kind, data in events:
+            await resp.write(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n")
+        await resp.write_eof()
+        return resp
 
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")

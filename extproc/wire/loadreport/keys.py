@@ -1,4 +1,11 @@
-"""Redis key and channel names shared by agents, gateways and operator commands."""
+"""Redis key and channel names shared by agents, gateways and operator commands.
+
+Each site's reports have their own key space (`<prefix>:report:<site>:*`) and their own channel
+(`<prefix>:reports:<site>`), so a Redis ACL user per site can be allowed to write exactly its own
+(`deploy/redis/users.acl`): an agent's credentials cannot publish or store another site's report. The
+shared channel `<prefix>:reports` is the layout before per-site channels; gateways still read it during
+an upgrade, as a hint only (see `LoadMapReader`).
+"""
 
 from __future__ import annotations
 
@@ -17,9 +24,24 @@ class RedisKeys:
     def report_pattern(self) -> str:
         return f"{self.prefix}:report:*"
 
+    def site_reports_channel(self, site: str) -> str:
+        """The site's own pub/sub channel: the same bytes as each of its key writes, for push updates."""
+        return f"{self.prefix}:reports:{site}"
+
+    @property
+    def site_reports_pattern(self) -> str:
+        """PSUBSCRIBE pattern of every site's channel (the gateway's ACL allows exactly this pattern)."""
+        return f"{self.prefix}:reports:*"
+
+    def site_of_reports_channel(self, channel: str) -> str | None:
+        """The site whose channel this is, or None for any other channel (the shared one included)."""
+        head = f"{self.prefix}:reports:"
+        return channel[len(head):] if channel.startswith(head) and len(channel) > len(head) else None
+
     @property
     def reports_channel(self) -> str:
-        """Pub/sub channel carrying the same bytes as each key write, for push updates."""
+        """The shared reports channel of agents from before per-site channels: read during an upgrade
+        only, and never trusted on its own (any writer could name any site there)."""
         return f"{self.prefix}:reports"
 
     @property

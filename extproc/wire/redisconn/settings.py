@@ -20,3 +20,7 @@ class RedisSettings(BaseModel):
     resync_interval_s: float = Field(default=2.0, gt=0, le=300)
     connect_timeout_s: float = Field(default=1.0, gt=0, le=60)
     reconnect_max_backoff_s: float = Field(default=5.0, gt=0, le=300)
+    # Gateway: also read the shared reports channel that agents from before per-site channels publish on
+    # (during an upgrade). Safe to leave on: a push there only names a key to read, and only the site's
+    # own agent can write that key. Turn off once every agent publishes on its site's channel.
+    read_shared_reports_channel: bool = True

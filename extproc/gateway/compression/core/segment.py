@@ -397,6 +397,62 @@ def _text_slots(content: Any, base: tuple[str | int, ...]) -> list[tuple[tuple[s
     return out
 
 
+# Text part types: chat's `text`; the Responses API's `input_text` (user) and `output_text` (assistant).
+_RESPONSE_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+
+_Turn = tuple[Any, list[tuple[tuple[str | int, ...], str]]]
+
+
+def _response_item(item: Any, i: int) -> _Turn | None:
+    """A Responses API input item as a chat message: (role, its text slots), or None when it is none."""
+    if not isinstance(item, dict):
+        return None
+    kind = item.get("type", "message")
+    if kind == "function_call_output":
+        out = item.get("output")
+        return ("tool", [(("input", i, "output"), out)] if isinstance(out, str) else [])
+    if kind != "message":
+        return None
+    content = item.get("content")
+    base: tuple[str | int, ...] = ("input", i, "content")
+    if isinstance(content, str):
+        return (item.get("role"), [(base, content)])
+    slots: list[tuple[tuple[str | int, ...], str]] = []
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") in _RESPONSE_TEXT_PARTS and isinstance(part.get("text"), str):
+                slots.append(((*base, j, "text"), part["text"]))
+    return (item.get("role"), slots)
+
+
+def _messages(b: "_Builder", turns: Sequence[_Turn | None], opts: SegmentOptions, earlier: list[int]) -> str:
+    """Chat's rules over a list of messages (None: not a message); returns the question found."""
+    question = ""
+    last_user = max((i for i, t in enumerate(turns) if t is not None and t[0] == "user"), default=-1)
+    last_assistant = -1 if opts.rewrite_earlier_turns else max(
+        (i for i, t in enumerate(turns) if t is not None and t[0] == "assistant"), default=-1,
+    )
+    for i, turn in enumerate(turns):
+        if turn is None:
+            continue
+        role, texts = turn
+        if not isinstance(role, str):  # hostile input (a list, an object): kept as it is
+            role = None
+        for k, (p, t) in enumerate(texts):
+            if role not in _CONTEXT_ROLES or i < last_assistant:
+                if role in _CONTEXT_ROLES:
+                    earlier.append(len(b.slots))
+                b.keep(p, t)
+                continue
+            is_last = i == last_user and k == len(texts) - 1
+            # A whole earlier user message or a tool output is one document of a multi-message
+            # RAG prompt (unless it carries its own markers).
+            q = b.context(p, t, last_user=is_last, whole_doc=not is_last)
+            if is_last:
+                question = q
+    return question
+
+
 def segment(path: str, body: Mapping[str, Any], opts: SegmentOptions = SegmentOptions()) -> Segmentation:
     """Split a parsed request body into slots and pieces. Never raises on a dict body of any shape."""
     b = _Builder(opts)
@@ -405,33 +461,24 @@ def segment(path: str, body: Mapping[str, Any], opts: SegmentOptions = SegmentOp
     if path.endswith("/chat/completions"):
         messages = body.get("messages")
         if isinstance(messages, list):
-            last_user = max(
-                (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
-                default=-1,
-            )
-            last_assistant = -1 if opts.rewrite_earlier_turns else max(
-                (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
-                default=-1,
-            )
-            for i, m in enumerate(messages):
-                if not isinstance(m, dict):
-                    continue
-                role = m.get("role")
-                if not isinstance(role, str):  # hostile input (a list, an object): kept as it is
-                    role = None
-                texts = _text_slots(m.get("content"), ("messages", i, "content"))
-                for k, (p, t) in enumerate(texts):
-                    if role not in _CONTEXT_ROLES or i < last_assistant:
-                        if role in _CONTEXT_ROLES:
-                            earlier.append(len(b.slots))
-                        b.keep(p, t)
-                        continue
-                    is_last = i == last_user and k == len(texts) - 1
-                    # A whole earlier user message or a tool output is one document of a multi-message
-                    # RAG prompt (unless it carries its own markers).
-                    q = b.context(p, t, last_user=is_last, whole_doc=not is_last)
-                    if is_last:
-                        question = q
+            turns = [
+                (m.get("role"), _text_slots(m.get("content"), ("messages", i, "content"))) if isinstance(m, dict) else None
+                for i, m in enumerate(messages)
+            ]
+            question = _messages(b, turns, opts, earlier)
+    elif path.endswith("/responses"):
+        # The Responses API under chat's rules: `instructions` is the system prompt (kept), `input` a
+        # string (the user's message) or a list of items: messages (role + content string or parts) and
+        # function-call outputs (a tool message). Other items (function calls, reasoning) are kept as
+        # they are, and so is everything but those strings.
+        instructions = body.get("instructions")
+        if isinstance(instructions, str):
+            b.keep(("instructions",), instructions)
+        inp = body.get("input")
+        if isinstance(inp, str):
+            question = b.context(("input",), inp, last_user=True, whole_doc=False)
+        elif isinstance(inp, list):
+            question = _messages(b, [_response_item(item, i) for i, item in enumerate(inp)], opts, earlier)
     elif path.endswith("/completions"):
         prompt = body.get("prompt")
         if isinstance(prompt, str):
