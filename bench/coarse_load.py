@@ -3,17 +3,20 @@ share of RAG requests that fall back to BM25 at compression's goodput rate.
 
 The reference scenario's workload (`extproc/tools/twin/reference.yaml`: 70% RAG, Zipf-popular documents)
 gives the requests, in order; only what the coarse ranker sees is used (the question and the documents).
+The first `--warm-seconds` of traffic fill the sentence-vector cache (steady state: the documents earlier
+requests brought), unmeasured; then:
 
-1. CPU per request: each RAG request is ranked with the shipped default ranker (`auto`: MiniLM + BM25
-   for English), with the sentence-vector cache (documents by content hash) and, as the baseline in the
-   same run, without it. Thread CPU of the dense pass (`CoarseRanker.last_dense_cpu_s`), p50 / p95.
-2. Fallback share: the same requests replayed in real time, open loop at `--rate` requests/s (default:
-   C's goodput on the reference grid, docs/evaluation.md), through `CoarseRanker.rank` with the
-   gateway's deadline; a request whose embedding thread is busy or late is ranked by BM25 alone
-   (`bm25(busy)`, `bm25(timeout)`). Every RAG request is ranked here (the gateway ranks only those it
-   compresses: an upper bound on the ranker's load).
+1. CPU per request (the next `--seconds`): each RAG request's dense pass with the shipped default ranker
+   (`auto`: MiniLM + BM25 for English), run in the ranker's own embedding thread (one torch thread, as in
+   the gateway), thread CPU time; the baseline in the same run: the first `--cold-requests` of them
+   without the cache.
+2. Fallback share (the `--seconds` after that): the requests replayed in real time, open loop at their own
+   send times, through `CoarseRanker.rank` with the gateway's deadline; a request that finds the embedding
+   thread busy, or whose embedding is late, is ranked by BM25 alone (`bm25(busy)`, `bm25(timeout)`).
+   Every RAG request is ranked here (the gateway ranks only those it compresses: an upper bound on the
+   ranker's load). `--rate` defaults to C's goodput on the reference grid (docs/evaluation.md).
 
-    python bench/coarse_load.py [--rate 55] [--seconds 20] [--deadline-ms 850]
+    python bench/coarse_load.py [--rate 55] [--seconds 10] [--warm-seconds 30] [--deadline-ms 850]
 
 The last line is JSON with both numbers.
 """
@@ -54,35 +57,48 @@ def rag_requests(rate: float, seconds: float, seed: int) -> list[tuple[float, st
     return out
 
 
-async def cpu_per_request(reqs: list[tuple[float, str, list[str]]], cache_docs: int) -> dict[str, float]:
+async def warmed_ranker(warm: list[tuple[float, str, list[str]]], cache_docs: int) -> CoarseRanker:
+    """A ranker whose sentence-vector cache holds what the traffic before the measured window left there
+    (the reference workload's document reuse in steady state), ranked in the embedding thread."""
     rk = CoarseRanker("auto", vector_cache_documents=cache_docs, vector_cache_floats=64 * 1024 * 1024 if cache_docs else 0)
     await rk.ready()
-    cpu: list[float] = []
-    for _, q, docs in reqs:
-        rk.rank_sync(q, docs)
-        cpu.append(rk.last_dense_cpu_s * 1000)
-    n, hits, misses = rk.vector_cache_stats()
-    await rk.close()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(rk._embed_pool, rk._dense, "warm-up", ["warm-up"])
+    for _, q, docs in warm:
+        await loop.run_in_executor(rk._embed_pool, rk._dense, q, docs)
+    return rk
+
+
+async def cpu_per_request(rk: CoarseRanker, reqs: list[tuple[float, str, list[str]]]) -> dict[str, float]:
+    """CPU of the dense pass per request, in request order, in the ranker's own embedding thread (one torch
+    thread, as in the gateway): thread CPU time of that thread."""
+    loop = asyncio.get_running_loop()
+
+    def timed(q: str, docs: list[str]) -> float:
+        t = time.thread_time()
+        rk._dense(q, docs)
+        return (time.thread_time() - t) * 1000
+
+    h0, m0 = rk.vector_cache_stats()[1:]
+    cpu = [await loop.run_in_executor(rk._embed_pool, timed, q, docs) for _, q, docs in reqs]
+    _, hits, misses = rk.vector_cache_stats()
+    hits, misses = hits - h0, misses - m0
     return {"p50_ms": _pct(cpu, 0.5), "p95_ms": _pct(cpu, 0.95), "mean_ms": statistics.fmean(cpu),
             "doc_hit_share": hits / (hits + misses) if hits + misses else 0.0, "requests": len(cpu)}
 
 
-async def fallback_share(reqs: list[tuple[float, str, list[str]]], deadline_s: float) -> dict[str, float]:
-    rk = CoarseRanker("auto")
-    await rk.ready()
-    # Warm the cache as a running gateway's would be: the first 2 s of traffic, not counted.
+async def fallback_share(rk: CoarseRanker, reqs: list[tuple[float, str, list[str]]], deadline_s: float) -> dict[str, float]:
+    """Replay in real time (open loop at the requests' own send times) through `rank` with the deadline."""
     methods: list[str] = []
     loop = asyncio.get_running_loop()
     t0 = loop.time()
+    first = reqs[0][0] if reqs else 0.0
 
     async def one(at: float, q: str, docs: list[str]) -> None:
-        await asyncio.sleep(max(0.0, t0 + at - loop.time()))
-        r = await rk.rank(q, docs, deadline_s)
-        if at >= 2.0:
-            methods.append(r.method)
+        await asyncio.sleep(max(0.0, t0 + at - first - loop.time()))
+        methods.append((await rk.rank(q, docs, deadline_s)).method)
 
     await asyncio.gather(*(one(at, q, d) for at, q, d in reqs))
-    await rk.close()
     n = len(methods)
     fell = sum(m.startswith("bm25") for m in methods)
     return {"requests": n, "bm25_fallback_share": fell / n if n else 0.0,
@@ -93,21 +109,34 @@ async def fallback_share(reqs: list[tuple[float, str, list[str]]], deadline_s: f
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=55.0, help="requests/s (all kinds; default: C's goodput)")
-    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured window (CPU), and as long a replay after it")
+    ap.add_argument("--warm-seconds", type=float, default=30.0, help="traffic before the window that fills the cache")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--deadline-ms", type=float, default=850.0, help="the ranker's share of the 1 s deadline")
+    ap.add_argument("--cold-requests", type=int, default=10, help="requests measured without the cache (baseline)")
     args = ap.parse_args()
-    reqs = rag_requests(args.rate, args.seconds, args.seed)
-    print(f"{len(reqs)} RAG requests at {args.rate} req/s over {args.seconds} s; load average {os.getloadavg()[0]:.2f}")
-    cold = await cpu_per_request(reqs, 0)
-    warm = await cpu_per_request(reqs, 4096)
-    print(f"dense CPU per request, no cache:  p50 {cold['p50_ms']:.1f} ms  p95 {cold['p95_ms']:.1f} ms")
-    print(f"dense CPU per request, cached:    p50 {warm['p50_ms']:.1f} ms  p95 {warm['p95_ms']:.1f} ms  "
-          f"(documents found in the cache: {warm['doc_hit_share']:.1%})")
-    fb = await fallback_share(reqs, args.deadline_ms / 1000)
+    allreqs = rag_requests(args.rate, args.warm_seconds + 2 * args.seconds, args.seed)
+    warm = [r for r in allreqs if r[0] < args.warm_seconds]
+    cpu_win = [r for r in allreqs if args.warm_seconds <= r[0] < args.warm_seconds + args.seconds]
+    replay = [r for r in allreqs if r[0] >= args.warm_seconds + args.seconds]
+    print(f"reference workload at {args.rate} req/s: {len(warm)} RAG requests warm the cache ({args.warm_seconds} s), "
+          f"{len(cpu_win)} measured for CPU, {len(replay)} replayed in real time; load average {os.getloadavg()[0]:.2f}",
+          flush=True)
+    cold_rk = await warmed_ranker([], 0)
+    cold = await cpu_per_request(cold_rk, cpu_win[: args.cold_requests])
+    await cold_rk.close()
+    rk = await warmed_ranker(warm, 4096)
+    warm_cpu = await cpu_per_request(rk, cpu_win)
+    print(f"dense CPU per request, no cache ({cold['requests']} requests): p50 {cold['p50_ms']:.1f} ms  p95 {cold['p95_ms']:.1f} ms")
+    print(f"dense CPU per request, cache warm ({warm_cpu['requests']} requests): p50 {warm_cpu['p50_ms']:.1f} ms  "
+          f"p95 {warm_cpu['p95_ms']:.1f} ms  (documents found in the cache: {warm_cpu['doc_hit_share']:.1%})", flush=True)
+    fb = await fallback_share(rk, replay, args.deadline_ms / 1000)
+    await rk.close()
     print(f"real-time replay: {fb['requests']} ranked, BM25 fallback {fb['bm25_fallback_share']:.1%} "
           f"(busy {fb['busy']:.1%}, timeout {fb['timeout']:.1%}); load average {os.getloadavg()[0]:.2f}")
-    print(json.dumps({"rate": args.rate, "seconds": args.seconds, "rag_requests": len(reqs),
+    warm = warm_cpu
+    reqs = allreqs
+    print(json.dumps({"rate": args.rate, "seconds": args.seconds, "warm_seconds": args.warm_seconds, "rag_requests": len(reqs),
                       "dense_cpu_ms_p50_cached": round(warm["p50_ms"], 2), "dense_cpu_ms_p95_cached": round(warm["p95_ms"], 2),
                       "dense_cpu_ms_p50_uncached": round(cold["p50_ms"], 2), "doc_cache_hit_share": round(warm["doc_hit_share"], 4),
                       "bm25_fallback_share": round(fb["bm25_fallback_share"], 4)}))

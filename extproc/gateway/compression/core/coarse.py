@@ -33,7 +33,6 @@ import logging
 import math
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -658,6 +657,18 @@ def _default_embedding_path() -> str | None:
         return None
 
 
+def _one_torch_thread() -> None:
+    """The embedding thread runs torch with one intra-op thread (OpenMP's setting is per calling thread:
+    the rest of the process keeps its own). A short question on two spinning threads cost 68 ms of CPU
+    here against 14 ms on one: the ranker takes at most one core, as documented."""
+    try:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(1)
+    except Exception:  # no torch: the model never loads either
+        pass
+
+
 class CoarseRanker:
     def __init__(
         self, ranker: str = "auto", embedding_model_path: str | None = None, embedding_languages: Sequence[str] = ("en",),
@@ -674,13 +685,12 @@ class CoarseRanker:
         # One thread each for lexical scoring and for the embedding model: ranking never takes more than
         # a core from the model worker, and a slow embedding never holds up BM25 for other requests.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aigrid-coarse")
-        self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aigrid-embed")
+        self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aigrid-embed",
+                                              initializer=_one_torch_thread)
         self._embed_busy = False
         # Sentence vectors per document, by content hash (see `_dense`): bounded by documents and floats.
         self._vectors: BoundedLRU[Any] = BoundedLRU(vector_cache_documents, vector_cache_floats)
         self._vec_lock = threading.Lock()
-        # Thread CPU seconds of the latest dense pass (bench/coarse_load.py reads it).
-        self.last_dense_cpu_s = 0.0
 
     # -- embedding model -----------------------------------------------------------------------------------
     def _wants_embedding(self) -> bool:
@@ -741,7 +751,6 @@ class CoarseRanker:
         question is encoded per request."""
         import numpy as np  # noqa: PLC0415 (numpy comes with the embedding model)
 
-        t0 = time.thread_time()
         try:
             keys = [digest("sv", d[:MAX_RANK_CHARS]) for d in docs]
             with self._vec_lock:
@@ -766,7 +775,6 @@ class CoarseRanker:
             sent = np.concatenate(blocks) if blocks else emb[c:]
             return dense_scores(emb[0], sent, [len(v) for v in blocks], emb[1:c] if clauses else None)
         finally:
-            self.last_dense_cpu_s = time.thread_time() - t0
             self._embed_busy = False
 
     def vector_cache_stats(self) -> tuple[int, int, int]:
