@@ -281,3 +281,21 @@ async def test_build_with_the_tiny_model(tiny_model_dir: Path) -> None:
         assert "INC-4821" in new and "佐藤健一さん" in new  # atoms and Japanese names stay whole
     finally:
         await rw.close()
+
+
+@pytest.mark.parametrize("overshoot", [0.05, 0.2])
+async def test_a_floor_decision_with_a_fine_step_stays_within_the_overshoot(overshoot: float) -> None:
+    """The floor's rule holds with the model too: survivors of a floor decision are compressed to at most
+    the rate plus the allowance, so the achieved rate (the header's `achieved`) never exceeds it by more
+    than the model's own rounding (rates on a 0.05 grid, atoms kept on top)."""
+    reg = CollectorRegistry()
+    rw = rewriter(EveryOther(), registry=reg, coarse_floor_max_overshoot=overshoot, coarse_flat_margin=1.0)
+    res = await rw.rewrite(make_request(rag_body(n_docs=8)))
+    assert isinstance(res, Rewrite)
+    h = res.headers[HEADER]
+    requested = float(h.split(" rate=")[1].split()[0])
+    achieved = float(h.split(" achieved=")[1].split()[0])
+    assert "coarse=floor" in h and "fine=ok" in h, h
+    assert achieved <= requested + overshoot + 0.05, h
+    assert reg.get_sample_value("aigrid_compression_achieved_rate_count", {"floor": "bound"}) == 1
+    await rw.close()
