@@ -14,7 +14,9 @@ request at a time, interleaved round by round so drift on a shared machine hits 
                     wrapper returning its logits), so only the code around the model differs
 
 Reported per length and precision: tokens/s (median over rounds), ours / llmlingua, ours / forward (our
-share of the limit). The last line is one JSON object with those ratios.
+share of the limit). Then the int8 model's keep decisions against fp32's on the eval prompts (the answer
+documents of the shipped hard set), and the answer retention of each. The last line is one JSON object with
+those ratios; `forward_share` (at the longest length) and `int8_fp32_keep_agreement` are the two guards.
 
     python bench/compressor.py                      # 512 and 2,048 tokens, 3 rounds: ~3 min on 2 idle cores
     python bench/compressor.py --lengths 512 --rounds 2
@@ -140,6 +142,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             print(f"  round {rnd + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.2f}", flush=True)
         for c in (ours32, ours8):
             await c.close()
+        agree = int8_agreement_on_eval(pipe, fp32, ort8, args.agreement_items, (0.33, 0.5))
 
     med = {k: statistics.median(v) for k, v in tps.items()}
     print(f"\n{'len':>5} {'prec':>5} {'forward tok/s':>14} {'ours tok/s':>11} {'llmlingua tok/s':>16} "
@@ -155,10 +158,61 @@ async def main_async(args: argparse.Namespace) -> dict:
             result["lengths"][str(L)][prec] = {"forward_tps": round(f, 1), "ours_tps": round(o, 1),
                                                "llmlingua_tps": round(ll, 1), "ours_over_llmlingua": round(o / ll, 3),
                                                "ours_share_of_forward": round(o / f, 3)}
+    print(f"\nint8 vs fp32 on the eval prompts ({agree['documents']} answer documents of the hard set, rates 0.33/0.5): "
+          f"same keep decision for {agree['token_agreement']:.2%} of {agree['tokens']} units; answer kept fp32 "
+          f"{agree['answer_kept_fp32']:.1%}, int8 {agree['answer_kept_int8']:.1%}")
+    result["int8_fp32"] = agree
+    # The two guards of issue 20, one line: our share of the bare forward pass at the longest length
+    # (>= 0.9 is the goal), and the int8 path's agreement with fp32 keep decisions (>= 0.99).
+    longest = str(max(lengths))
+    result["forward_share"] = {p: result["lengths"][longest][p]["ours_share_of_forward"] for p in ("fp32", "int8")}
+    result["forward_share_length"] = int(longest)
+    result["int8_fp32_keep_agreement"] = agree["token_agreement"]
     # Which int8/fp32 path is faster here (the CPU default is ORT int8).
     result["int8_over_fp32_ours"] = {str(L): round(med[(L, "int8", "ours")] / med[(L, "fp32", "ours")], 3)
                                      for L in lengths}
     return result
+
+
+def int8_agreement_on_eval(pipe, fp32, ort8, n_items: int, rates: tuple[float, ...]) -> dict:
+    """The int8 model's keep decisions against fp32's on the eval prompts: the answer document of the first
+    `n_items` items of the shipped hard set (both languages, alternating), each rate. Per unit (word, or
+    CJK character): the same decision or not; per document and rate: the answer string still in the
+    compressed text. Same weights, same tokenizer, so only the precision differs. With random weights the
+    retention says nothing about LLMLingua-2's quality, only whether int8 changes it."""
+    import re
+
+    from extproc.tools.evalcompress.evaluate import HARD_DATA, answer_doc, load_items
+
+    items = load_items(HARD_DATA)
+    en = [i for i in items if i["lang"] == "en"]
+    ja = [i for i in items if i["lang"] == "ja"]
+    picked = [x for pair in zip(en, ja) for x in pair][:n_items]
+    same = total = 0
+    kept = {"fp32": 0, "int8": 0}
+    cases = 0
+
+    def norm(t: str, lang: str) -> str:
+        return re.sub(r"\s+", "", t) if lang == "ja" else re.sub(r"\s+", " ", t).strip()
+
+    for it in picked:
+        text = it["documents"][answer_doc(it)]
+        prep = pipe.prepare(text)
+        if prep is None or not prep.inputs:
+            continue
+        a, b = fp32.forward(prep.inputs), ort8.forward(prep.inputs)
+        for rate in rates:
+            ka, kb = pipe.keep_flags(prep, a, rate), pipe.keep_flags(prep, b, rate)
+            same += sum(x == y for x, y in zip(ka, kb))
+            total += len(ka)
+            cases += 1
+            for name, probs in (("fp32", a), ("int8", b)):
+                out = pipe.finish(prep, probs, rate)[0]
+                kept[name] += norm(it["answer"], it["lang"]) in norm(out, it["lang"])
+    return {"documents": len(picked), "rates": list(rates), "tokens": total,
+            "token_agreement": round(same / total, 4) if total else None,
+            "answer_kept_fp32": kept["fp32"] / cases if cases else None,
+            "answer_kept_int8": kept["int8"] / cases if cases else None}
 
 
 def main() -> None:
@@ -167,6 +221,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=1, help="model threads (1: the gateway's default)")
+    ap.add_argument("--agreement-items", type=int, default=40,
+                    help="hard-set items whose answer documents measure int8 vs fp32 keep agreement")
     args = ap.parse_args()
     result = asyncio.run(main_async(args))
     print(json.dumps(result))

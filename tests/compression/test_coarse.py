@@ -174,22 +174,27 @@ def test_floor_does_not_bind_on_a_separated_ranking() -> None:
 
 
 def test_floor_keeps_a_tie_at_the_cut_and_says_so() -> None:
-    # 0.70 and 0.69 cannot be told apart (within FLAT_MARGIN of the spread): both stay, beyond the budget.
-    sel = choose_documents([0.0, 1.0, 0.70, 0.69, 0.1], [100] * 5, 250)
+    # 0.70 and 0.69 cannot be told apart (within FLAT_MARGIN of the spread): both stay, beyond the budget,
+    # when the overshoot allowance pays for the second.
+    sel = choose_documents([0.0, 1.0, 0.70, 0.69, 0.1], [100] * 5, 250, max_extra=50)
     assert sel.kept == [1, 2, 3] and sel.decision == "floor"
     # Just outside the margin: the budget decides.
     gap = FLAT_MARGIN * 1.0 + 0.01
-    assert choose_documents([0.0, 1.0, 0.70, 0.70 - gap], [100] * 4, 250).decision == "rate"
+    assert choose_documents([0.0, 1.0, 0.70, 0.70 - gap], [100] * 4, 250, max_extra=500).decision == "rate"
+    # No allowance, no floor: the rate is met whatever the ranking.
+    assert choose_documents([0.0, 1.0, 0.70, 0.69, 0.1], [100] * 5, 250, max_extra=0).decision == "rate"
+    # An allowance too small for the tied document: the rate decides.
+    assert choose_documents([0.0, 1.0, 0.70, 0.69, 0.1], [100] * 5, 250, max_extra=49).decision == "rate"
 
 
 def test_floor_on_an_all_flat_ranking_is_capped() -> None:
-    sel = choose_documents([0.5] * 6, [100] * 6, 200, max_factor=2.0)
+    sel = choose_documents([0.5] * 6, [100] * 6, 200, max_extra=200)
     assert sel.decision == "floor" and len(sel.kept) == 4
-    # Never more than max_factor x budget, even for a tie.
-    sel = choose_documents([1.0, 0.9, 0.9, 0.9, 0.9, 0.0], [100] * 6, 200, max_factor=1.5)
+    # Never more than the budget plus the allowance, even for a tie.
+    sel = choose_documents([1.0, 0.9, 0.9, 0.9, 0.9, 0.0], [100] * 6, 200, max_extra=100)
     assert sum(100 for _ in sel.kept) <= 300 and sel.decision == "floor"
     # Everything fits already: nothing to decide.
-    assert choose_documents([1.0, 1.0], [10, 10], 100).decision == "rate"
+    assert choose_documents([1.0, 1.0], [10, 10], 100, max_extra=100).decision == "rate"
     assert choose_documents([], [], 100).kept == []
 
 
@@ -381,3 +386,96 @@ def test_a_linked_question_anchor_leads_wherever_a_blend_put_it() -> None:
     # Low in the spread, a linked anchor promotes nothing.
     low = [1.0, 0.9, 0.1, 0.0]
     assert promote_linked(low, [(), (), (3,), ()]) == low
+
+
+# ---- issue 20: numbers in words, two-document question words, the sentence-vector cache -------------------
+from extproc.gateway.compression.core.coarse import number_word_terms  # noqa: E402
+
+
+@pytest.mark.parametrize(("text", "lang", "want"), [
+    ("How heavy is Monvar's twenty-four-port fanless switch?", "en", ["=24"]),
+    ("eight ports, Forty two cars, one of them", "en", ["=8", "=42"]),  # "one" alone is a pronoun
+    ("セルルの四ポートのファンレススイッチ", "ja", ["=4"]),
+    ("十二個と四十八ポートと二十四", "ja", ["=12", "=48", "=24"]),
+    ("一部の統一された同一の設定", "ja", []),  # numerals inside words are not counts
+])
+def test_number_words_give_the_digit_term(text: str, lang: str, want: list[str]) -> None:
+    assert number_word_terms(text, lang) == want
+
+
+def test_a_number_in_words_finds_the_document_with_the_digits() -> None:
+    docs = [f"The Monvar RX-{100 + p} is a fanless switch that ships with {p} Ethernet ports and weighs 1.{p} kg."
+            for p in (4, 8, 12, 24)]
+    scores, _ = lexical_scores("How heavy is Monvar's twelve-port fanless switch?", docs, "en")
+    assert max(range(4), key=scores.__getitem__) == 2
+    ja = [f"セルルのTX-{100 + p}はファンレスのスイッチで、{p}個のイーサネットポートを備え、重さは1.{p}キロです。" for p in (4, 8, 12, 24)]
+    scores, _ = lexical_scores("セルルの十二ポートのファンレススイッチの重さは何キロですか？", ja, "ja")
+    assert max(range(4), key=scores.__getitem__) == 2
+
+
+RAIL_Q = "From which platform does the Kessol Flyer to Genoa leave Rotterdam?"
+RAIL = [
+    "The Dunnel Express to Tacoma leaves Rotterdam from platform 10 at 19:50 and runs with 5 cars.",
+    "The Dunnel Express to Genoa leaves Rotterdam from platform 8 at 11:05 and runs with 9 cars.",
+    "The Kessol Flyer to Genoa leaves Rotterdam from platform 7 at 13:05 and runs with 14 cars.",
+    "The Kessol Flyer to Tacoma leaves Rotterdam from platform 2 at 10:20 and runs with 8 cars.",
+    "The Kessol Flyer to Mombasa leaves Rotterdam from platform 14 at 12:50 and runs with 5 cars.",
+]
+
+
+def test_a_question_word_two_documents_share_lifts_neither() -> None:
+    # "Genoa" is the question's rarest word, in two documents: the other train to Genoa shares "Dunnel
+    # Express" with a third document. A link from it must not lift it (and its neighbour) above the train
+    # the question names; only a word in one document alone anchors a lift (the rename notice of a ship).
+    scores, links = lexical_scores(RAIL_Q, RAIL, "en")
+    assert links[1] == ()
+    final = promote_linked(scores, links)
+    assert max(range(5), key=final.__getitem__) == 2
+    assert choose_documents(final, [25] * 5, 40).kept == [2]
+
+
+class _CountingModel:
+    """Stands in for the sentence encoder: counts what it encodes; a text's vector depends on it alone."""
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def encode(self, texts, **kw):
+        import numpy as np
+
+        self.encoded += len(texts)
+        out = np.zeros((len(texts), 8))
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, hash(w) % 8] += 1.0
+        n = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(n > 0, n, 1.0)
+
+
+def test_sentence_vectors_are_cached_per_document() -> None:
+    r = CoarseRanker("auto")
+    r._model = m = _CountingModel()
+    q = "Who opened ticket INC-4821?"
+    first = r.rank_sync(q, DOCS_EN)
+    cold = m.encoded
+    again = r.rank_sync(q, DOCS_EN)
+    assert again.scores == first.scores
+    assert m.encoded - cold == 1  # only the question: every document's sentences came from the cache
+    docs, hits, misses = r.vector_cache_stats()
+    assert docs == len(DOCS_EN) and hits == len(DOCS_EN) and misses == len(DOCS_EN)
+    # A new document next to known ones: only its sentences (and the question) are encoded.
+    before = m.encoded
+    r.rank_sync(q, [*DOCS_EN, "Ticket INC-9999 was closed by Ana Silva."])
+    assert m.encoded - before == 2
+    # No cache: everything is encoded every time, with the same scores.
+    r0 = CoarseRanker("auto", vector_cache_documents=0, vector_cache_floats=0)
+    r0._model = m0 = _CountingModel()
+    assert r0.rank_sync(q, DOCS_EN).scores == first.scores
+    n0 = m0.encoded
+    r0.rank_sync(q, DOCS_EN)
+    assert m0.encoded == 2 * n0
+
+
+def test_weighted_blend() -> None:
+    assert blend([0.0, 1.0], [1.0, 0.0], weights=[3.0, 1.0]) == [0.25, 0.75]
+    assert blend([0.0, 1.0], [1.0, 0.0]) == [0.5, 0.5]

@@ -32,7 +32,7 @@ def _compression(**kw) -> dict:
     # The load test's synthetic RAG documents are near-copies of each other, which the quality floor keeps
     # (a flat ranking); this test is about the Envoy path, so the floor gets no room (max factor 1).
     return {"compression": {"enabled": True, "ranker": "bm25", "fixed_rate": 0.5, "break_even": False,
-                            "min_prompt_tokens": 200, "deadline_ms": 5000, "coarse_floor_max_factor": 1.0, **kw}}
+                            "min_prompt_tokens": 200, "deadline_ms": 5000, "coarse_floor_max_overshoot": 0.0, **kw}}
 
 
 @pytest.mark.parametrize("fine", [False, True], ids=["coarse-only", "coarse+fine"])

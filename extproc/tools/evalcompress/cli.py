@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -34,6 +35,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lang", default=None, help="only items of this language (en, ja)")
     p.add_argument("--limit", type=int, default=None, help="only the first N items (after --lang)")
     p.add_argument("--json", dest="json_out", default=None, help="write summary + per-item results here ('-' = stdout)")
+    p.add_argument("--floor-curve", default=None,
+                   help="instead of the table: sweep the quality floor's two numbers (flat margin x max overshoot), "
+                        "coarse step only, and write retention vs achieved rate per language here (JSON)")
+    p.add_argument("--chart", default=None, help="with --floor-curve: draw the curve into this PNG")
+    p.add_argument("--flat-margin", type=float, default=None, help="the floor's score margin (default: the setting's)")
+    p.add_argument("--max-overshoot", type=float, default=None,
+                   help="the floor's largest overshoot of the rate, in rate points (default: the setting's)")
     p.set_defaults(func=run)
 
 
@@ -86,11 +94,17 @@ async def _run(args: argparse.Namespace) -> int:
         embedding_model_path=args.embedding_model, embedding_languages=langs,
         # Each item and rate is measured cold: no ranking or compressed piece reused from another rate.
         cache_max_documents=0, cache_max_chars=0, cache_max_rankings=0,
+        **({"coarse_flat_margin": args.flat_margin} if args.flat_margin is not None else {}),
+        **({"coarse_floor_max_overshoot": args.max_overshoot} if args.max_overshoot is not None else {}),
     )
-    ranker = None if args.no_coarse else CoarseRanker(args.ranker, settings.embedding_model_path, settings.embedding_languages)
+    # No sentence-vector cache either: each item and rate is measured cold (latency included).
+    ranker = None if args.no_coarse else CoarseRanker(args.ranker, settings.embedding_model_path, settings.embedding_languages,
+                                                      vector_cache_documents=0, vector_cache_floats=0)
     if ranker is not None and args.ranker != "bm25":
         if not await ranker.ready():
             console.print("[yellow]embedding model unavailable: ranking with BM25 only[/yellow]")
+    if args.floor_curve:
+        return await _curve(args, items, rates, settings, ranker, console, str(data))
     fine = build_fine_compressor(settings) if args.model else None
     try:
         results = await evaluate(items, rates, settings=settings, fine=fine, ranker=ranker)
@@ -103,14 +117,15 @@ async def _run(args: argparse.Namespace) -> int:
     title = "compression eval: " + ("coarse + fine (model: " + args.model + ")" if args.model else "coarse step only")
     t = Table(title=title)
     for col in ("kind", "lang", "rate", "n", "answer kept", "all gold kept", "gold@1", "achieved",
-                "achieved (no floor)", "floor", "prompt ratio", "p50 ms", "p95 ms", "ranker", "fine"):
+                "achieved (no floor)", "rate ±0.05", "floor", "prompt ratio", "p50 ms", "p95 ms", "ranker", "fine"):
         t.add_column(col, justify="right" if col not in ("kind", "lang", "ranker", "fine") else "left")
     for r in rows:
         unf = r["achieved_rate_unfloored"]
         t.add_row(
             r["kind"], r["lang"], f"{r['rate']:.2f}", str(r["n"]), f"{r['answer_retention']:.1%}",
             f"{r['gold_retention']:.1%}", f"{r['gold_top1']:.1%}", f"{r['achieved_rate']:.2f}",
-            "-" if unf is None else f"{unf:.2f}", f"{r['floor_share']:.0%}", f"{r['prompt_ratio']:.2f}",
+            "-" if unf is None else f"{unf:.2f}", f"{r['rate_within']:.0%}", f"{r['floor_share']:.0%}",
+            f"{r['prompt_ratio']:.2f}",
             f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p95']:.1f}", ",".join(r["rankers"]), ",".join(r["fine"]),
         )
     console.print(t)
@@ -123,4 +138,38 @@ async def _run(args: argparse.Namespace) -> int:
         else:
             with open(args.json_out, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
+    return 0
+
+
+async def _curve(args: argparse.Namespace, items: list[Any], rates: list[float], settings: Any, ranker: Any,
+                 console: Any, data: str) -> int:
+    """`--floor-curve`: the floor's trade, retention against achieved rate, per language."""
+    import json  # noqa: PLC0415
+
+    from rich.table import Table  # noqa: PLC0415
+
+    from extproc.tools.evalcompress.evaluate import floor_curve  # noqa: PLC0415
+
+    if ranker is None:
+        console.print("[red]--floor-curve needs the coarse step[/red]")
+        return 2
+    try:
+        rows = await floor_curve(items, rates, settings=settings, ranker=ranker)
+    finally:
+        await ranker.close()
+    t = Table(title="the quality floor's trade (coarse step only)")
+    for col in ("margin", "max overshoot", "lang", "rate", "n", "all gold kept", "achieved", "rate ±0.05", "floor"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(f"{r['margin']:g}", f"{r['max_overshoot']:g}", r["lang"], f"{r['rate']:.2f}", str(r["n"]),
+                  f"{r['gold_retention']:.1%}", f"{r['achieved_rate']:.3f}", f"{r['rate_within']:.0%}",
+                  f"{r['floor_share']:.0%}")
+    console.print(t)
+    meta = {"data": data, "ranker": args.ranker, "rates": rates, "items": len(items)}
+    with open(args.floor_curve, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"meta": meta, "curve": rows}, indent=1) + "\n")
+    if args.chart:
+        from extproc.tools.evalcompress.chart import floor_chart  # noqa: PLC0415
+
+        floor_chart(rows, args.chart, title=f"{Path(data).name}, ranker {args.ranker}")
     return 0

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from extproc.gateway.compression.core.cache import RankingCache
 from extproc.gateway.compression.core.coarse import CoarseRanker
 from extproc.gateway.compression.core.fine import FineCompressor
 from extproc.gateway.compression.core.pipeline import CompressionPipeline
@@ -114,16 +115,28 @@ async def evaluate(
     deadline_s: float = 120.0,
 ) -> list[ItemResult]:
     pipe = CompressionPipeline(settings, fine, ranker)
+    return await _evaluate_with(pipe, items, rates, ranker, deadline_s=deadline_s)
+
+
+async def _evaluate_with(
+    pipe: CompressionPipeline,
+    items: Sequence[dict[str, Any]],
+    rates: Sequence[float],
+    ranker: CoarseRanker | None,
+    *,
+    deadline_s: float = 120.0,
+    top1: bool = True,
+) -> list[ItemResult]:
     out: list[ItemResult] = []
     for item in items:
         body = build_request(item)
         seg = pipe.segment(PATH, body)
         found = len(seg.documents) == len(item["documents"])
-        top1 = False
+        is_top1 = False
         golds, ans_doc = gold_docs(item), answer_doc(item)
-        if ranker is not None and seg.rag and found:
+        if top1 and ranker is not None and seg.rag and found:
             rk = await ranker.rank(seg.question, [d.text for d in seg.documents])
-            top1 = max(range(len(rk.scores)), key=lambda i: rk.scores[i]) == ans_doc
+            is_top1 = max(range(len(rk.scores)), key=lambda i: rk.scores[i]) == ans_doc
         for rate in rates:
             t0 = time.perf_counter()
             o = await pipe.compress(PATH, body, rate, deadline_s)
@@ -139,9 +152,56 @@ async def evaluate(
             answer_kept = _norm(item["answer"], item["lang"]) in _norm(gold_text, item["lang"])
             achieved = o.comp_after / o.comp_before if o.comp_before else 1.0
             ratio = o.tokens_after / o.tokens_before if o.tokens_before else 1.0
-            out.append(ItemResult(item["id"], item["lang"], rate, answer_kept, gold_kept, top1, achieved, ratio,
+            out.append(ItemResult(item["id"], item["lang"], rate, answer_kept, gold_kept, is_top1, achieved, ratio,
                                   ms, found, o.fine, o.ranker, item.get("kind", "-"), o.coarse_decision))
     return out
+
+
+# An item meets the rate when its achieved rate is within this of the requested one (issue 20's bar).
+RATE_TOLERANCE = 0.05
+# The floor's settings the trade-off curve sweeps (docs/compression.md, "The floor's trade").
+CURVE_MARGINS = (0.0, 0.06, 0.12, 0.25)
+CURVE_OVERSHOOTS = (0.0, 0.05, 0.1, 0.2, 0.4)
+
+
+async def floor_curve(
+    items: Sequence[dict[str, Any]],
+    rates: Sequence[float],
+    *,
+    settings: CompressionSettings,
+    ranker: CoarseRanker,
+    margins: Sequence[float] = CURVE_MARGINS,
+    overshoots: Sequence[float] = CURVE_OVERSHOOTS,
+) -> list[dict[str, Any]]:
+    """Retention against achieved rate for each (flat margin, max overshoot) of the quality floor, per
+    language and rate, coarse step only. Each item is ranked once (the ranking does not depend on the
+    floor) and every setting reuses that ranking, so the points differ by the floor alone."""
+    shared: RankingCache[Any] = RankingCache(max(1, len(items)))
+    results: list[tuple[float, float, ItemResult]] = []
+    for m in margins:
+        for o in overshoots:
+            st = settings.model_copy(update={"coarse_flat_margin": m, "coarse_floor_max_overshoot": o})
+            pipe = CompressionPipeline(st, None, ranker)
+            pipe.rank_cache = shared
+            for r in await _evaluate_with(pipe, items, rates, ranker, top1=False):
+                results.append((m, o, r))
+    rows: list[dict[str, Any]] = []
+    for m in margins:
+        for o in overshoots:
+            for lang in sorted({r.lang for _, _, r in results}) + ["all"]:
+                for rate in sorted(set(rates)):
+                    sel = [r for mm, oo, r in results if mm == m and oo == o and r.rate == rate
+                           and (lang == "all" or r.lang == lang)]
+                    if not sel:
+                        continue
+                    n = len(sel)
+                    rows.append({"margin": m, "max_overshoot": o, "lang": lang, "rate": rate, "n": n,
+                                 "gold_retention": sum(r.gold_kept for r in sel) / n,
+                                 "answer_retention": sum(r.answer_kept for r in sel) / n,
+                                 "achieved_rate": statistics.fmean(r.achieved for r in sel),
+                                 "rate_within": sum(abs(r.achieved - r.rate) <= RATE_TOLERANCE + 1e-9 for r in sel) / n,
+                                 "floor_share": sum(r.coarse == "floor" for r in sel) / n})
+    return rows
 
 
 def _pct(xs: Sequence[float], q: float) -> float:
@@ -181,6 +241,8 @@ def summarize(results: Sequence[ItemResult]) -> list[dict[str, Any]]:
                     "achieved_rate": statistics.fmean(r.achieved for r in sel),
                     "achieved_rate_unfloored": statistics.fmean(unfloored) if unfloored else None,
                     "floor_share": sum(r.coarse == "floor" for r in sel) / n,
+                    # The rate promise per item: the achieved rate within RATE_TOLERANCE of the request.
+                    "rate_within": sum(abs(r.achieved - r.rate) <= RATE_TOLERANCE + 1e-9 for r in sel) / n,
                     "prompt_ratio": statistics.fmean(r.prompt_ratio for r in sel),
                     "latency_ms_p50": _pct(lat, 0.5),
                     "latency_ms_p95": _pct(lat, 0.95),

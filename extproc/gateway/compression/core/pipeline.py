@@ -322,8 +322,11 @@ class CompressionPipeline:
                 if any(stub):
                     tokens = [max(0, t - s) for t, s in zip(tokens, stub)]
                     budget = max(0, budget - sum(stub))
+                # The floor's allowance: at most `coarse_floor_max_overshoot` of the compressible tokens
+                # beyond what the rate asks (the achieved rate is compressible after / before).
+                allowance = int(self.settings.coarse_floor_max_overshoot * seg.compressible_tokens)
                 sel = choose_documents(final, tokens, budget, self.settings.coarse_min_docs,
-                                       self.settings.coarse_flat_margin, self.settings.coarse_floor_max_factor)
+                                       self.settings.coarse_flat_margin, allowance)
                 keep = set(sel.kept)
                 for di in range(len(seg.documents)):
                     if di not in keep and _droppable(seg, di):
@@ -350,8 +353,10 @@ class CompressionPipeline:
             fine_rate = min(1.0, want / left) if left else 1.0
             if out.coarse_decision == "floor":
                 # The floor kept more because the ranking was flat; squeezing the survivors harder to meet
-                # the rate anyway would undo it. Compress them as hard as after a normal coarse pass only.
-                fine_rate = max(fine_rate, min(1.0, rate / min(1.0, rate * self.settings.coarse_slack)))
+                # the rate anyway would undo it. They are compressed to the rate plus the floor's allowance
+                # (never softer than after a normal coarse pass): the overshoot stays the stated one.
+                over = (rate + self.settings.coarse_floor_max_overshoot) * seg.compressible_tokens
+                fine_rate = max(fine_rate, min(1.0, over / left, rate / min(1.0, rate * self.settings.coarse_slack)))
             if fine_rate < 1.0 - MIN_FINE_RATE_GAIN:
                 # Deterministic, prefix-cache friendly: each piece's model rate depends on the piece alone
                 # (and the request's rate on a 0.05 grid), and a piece compressed before is reused as it
