@@ -146,7 +146,8 @@ class Stack:
             "policy": {"default_site": "edge", "stale_after_s": 3.0, **policy},
             # These end-to-end cases were written for the spill policy (an idle edge keeps everything home,
             # spill by pressure): they pin it; the cost model's own cases set `routing.profile: aigrid`.
-            "routing": {"profile": "spill"},
+            # (A case that names the deprecated policy.strategy gets that instead.)
+            **({} if "strategy" in policy else {"routing": {"profile": "spill"}}),
             "redis": {"url": f"redis://127.0.0.1:{self.redis_port}/0", "key_prefix": self.prefix, "resync_interval_s": 1.0},
             # RTT probe off: on one busy host its jitter is noise, and these tests pin RTTs by config.
             "gateway": {"listen": f"127.0.0.1:{extproc}", "metrics_listen": f"127.0.0.1:{metrics}", "drain_grace_s": 2, "rtt_probe_interval_s": 0},

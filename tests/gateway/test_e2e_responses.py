@@ -91,7 +91,7 @@ def test_a_long_responses_input_is_compressed_like_chat(stack_factory, shape: st
     st = stack_factory()
     gw = st.add_gateway(extra={"compression": {
         "enabled": True, "ranker": "bm25", "fixed_rate": 0.5, "break_even": False, "min_prompt_tokens": 200,
-        "deadline_ms": 5000, "coarse_floor_max_factor": 1.0}})
+        "deadline_ms": 5000, "coarse_floor_max_overshoot": 0.0}})
     st.publish_idle(gw)
     head, *items = _rag_input(7)[0]
     question_text = items[-1]["content"][0]["text"]
