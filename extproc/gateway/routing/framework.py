@@ -62,8 +62,8 @@ class Decision:
     tpot_ms: float | None = None
     uncached_tokens: int | None = None
     slack: float | None = None
-    # The slack a standard request's SLO would leave there, with this request's numbers (the site's stress
-    # whatever the class): the compressor's keep-rate follows the lower of the two.
+    # The slack the realtime SLO would leave there, with this request's numbers (the site's stress for the
+    # tightest class, whatever this request's): the compressor's keep-rate follows the lower of the two.
     site_slack: float | None = None
     term: str = ""
     # Sites whose speed was the cost model's stated default (not configured), for the metric.
