@@ -2,7 +2,7 @@
 
 Baseline in the same run: the engine alone (the simulator's EngineCore on one replica driven by
 VirtualSim with the same prompt/output lengths), so the ratio shows what the gateway, agents, map and
-compressor cost on top of the engine. Goal in issue 9: >= 20,000 simulated requests per CPU-second.
+compressor cost on top of the engine. Goal (issue 17): >= 20,000 simulated requests per CPU-second.
 
     .venv/bin/python bench/twin_speed.py [--rate 48] [--duration 20] [--rounds 2]
 """
@@ -10,6 +10,7 @@ compressor cost on top of the engine. Goal in issue 9: >= 20,000 simulated reque
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from extproc.tools.sim.engine import Arrival, VirtualSim
@@ -42,6 +43,7 @@ def main() -> None:
             sim.run()
         best_base = max(best_base, len(reqs) / (time.process_time() - t0))
     print(f"engine alone (3 VirtualSims, no prefix cache): {best_base:,.0f} requests/CPU-s")
+    per_arm: dict[str, float] = {}
     for arm in a.arms.split(","):
         best = 0.0
         for _ in range(a.rounds):
@@ -50,6 +52,9 @@ def main() -> None:
             best = max(best, len(res.flights) / (time.process_time() - t0))
         print(f"twin {arm:5s} at {a.rate:g} req/s x {a.duration:g} s ({len(res.flights)} requests, {res.events} events): "
               f"{best:,.0f} requests/CPU-s = {best / best_base:.2f}x the engine alone (goal 20,000)")
+        per_arm[arm] = round(best)
+    print(json.dumps({"sim_requests_per_cpu_s": per_arm, "engines_alone_requests_per_cpu_s": round(best_base),
+                      "rate": a.rate, "duration_s": a.duration, "goal": 20_000}))
 
 
 if __name__ == "__main__":
