@@ -30,10 +30,8 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import aiohttp
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,39 +39,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness import Stack, make_stack, wait_until  # noqa: E402
+from response_side import open_loop, pct  # noqa: E402  (the same open-loop client and percentile)
 
 from extproc.gateway.config import load_config  # noqa: E402
 from extproc.gateway.envoyconf.render import render_envoy_config, render_envoy_yaml  # noqa: E402
 from extproc.tools.stack.procs import free_port, http_ok, port_open, python_argv, start_envoy  # noqa: E402
 
 CHAT = "/v1/chat/completions"
-
-
-async def open_loop(url: str, body: bytes, rate: float, seconds: float) -> tuple[list[float], int]:
-    """Requests sent at fixed times; latency from the scheduled time to the last byte (ms)."""
-    n = int(rate * seconds)
-    lat: list[float] = []
-    bad = 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        t0 = time.perf_counter() + 0.2
-
-        async def one(i: int) -> None:
-            nonlocal bad
-            at = t0 + i / rate
-            await asyncio.sleep(max(0.0, at - time.perf_counter()))
-            async with s.post(url, data=body, headers={"content-type": "application/json"}) as r:
-                await r.read()
-                if r.status != 200:
-                    bad += 1
-            lat.append((time.perf_counter() - at) * 1000)
-
-        await asyncio.gather(*(one(i) for i in range(n)))
-    return lat, bad
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def envoy_for(st: Stack, root: Path, base_cfg: dict, name: str, listen: str, strip_extproc: bool = False) -> str:

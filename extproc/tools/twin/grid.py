@@ -64,19 +64,7 @@ def _block_hashes(segments: tuple[tuple[str, int], ...], bs: int = BLOCK) -> tup
     cur: list[int] = []
     fill = 0
     for key, n in segments:
-        kid = _key_id(key)
-        off = 0
-        while off < n:
-            take = min(n - off, bs - fill)
-            cur.append(kid)
-            cur.append(off)
-            off += take
-            fill += take
-            if fill == bs:
-                h = hash((h, *cur))
-                out.append(h)
-                cur = []
-                fill = 0
+        h, fill = _feed(key, n, bs, h, cur, fill, out)
     return tuple(out)
 
 
@@ -109,7 +97,7 @@ class ChatChains:
 
 
 def _feed(key: str, n: int, bs: int, h: int, cur: list[int], fill: int, out: list[int]) -> tuple[int, int]:
-    """One segment into the chain (the loop of `_block_hashes`)."""
+    """One segment into the chain: `_block_hashes` over a whole prompt, `ChatChains` turn by turn."""
     kid = _key_id(key)
     off = 0
     while off < n:
