@@ -65,6 +65,44 @@ def test_queue_and_prefill_are_work_over_speed():
 def test_decode_step_grows_with_the_batch():
     assert cm.decode_step_ms(L40S, 1) == pytest.approx(21.8)
     assert cm.decode_step_ms(L40S, 33) == pytest.approx(21.8 + 32 * 0.376)
+    assert cm.decode_step_ms(L40S, 33, per_seq_ms=0.5) == pytest.approx(21.8 + 32 * 0.5)
+
+
+def test_the_per_sequence_cost_follows_the_running_context_when_the_benchmark_says_its_context():
+    bench = H100.model_copy(update={"decode_context_tokens": 2048})
+    assert cm.per_seq_at(H100, 4096) == H100.decode_ms_per_seq  # no benchmark context: as measured
+    assert cm.per_seq_at(bench, None) == H100.decode_ms_per_seq  # nothing routed there yet
+    assert cm.per_seq_at(bench, 4096) == pytest.approx(2 * 0.104)  # twice the KV to read per sequence
+    lo, hi = cm.CONTEXT_SCALE
+    assert lo == 1.0  # the benchmark's figure is a floor: short contexts do not make decode cheaper
+    assert cm.per_seq_at(bench, 1024) == pytest.approx(0.104)
+    assert cm.per_seq_at(bench, 10**7) == pytest.approx(hi * 0.104)
+
+
+def test_the_running_context_is_a_decaying_mean_of_the_prompts_routed_there():
+    from extproc.gateway.routing.steps.slo.common import RunningContext
+
+    rc = RunningContext(weight=0.1)
+    assert rc.at("remote") is None
+    v = replace(REMOTE, speed=H100.model_copy(update={"decode_context_tokens": 2048}))
+    assert rc.per_seq(v) == 0.104  # nothing routed there yet: the benchmark's figure
+    rc.add("remote", 1000)
+    assert rc.at("remote") == 1000
+    for _ in range(100):
+        rc.add("remote", 4000)
+    assert rc.at("remote") == pytest.approx(4000, rel=0.01) and rc.at("edge") is None
+    assert rc.per_seq(v) == pytest.approx(0.104 * rc.at("remote") / 2048)
+
+
+def test_long_contexts_predict_a_longer_decode_step():
+    prof = aigrid()
+    busy = replace(REMOTE, running=160, speed=H100.model_copy(update={"decode_context_tokens": 2048}))  # 80 per replica
+    decode = next(s for s in prof.estimators if s.type_name == "tpot_decode")
+    short = prof.decide(ctx([busy], sla=SlaClass.realtime, prompt=300)).tpot_ms
+    for _ in range(200):
+        decode.on_decision(ctx([busy], prompt=6_000), Decision("remote", "", ""))
+    long = prof.decide(ctx([busy], sla=SlaClass.realtime, prompt=300)).tpot_ms
+    assert short is not None and long is not None and long > short + 10
 
 
 def test_stall_is_nothing_while_decode_is_memory_bound_and_grows_to_the_cap():
@@ -105,7 +143,11 @@ def test_realtime_takes_the_near_site_while_it_has_slack_and_leaves_when_it_has_
 def test_standard_work_leaves_the_near_site_to_realtime_when_it_would_not_fit_after_it():
     loaded = replace(EDGE, waiting=3)  # three queued requests of ~1,000 tokens: ~280 ms of prefill ahead
     with_reserve = aigrid()
-    without = aigrid(name="aigrid_no_reserve")
+    # Without the reserve (and without prefix affinity, which would send a cold prompt to its key's
+    # home whichever site has room), the most slack is the edge's.
+    spec = BUILTIN_PROFILES["aigrid_no_reserve"].model_copy(
+        update={"picker": StepSpec(type="slo_slack", params={"affinity_min_slack": None})})
+    without = build_profile("no_reserve_no_affinity", spec, cfg())
     # A short standard request fits the edge either way; the reserve keeps the edge for realtime.
     f = ctx([loaded, replace(REMOTE, running=60, waiting=30)], prompt=200)
     assert without.decide(f).site == "edge"
@@ -126,6 +168,77 @@ def test_ties_are_drawn_from_the_request_key_not_the_site_order():
         got = {prof.decide(ctx(twins, sla=sla, u=i / 40)).site for i in range(40)}
         assert got == {"s1", "s2", "s3", "s4"}, sla
         assert prof.decide(ctx(twins, sla=sla, u=0.3)).site == prof.decide(ctx(twins, sla=sla, u=0.3)).site
+
+
+def _four(**load):
+    names = ("s1", "s2", "s3", "s4")
+    text = "sites:\n" + "".join(
+        f"  - {{name: {n}, endpoints: ['127.0.0.1:{i + 1}'], rtt_ms: 2, speed: {{prefill_tokens_per_s: 31334, decode_ms: 6.37}}}}\n"
+        for i, n in enumerate(names))
+    return aigrid(text), [site(n, rtt=2, speed=H100, **load) for n in names]
+
+
+def test_standard_work_goes_where_its_prefix_is_cached_while_that_site_has_room():
+    prof, views = _four()
+    prefill = next(s for s in prof.estimators if s.type_name == "ttft_prefill")
+    blocks = tuple(range(1000, 1150))  # 2,400 tokens of documents
+    prefill.on_decision(ctx(views, blocks=blocks), Decision("s3", "", ""))
+    # s3 a little busier than the rest: still chosen, for the 2,400 tokens it need not prefill.
+    views[2] = replace(views[2], running=20)
+    d = prof.decide(ctx(views, prompt=2_500, blocks=blocks))
+    assert d.site == "s3" and "prefix home" in d.reason and d.uncached_tokens == 100
+    # Without room there (slack under affinity_min_slack), the prompt goes elsewhere.
+    views[2] = replace(views[2], waiting=60, running=200)
+    assert prof.decide(ctx(views, prompt=2_500, blocks=blocks)).site != "s3"
+
+
+def test_a_prompt_cached_at_several_sites_goes_to_its_keys_rendezvous_home_among_them():
+    prof, views = _four()
+    prefill = next(s for s in prof.estimators if s.type_name == "ttft_prefill")
+    blocks = tuple(range(2000, 2150))
+    for name in ("s1", "s2", "s3"):  # a popular document, cached at three of the four sites
+        prefill.on_decision(ctx(views, blocks=blocks), Decision(name, "", ""))
+    views[3] = replace(views[3], running=0)
+    views = [replace(v, running=10) if v.name != "s4" else v for v in views]  # s4 idle, but cold
+    homes = {i: prof.decide(ctx(views, prompt=2_500, blocks=blocks, u=i / 300 + 0.0001)).site for i in range(300)}
+    assert set(homes.values()) == {"s1", "s2", "s3"}  # never the cold site: the cache saves 2,400 tokens
+    assert homes == {i: prof.decide(ctx(views, prompt=2_500, blocks=blocks, u=i / 300 + 0.0001)).site for i in range(300)}
+    share = {n: sum(1 for v in homes.values() if v == n) / 300 for n in ("s1", "s2", "s3")}
+    assert all(0.2 < x < 0.47 for x in share.values()), share
+    # s2 full: its keys find new homes, every other key keeps its own (rendezvous hashing).
+    full = [replace(v, waiting=80, running=300) if v.name == "s2" else v for v in views]
+    moved = {i: prof.decide(ctx(full, prompt=2_500, blocks=blocks, u=i / 300 + 0.0001)).site for i in range(300)}
+    assert all(moved[i] == homes[i] for i in homes if homes[i] != "s2")
+    assert all(moved[i] in ("s1", "s3") for i in homes)
+
+
+def test_a_prompt_cold_everywhere_takes_the_most_slack_not_a_home():
+    prof, views = _four()
+    views = [replace(v, running=10 if v.name != "s2" else 0) for v in views]
+    assert {prof.decide(ctx(views, prompt=2_500, u=i / 50)).site for i in range(50)} == {"s2"}
+
+
+def test_weighted_rendezvous_shares_follow_capacity():
+    from extproc.gateway.routing.steps.slo.slack import _mix, rendezvous_weight
+
+    wins = {"small": 0, "big": 0}
+    for k in range(20_000):
+        a = rendezvous_weight(_mix(k * 2654435761 ^ 1), 1.0)
+        b = rendezvous_weight(_mix(k * 2654435761 ^ 2), 3.0)
+        wins["small" if a > b else "big"] += 1
+    assert wins["big"] / 20_000 == pytest.approx(0.75, abs=0.02)
+
+
+def test_realtime_takes_its_cached_site_only_within_the_band_of_the_best_slack():
+    prof, views = _four()
+    prefill = next(s for s in prof.estimators if s.type_name == "ttft_prefill")
+    blocks = tuple(range(50))
+    prefill.on_decision(ctx(views, blocks=blocks), Decision("s4", "", ""))
+    views = [replace(v, running=4) for v in views]
+    assert prof.decide(ctx(views, sla=SlaClass.realtime, prompt=900, blocks=blocks)).site == "s4"
+    # s4 busier by more than the band: the most slack wins, not the cache.
+    views[3] = replace(views[3], running=60)
+    assert prof.decide(ctx(views, sla=SlaClass.realtime, prompt=900, blocks=blocks)).site != "s4"
 
 
 def test_when_every_site_misses_the_least_violation_wins_not_the_first_site():

@@ -36,6 +36,10 @@ class EngineSpeed(_Strict):
     decode_ms_per_seq: float = Field(default=0.0, ge=0, le=1_000)
     # KV-cache capacity of one replica in tokens (sizes the cost model's prefix index); None: unknown.
     kv_cache_tokens: int | None = Field(default=None, ge=1)
+    # The context per sequence (tokens) the busy-batch benchmark ran at. A decode step reads every running
+    # sequence's KV cache, so with this and `kv_cache_tokens` set the per-sequence cost scales with the
+    # running sequences' mean context (reported KV usage x capacity / running); None: taken as measured.
+    decode_context_tokens: int | None = Field(default=None, ge=1)
 
 
 class SiteConfig(_Strict):

@@ -19,12 +19,16 @@ class Arm:
     # The gateway sees every replica as its own endpoint (GIE scores pods, not pools of pods): each site
     # of the scenario is split into one site per replica, same GPU, same link.
     per_replica: bool = False
+    # How often the router sees fresh engine metrics, ms; None: the scenario's agent report interval.
+    # GIE's EPP scrapes every pod itself every 50 ms (refresh-metrics-interval), faster than our agents.
+    report_interval_ms: float | None = None
 
 
 ARMS: dict[str, Arm] = {a.key: a for a in (
     Arm("B0", "round robin (plain Envoy load balancing, no ext_proc)", "round_robin"),
     Arm("B1", "least loaded", "least_loaded"),
-    Arm("B2", "GIE defaults per pod: queue 2 + KV 2 + prefix 3, random ties", "prefix_least_loaded", per_replica=True),
+    Arm("B2", "GIE defaults per pod: queue 2 + KV 2 + prefix 3, random ties", "prefix_least_loaded", per_replica=True,
+        report_interval_ms=50),
     Arm("R", "AI Grid cost-model routing, no compression", "aigrid"),
     Arm("C", "least loaded + load-driven compression", "least_loaded", compress=True),
     Arm("R+C", "AI Grid gateway: cost-model routing + load-driven compression", "aigrid", compress=True),

@@ -120,7 +120,7 @@ def _roofline_speed(gpu: str, model: str, tp: int, prefill: float | None) -> tup
     d64 = hw.step_time(64, 64 * ctx, 64 * ctx, 64)
     return (("prefill_tokens_per_s", prefill or _roofline_prefill_speed(gpu, model, tp)),
             ("decode_ms", round(1e3 * d1, 3)), ("decode_ms_per_seq", round(1e3 * (d64 - d1) / 63, 4)),
-            ("kv_cache_tokens", int(hw.kv_capacity_tokens)))
+            ("kv_cache_tokens", int(hw.kv_capacity_tokens)), ("decode_context_tokens", ctx))
 
 
 def arm_config(sc: Scenario, arm: Arm) -> GatewayConfig:

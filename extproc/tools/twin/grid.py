@@ -211,6 +211,8 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
     go through the agent's combine step and the protobuf codec (the same numbers, slower)."""
     if arm.per_replica:
         sc = sc.per_replica()
+    if arm.report_interval_ms is not None:
+        sc = sc.model_copy(update={"report_interval_ms": arm.report_interval_ms})
     sw = sc.sweep
     prof = load_profiles()
     rng = random.Random(f"{seed}:grid")

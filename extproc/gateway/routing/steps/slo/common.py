@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from extproc.gateway.config.schema import EngineSpeed, GatewayConfig
 from extproc.gateway.request.features import SlaClass
-from extproc.gateway.routing.costmodel import DEFAULT_SPEED
+from extproc.gateway.routing.costmodel import DEFAULT_SPEED, per_seq_at
 from extproc.gateway.routing.views import SiteView
 
 
@@ -26,3 +26,25 @@ class SloBounds:
 def batch_at(v: SiteView) -> float:
     """Running sequences per replica, with the requests sent since the site's last report."""
     return ((v.running or 0) + v.in_flight) / max(v.replicas, 1)
+
+
+
+class RunningContext:
+    """The mean context (tokens) of the sequences running at each site, as this gateway's own decisions
+    say: a decaying average of the prompts it routed there. A decode step reads every running sequence's
+    whole context, shared prefixes included (paged attention reads them once per sequence), so the
+    engine's KV usage, which counts a shared block once, would under-count it."""
+
+    def __init__(self, weight: float = 0.05) -> None:
+        self.w = weight
+        self._v: dict[str, float] = {}
+
+    def at(self, site: str) -> float | None:
+        return self._v.get(site)
+
+    def add(self, site: str, tokens: float) -> None:
+        v = self._v.get(site)
+        self._v[site] = tokens if v is None else v + self.w * (tokens - v)
+
+    def per_seq(self, v: SiteView) -> float:
+        return per_seq_at(speed_of(v), self._v.get(v.name))

@@ -3,13 +3,16 @@ SLO, or miss it by the least; near sites first for the classes that want them.""
 
 from __future__ import annotations
 
+import hashlib
+import math
+
 from pydantic import Field
 
 from extproc.gateway.request.features import SlaClass
 from extproc.gateway.routing.costmodel import slack
 from extproc.gateway.routing.framework import Decision, Picker, Predictions, RoutingContext
 from extproc.gateway.routing.registry import StepEnv, StepParams, register
-from extproc.gateway.routing.steps.slo.common import SloBounds
+from extproc.gateway.routing.steps.slo.common import SloBounds, speed_of
 from extproc.gateway.routing.views import SiteView
 
 
@@ -36,6 +39,14 @@ class SloSlack(Picker):
         near_first: list[SlaClass] = Field(default_factory=lambda: [SlaClass.realtime])
         near_min_slack: float = Field(default=0.15, ge=-1, le=1)
         tie: float = Field(default=0.01, ge=0, le=1)
+        # Prefix affinity among the sites with at least this much slack: the one whose prefix cache saves
+        # the most prefill (by more than `affinity_tokens` over the most-slack site), then the request key's
+        # rendezvous home among equals. None: off (the most slack decides).
+        affinity_min_slack: float | None = Field(default=0.1, ge=-1, le=1)
+        affinity_tokens: int = Field(default=128, ge=0)
+        # For the near-first classes: prefix affinity among the near tier's sites within this much of its
+        # best slack (a realtime request keeps the most room, give or take this). None: off.
+        affinity_band: float | None = Field(default=0.05, ge=0, le=1)
 
     def __init__(self, name: str, params: Params, env: StepEnv) -> None:
         super().__init__(name)
@@ -44,6 +55,10 @@ class SloSlack(Picker):
         self.near_first = frozenset(params.near_first)
         self.near_min = params.near_min_slack
         self.tie = params.tie
+        self.affinity_min = params.affinity_min_slack
+        self.affinity_tokens = params.affinity_tokens
+        self.affinity_band = params.affinity_band
+        self._salts: dict[str, int] = {}
 
     def pick(self, ctx: RoutingContext, sites: list[SiteView], scores: list[float]) -> Decision:  # pragma: no cover
         raise TypeError("slo_slack chooses from predictions: the profile calls pick_predicted")
@@ -65,7 +80,15 @@ class SloSlack(Picker):
                 i = self._most_slack(tier, slacks, ctx.u)
                 if slacks[i] >= self.near_min:
                     chosen, how = i, "nearest with slack"
+                    if self.affinity_band is not None:
+                        # Within `affinity_band` of the tier's best slack, the prefix cache decides.
+                        band = [j for j in tier if slacks[j] >= max(self.near_min, slacks[i] - self.affinity_band)]
+                        chosen = self._affine_in(band, sites, pred, ctx.u)
                     break
+        elif self.affinity_min is not None:
+            i = self._affine(pool, sites, slacks, pred, ctx.u, None)
+            if i is not None:
+                chosen, how = i, "prefix home"
         if chosen is None:
             chosen = self._most_slack(pool, slacks, ctx.u)
             how = "most slack" if slacks[chosen] >= 0 else "least violation"
@@ -83,6 +106,38 @@ class SloSlack(Picker):
                         site_slack=slack(pred.ttft_ms[chosen], pred.tpot_ms[chosen], *self.slo(SlaClass.realtime)),
                         term=term,
                         default_speed=tuple(defaults))
+
+    def _affine(self, pool: list[int], sites: list[SiteView], slacks: list[float], pred: Predictions,
+                u: float, fallback: int | None) -> int | None:
+        """Among `pool`'s sites with at least `affinity_min_slack`, the one that computes the least prefill
+        (its prefix cache holds the most of the prompt, within `affinity_tokens`), and among those the
+        request key's rendezvous home: the same key keeps the same site while it has room, so each
+        site's cache holds its own share of the prompts rather than every site the same popular ones."""
+        if self.affinity_min is None:
+            return fallback
+        ok = [i for i in pool if slacks[i] >= self.affinity_min]
+        if not ok:
+            return fallback
+        # A prompt that is cold everywhere goes where the most slack is (measured: homing cold prompts by
+        # key sent long RAG prefills to the small near sites, and realtime missed there).
+        best = self._most_slack(pool, slacks, u)
+        if min(pred.uncached[i] for i in ok) >= pred.uncached[best] - self.affinity_tokens:
+            return fallback
+        return self._affine_in(ok, sites, pred, u)
+
+    def _affine_in(self, ok: list[int], sites: list[SiteView], pred: Predictions, u: float) -> int:
+        least = min(pred.uncached[i] for i in ok)
+        near = [i for i in ok if pred.uncached[i] <= least + self.affinity_tokens]
+        if len(near) == 1:
+            return near[0]
+        key = int(u * 18446744073709551616.0)
+        return max(near, key=lambda i: rendezvous_weight(_mix(key ^ self._salt(sites[i].name)), capacity(sites[i])))
+
+    def _salt(self, name: str) -> int:
+        salt = self._salts.get(name)
+        if salt is None:
+            salt = self._salts[name] = hash_name(name)
+        return salt
 
     def _most_slack(self, pool: list[int], slacks: list[float], u: float) -> int:
         best = max(slacks[i] for i in pool)
@@ -108,6 +163,31 @@ class SloSlack(Picker):
             if gap > best_gap:
                 best_term, best_gap = term, gap
         return best_term or "tie", rival
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a 64-bit hash of a 64-bit integer (rendezvous weights without hashlib)."""
+    x &= 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def capacity(v: SiteView) -> float:
+    """A site's share of the homes: its prefill capacity (replicas x one replica's prefill speed)."""
+    return max(v.replicas, 1) * speed_of(v).prefill_tokens_per_s
+
+
+def rendezvous_weight(h: int, weight: float) -> float:
+    """Weighted rendezvous hashing (Schindelhauer & Schomaker 2005): with h a uniform 64-bit hash,
+    argmax of weight / -ln(u) lands on each site with probability proportional to its weight."""
+    u = (h + 0.5) / 18446744073709551616.0
+    return weight / -math.log(u)
+
+
+def hash_name(name: str) -> int:
+    """A stable 64-bit hash of a site name (Python's own hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
 def rtt_tiers(sites: list[SiteView], pool: list[int], tolerance_ms: float) -> list[list[int]]:

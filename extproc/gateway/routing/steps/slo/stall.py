@@ -10,7 +10,7 @@ from pydantic import Field
 from extproc.gateway.routing.costmodel import prefill_share, stall_ms
 from extproc.gateway.routing.framework import Decision, Estimator, Predictions, RoutingContext
 from extproc.gateway.routing.registry import StepEnv, StepParams, register
-from extproc.gateway.routing.steps.slo.common import SloBounds, batch_at, speed_of
+from extproc.gateway.routing.steps.slo.common import RunningContext, SloBounds, batch_at, speed_of
 from extproc.gateway.routing.views import SiteView
 
 
@@ -43,6 +43,7 @@ class TpotPrefillStall(Estimator):
     def __init__(self, name: str, params: Params, env: StepEnv) -> None:
         super().__init__(name)
         self.slo = SloBounds(env.config)
+        self.context = RunningContext()
         self.rate = PrefillRate(params.horizon_s)
 
     def rho(self, s: SiteView, now: float, extra_tokens: float = 0.0) -> float:
@@ -51,7 +52,7 @@ class TpotPrefillStall(Estimator):
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
         ttft_slo, tpot_slo = self.slo(ctx.features.sla)
         for i, s in enumerate(sites):
-            ms = stall_ms(speed_of(s), batch_at(s) + 1.0, self.rho(s, ctx.now, pred.uncached[i]))
+            ms = stall_ms(speed_of(s), batch_at(s) + 1.0, self.rho(s, ctx.now, pred.uncached[i]), self.context.per_seq(s))
             pred.add(self.name, i, tpot_ms=ms, ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
 
     def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:
@@ -59,3 +60,4 @@ class TpotPrefillStall(Estimator):
             return
         n = decision.uncached_tokens if decision.uncached_tokens is not None else ctx.features.prompt_tokens
         self.rate.add(decision.site, n, ctx.now)
+        self.context.add(decision.site, ctx.features.prompt_tokens)
