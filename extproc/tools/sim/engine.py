@@ -317,8 +317,10 @@ class EngineCore:
         share = nb - len(r.block_ids) if self.prefix_caching else nb - r._nblocks
         if self.prefix_caching:
             pool = self._pool
-            for _ in range(share):
-                r.block_ids.append(pool.pop())
+            if share > 0:
+                # As popping them one by one: the pool's last blocks, last first.
+                r.block_ids.extend(pool[:-share - 1:-1])
+                del pool[-share:]
         self._pool_n -= share
         r._computed = c
         r._generated += d
