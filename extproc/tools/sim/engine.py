@@ -62,7 +62,6 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
 from .kvcache import KVCacheManager
@@ -164,30 +163,34 @@ class SimRequest:
                 f"computed={self.num_computed}, generated={self.num_generated}, {self.status})")
 
 
-@dataclass
 class StepPlan:
     """What one engine step (or a decode stretch of ``steps`` steps) computes.
 
     ``items`` pairs each explicitly scheduled request with its token count; ``cohort`` decoding sequences
-    take one token each on top. ``ends[i]`` is the absolute end time of step i+1 (``end`` the last)."""
+    take one token each on top. ``ends[i]`` is the absolute end time of step i+1 (``end`` the last).
+    (A slotted class rather than a dataclass: the twin makes one per event.)"""
 
-    items: list[tuple[SimRequest, int]] = field(default_factory=list)
-    cohort: int = 0
-    num_tokens: int = 0
-    num_prefill_tokens: int = 0
-    num_decode: int = 0
-    kv_read_tokens: int = 0
-    attn_ctx_sum: int = 0
-    preempted: int = 0
-    duration: float = 0.0  # of the first step
-    start: float = 0.0
-    steps: int = 1
-    durations: list[float] = field(default_factory=list)
-    ends: list[float] = field(default_factory=list)
-    # Stretch only: the KV blocks each step after the first opens, and the cumulative sums.
-    needs: list[int] = field(default_factory=list)
-    # True when this step runs the per-sequence algorithm (cohort laid out as explicit sequences).
-    general: bool = False
+    __slots__ = ("items", "cohort", "num_tokens", "num_prefill_tokens", "num_decode", "kv_read_tokens",
+                 "attn_ctx_sum", "preempted", "duration", "start", "steps", "durations", "ends", "needs", "general")
+
+    def __init__(self, start: float = 0.0, general: bool = False) -> None:
+        self.items: list[tuple[SimRequest, int]] = []
+        self.cohort = 0
+        self.num_tokens = 0
+        self.num_prefill_tokens = 0
+        self.num_decode = 0
+        self.kv_read_tokens = 0
+        self.attn_ctx_sum = 0
+        self.preempted = 0
+        self.duration = 0.0  # of the first step
+        self.start = start
+        self.steps = 1
+        self.durations: list[float] = []
+        self.ends: list[float] = []
+        # Stretch only: the KV blocks each step after the first opens, and the cumulative sums.
+        self.needs: list[int] = []
+        # True when this step runs the per-sequence algorithm (cohort laid out as explicit sequences).
+        self.general = general
 
     @property
     def empty(self) -> bool:
@@ -196,6 +199,10 @@ class StepPlan:
     @property
     def end(self) -> float:
         return self.ends[self.steps - 1] if self.ends else self.start + self.duration
+
+    def __repr__(self) -> str:
+        return (f"StepPlan(start={self.start}, steps={self.steps}, cohort={self.cohort}, items={len(self.items)}, "
+                f"tokens={self.num_tokens}, duration={self.duration})")
 
 
 class EngineCore:
@@ -535,7 +542,9 @@ class EngineCore:
         bs = self.block_size
         phase = self._phase
         free = self.kv.num_free
-        step_time = self.hw.step_time
+        # step_time(b, kv_read, kv_read + b, b) with the terms that do not change within the stretch taken
+        # out of the loop: the same operations in the same order, so the same floating-point sums.
+        t_linear, kvt, apc, t_comm, t_cpu = self.hw.decode_step_terms(b)
         ends = plan.ends
         durations = plan.durations
         needs = plan.needs
@@ -544,11 +553,15 @@ class EngineCore:
         cum = 0
         for i in range(1, k_max):
             need = phase[(-(g + i)) % bs]
-            if cum + need > free:
-                break  # that step would preempt: it is decided by the per-sequence rules
-            cum += need
+            if need:
+                if cum + need > free:
+                    break  # that step would preempt: it is decided by the per-sequence rules
+                cum += need
             kv_read += b
-            d = step_time(b, kv_read, kv_read + b, b)
+            x = kv_read + b
+            ka = kvt * x
+            aa = apc * x
+            d = t_linear + (aa if aa > ka else ka) + t_comm + t_cpu
             t = t + d
             durations.append(d)
             ends.append(t)
