@@ -150,6 +150,9 @@ class Routed:
     rate_slack: float | None = None
 
 
+_SLA: dict[str, SlaClass] = {c.value: c for c in SlaClass}  # SlaClass(x) without the Enum call per request
+
+
 class Router:
     """One gateway: the real Gateway object (the arm's routing profile) on the twin's virtual clock, and
     its side of the in-flight exchange between gateway replicas (the real message codec and PeerTable)."""
@@ -185,7 +188,7 @@ class Router:
         # CPU time, not wall time: on a shared box the wall clock counts the other processes' turns.
         t0 = time.process_time()
         try:
-            f = RequestFeatures(req.prompt_tokens, None, True, SlaClass(req.sla), req.conversation_key, True,
+            f = RequestFeatures(req.prompt_tokens, None, True, _SLA[req.sla], req.conversation_key, True,
                                 prefix_blocks=prefix_blocks if self._prefix else (), inference=True)
             d, views = self.gateway.route(f)
             view = next((v for v in views if v.name == d.site), None)
@@ -256,6 +259,9 @@ class CompressionModel:
     that so)."""
 
     def __init__(self, sc: Scenario, arm: Arm, corpus: Corpus) -> None:
+        if not arm.compress:
+            self.enabled = False  # an arm without compression never asks: nothing to build
+            return
         cfg, self._sla = config_dict(sc, arm)
         self.settings = CompressionSettings.model_validate(cfg.get("compression", {"enabled": False}))
         self.enabled = arm.compress and self.settings.enabled

@@ -100,17 +100,28 @@ def _feed(key: str, n: int, bs: int, h: int, cur: list[int], fill: int, out: lis
     """One segment into the chain: `_block_hashes` over a whole prompt, `ChatChains` turn by turn."""
     kid = _key_id(key)
     off = 0
-    while off < n:
-        take = min(n - off, bs - fill)
+    if fill:  # finish the open block first
+        take = min(n, bs - fill)
         cur.append(kid)
         cur.append(off)
-        off += take
+        off = take
         fill += take
-        if fill == bs:
-            h = hash((h, *cur))
-            out.append(h)
-            cur.clear()
-            fill = 0
+        if fill < bs:
+            return h, fill
+        h = hash((h, *cur))
+        out.append(h)
+        cur.clear()
+        fill = 0
+    # Blocks wholly inside this segment: their (key, offset) pair alone, as the general step gives it.
+    whole = n - (n - off) % bs
+    append = out.append
+    for o in range(off, whole, bs):
+        h = hash((h, kid, o))
+        append(h)
+    if whole < n:  # the segment's tail opens a block
+        cur.append(kid)
+        cur.append(whole)
+        fill = n - whole
     return h, fill
 
 
