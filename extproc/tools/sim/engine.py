@@ -215,6 +215,7 @@ class EngineCore:
         self.prefix_caching = hw.engine.enable_prefix_caching if prefix_caching is None else prefix_caching
         self.kv = KVCacheManager(hw.num_blocks, hw.engine.block_size, self.prefix_caching)
         self.max_num_seqs = hw.engine.max_num_seqs
+        self._max_len = hw.effective_max_model_len  # a derived property: computed once, not per request
         self.max_batched = hw.engine.max_num_batched_tokens
         self.waiting: deque[SimRequest] = deque()
         # Running sequences in admission order (a dict: O(1) removal, order kept).
@@ -240,7 +241,7 @@ class EngineCore:
     def add(self, req: SimRequest) -> None:
         if req.prompt_len < 1 or req.max_output < 1:
             raise ValueError("a request needs at least one prompt token and one output token")
-        if req.prompt_len + req.max_output > self.hw.effective_max_model_len:
+        if req.prompt_len + req.max_output > self._max_len:
             raise ValueError("request exceeds max_model_len")  # the API layer rejects these first
         if req.block_hashes is not None and len(req.block_hashes) > req.prompt_len // self.block_size:
             raise ValueError("block_hashes has more entries than the prompt has full blocks")
@@ -669,13 +670,24 @@ class EngineCore:
                 self._pool_n += need
             ends = plan.ends
             durations = plan.durations
-            prev = self._coh_last
+            prev: float = self._coh_last  # type: ignore[assignment]
+            # One itl.observe(end - prev, b) and one busy_seconds += duration per step, inlined: the same
+            # floating-point sums in the same order.
+            counts = itl.counts
+            bounds = itl.bounds
+            isum = itl.sum
+            busy = st.busy_seconds
             for i in range(steps - 1):
                 end = ends[i]
-                st.steps += 1
-                st.busy_seconds += durations[i]
-                itl.observe(end - prev, b)  # type: ignore[operator]
+                busy += durations[i]
+                v = end - prev
+                counts[bisect_left(bounds, v)] += b
+                isum += v * b
                 prev = end
+            itl.sum = isum
+            itl.count += b * (steps - 1)
+            st.busy_seconds = busy
+            st.steps += steps - 1
             st.generation_tokens += b * (steps - 1)
             self._g += steps - 1
             self._coh_c += b * (steps - 1)
