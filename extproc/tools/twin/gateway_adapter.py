@@ -262,6 +262,11 @@ class Compressed:
     texts: tuple[str, ...] = ()
 
 
+# The answers that depend on nothing but the arm and the request's kind (immutable: shared).
+_OFF = Compressed(None, 1.0, "off", 0.0)
+_NOTHING = Compressed(None, 1.0, "nothing_to_compress", 0.0)
+
+
 class CompressionModel:
     """The compressor as the gateway runs it with no fine-step model (the demo's setting): the rewriter's
     own rate decision (`RatePolicy`, `decide_rate` on the coarse-only inputs, the rate on its 0.05 cache
@@ -288,11 +293,13 @@ class CompressionModel:
         self._key = (id(corpus), self.settings.model_dump_json())
 
     def decide(self, req: Request, routed: Routed) -> Compressed:
-        if not self.enabled or req.kind != "rag":
-            return Compressed(None, 1.0, "off" if not self.enabled else "nothing_to_compress", 0.0)
+        if not self.enabled:
+            return _OFF
+        if req.kind != "rag":
+            return _NOTHING
         ip = self._items[req.item]
         if not ip.rag or ip.compressible_tokens == 0:
-            return Compressed(None, 1.0, "nothing_to_compress", 0.0)
+            return _NOTHING
         s = self.settings
         sla = req.sla if self._sla else "standard"
         inputs = RateInputs(

@@ -272,6 +272,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
             push(rng.uniform(0, publish_s), PUBLISH, gi)
     needs_prefix = routers[0].needs_prefix
     stop_at = sw.duration_s + sw.drain_s
+    warmup_s, duration_s = sw.warmup_s, sw.duration_s
     res = RunResult(flights, {})
     gw_rr = 0
     events = 0
@@ -344,7 +345,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
         events += 1
         if code == ARRIVE:
             req = obj
-            fl = Flight(req, sent=now, measured=sw.warmup_s <= now < sw.duration_s)
+            fl = Flight(req, sent=now, measured=warmup_s <= now < duration_s)
             flights.append(fl)
             gi = gw_rr % len(routers)
             gw_rr += 1
