@@ -77,20 +77,23 @@ class ChatChains:
     chain is the one `_block_hashes` computes over the whole prompt."""
 
     def __init__(self) -> None:
-        # conversation -> (segments hashed, chain hash, the open block's (key, offset) pairs, its fill, out)
-        self._state: dict[int, tuple[int, int, list[int], int, list[int]]] = {}
+        # conversation -> [segments hashed, chain hash, the open block's (key, offset) pairs, its fill, out]
+        # (the lists are the state's own and grow in place turn by turn)
+        self._state: dict[int, list[Any]] = {}
 
     def hashes(self, conv: int, segments: tuple[tuple[str, int], ...], bs: int = BLOCK) -> tuple[int, ...]:
-        done, h, cur, fill, out = self._state.get(conv, (0, ROOT_HASH, [], 0, []))
-        cur = list(cur)
-        out = list(out)
+        st = self._state.get(conv)
+        if st is None:
+            st = self._state[conv] = [0, ROOT_HASH, [], 0, []]
+        done, h, cur, fill, out = st
         # Every segment but the last (the reply priming) stays in the next turn's prompt.
         for key, n in segments[done:-1]:
             h, fill = _feed(key, n, bs, h, cur, fill, out)
-        self._state[conv] = (len(segments) - 1, h, list(cur), fill, list(out))
+        st[0], st[1], st[3] = len(segments) - 1, h, fill
         key, n = segments[-1]
-        _feed(key, n, bs, h, cur, fill, out)
-        return tuple(out)
+        tail: list[int] = []
+        _feed(key, n, bs, h, list(cur), fill, tail)
+        return (*out, *tail)
 
     def forget(self, conv: int) -> None:
         self._state.pop(conv, None)
