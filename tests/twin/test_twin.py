@@ -213,6 +213,15 @@ def _pinned_part(got, want):
     return got
 
 
+def test_gateway_gauges_on_or_off_give_the_same_run():
+    sc = load_scenario(REFERENCE_SCENARIO)
+    for arm in ("B1", "R+C", "S"):  # S: the spill step reports a status gauge
+        a = run_grid(sc, ARMS[arm], 32, 2)
+        b = run_grid(sc, ARMS[arm], 32, 2, gauges=True)
+        assert [(f.site, f.step, f.first, f.done, f.cached, f.rate) for f in a.flights] == \
+            [(f.site, f.step, f.first, f.done, f.cached, f.rate) for f in b.flights]
+
+
 def test_reports_through_the_codec_give_the_same_run():
     sc = load_scenario(REFERENCE_SCENARIO)
     for arm in ("B1", "R+C"):

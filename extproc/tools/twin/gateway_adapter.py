@@ -159,7 +159,8 @@ class Router:
     """One gateway: the real Gateway object (the arm's routing profile) on the twin's virtual clock, and
     its side of the in-flight exchange between gateway replicas (the real message codec and PeerTable)."""
 
-    def __init__(self, sc: Scenario, arm: Arm, clock: Callable[[], float], seed: int, index: int) -> None:
+    def __init__(self, sc: Scenario, arm: Arm, clock: Callable[[], float], seed: int, index: int, *,
+                 gauges: bool = True) -> None:
         self.arm = arm
         self.decisions = 0
         self._timed = 0  # decisions timed, and their CPU seconds (see decision_seconds)
@@ -172,6 +173,7 @@ class Router:
         self.gateway = Gateway(config, self._snapshot, metrics=GatewayMetrics(), clock=clock,
                                rng=random.Random(f"{seed}:gateway:{index}"))
         self._prefix = self.needs_prefix = self.gateway.router.needs_prefix_blocks
+        self._gauges = gauges
         self._snap = LoadSnapshot()
         publish_s = config.gateway.in_flight_publish_ms / 1000.0
         self.publish_s = publish_s
@@ -185,7 +187,12 @@ class Router:
 
     def on_snapshot(self, snap: LoadSnapshot) -> None:
         self._snap = snap
-        self.gateway.on_snapshot(snap)
+        if self._gauges:
+            self.gateway.on_snapshot(snap)  # the router's state, then the gauges from its views
+        else:
+            # What Gateway.on_snapshot does to routing state, without setting gauges nobody reads here
+            # (tests/twin checks a run is the same either way).
+            self.gateway.router.on_snapshot(snap, self._clock())
 
     @property
     def decision_seconds(self) -> float:

@@ -7,7 +7,8 @@ agent reports every `report_interval_ms` (through the agent's combine step and t
 with `codec=True`, else as the node entry the map would decode, see `reports.py`); the map (node table +
 site aggregation) reaches every gateway `redis_delay_ms` later; each gateway is a real `Gateway` on the
 virtual clock (routing pipeline, spill hysteresis, in-flight accounting, affinity) and compresses with
-the compressor's real rate control and coarse-step selection (through `gateway_adapter.py`).
+the compressor's real rate control and coarse-step selection (through `gateway_adapter.py`); its
+Prometheus gauges, which nothing here reads, are set only with `gauges=True`.
 
 Times: a request leaves its gateway after the coarse step's CPU time (when it compresses), reaches the
 site half a round trip later, and every token reaches the client half a round trip after the site emits
@@ -220,9 +221,11 @@ STRETCH_STEPS = 64
 
 
 def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = False,
-             requests: list[Request] | None = None, codec: bool = False) -> RunResult:
+             requests: list[Request] | None = None, codec: bool = False, gauges: bool = False) -> RunResult:
     """Simulate one arm at one request rate (closed loop: that many users) with one seed. `codec`: reports
-    go through the agent's combine step and the protobuf codec (the same numbers, slower)."""
+    go through the agent's combine step and the protobuf codec (the same numbers, slower). `gauges`: every
+    map change also sets the gateway's Prometheus gauges (`Gateway.on_snapshot`; nothing in the twin reads
+    them, so by default only the router's own state advances: the same numbers, faster)."""
     if arm.per_replica:
         sc = sc.per_replica()
     sw = sc.sweep
@@ -234,7 +237,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
         return now
 
     corpus = build_corpus(sc.workload.rag)
-    routers = [Router(sc, arm, clock, seed, g) for g in range(sc.gateways)]
+    routers = [Router(sc, arm, clock, seed, g, gauges=gauges) for g in range(sc.gateways)]
     comp = CompressionModel(sc, arm, corpus)
     lmap = LoadMap()
     chains = ChatChains()
