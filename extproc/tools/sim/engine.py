@@ -416,11 +416,10 @@ class EngineCore:
             cached = len(hit) * bs
             n = min(ntok - cached, budget)
             need = (cached + n + bs - 1) // bs - len(hit)
-            if not kv.can_admit(hit, need):
+            if not kv.take(hit, need):  # can_admit, then touch the hit blocks
                 break  # head-of-line waits for KV space, as in vLLM (FCFS)
             waiting.popleft()
             if hit:
-                kv.touch(hit)
                 r.block_ids = hit
                 r._nblocks = len(hit)
                 r.num_registered_blocks = len(hit)

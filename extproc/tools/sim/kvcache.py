@@ -119,6 +119,20 @@ class KVCacheManager:
         return num_new_blocks + evictable <= self.num_free
 
     # ---- changes ----------------------------------------------------------------------------------
+    def take(self, hit: Sequence[int], num_new_blocks: int) -> bool:
+        """``can_admit`` and, when it holds, ``touch``, reading each hit block's count once (admission)."""
+        if not hit:
+            return num_new_blocks <= self.num_free
+        ref = self._ref
+        rs = list(map(ref.__getitem__, hit))
+        evictable = rs.count(0)
+        if num_new_blocks + evictable > self.num_free:
+            return False
+        for b, r in zip(hit, rs):
+            ref[b] = r + 1
+        self.num_free -= evictable
+        return True
+
     def touch(self, hit: Sequence[int]) -> None:
         """Take a reference on cache-hit blocks (out of the free queue if nobody held them: their queue
         entries die with it)."""

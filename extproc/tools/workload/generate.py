@@ -16,6 +16,7 @@ import functools
 import random
 from dataclasses import dataclass
 from itertools import accumulate
+from operator import attrgetter
 
 from extproc.tools.tokens import count_text
 from extproc.tools.workload.rag import (
@@ -168,5 +169,5 @@ def generate_open_loop(spec: WorkloadSpec, rate: float, duration_s: float, seed:
         for r in src.next_session():
             r.at += t
             out.append(r)
-    out.sort(key=lambda r: (r.at, r.rid))
+    out.sort(key=attrgetter("at", "rid"))  # (at, rid) tuples, compared as before
     return out
