@@ -46,7 +46,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
-from extproc.tools.sim.kvcache import KVCacheManager
+from reference_kvcache import KVCacheManager
 from extproc.tools.sim.profiles import ReplicaHardware
 from extproc.tools.sim.stats import EngineStats
 

@@ -168,6 +168,52 @@ def test_random_workload_keeps_refcounts_free_queue_and_cache_consistent(ops) ->
         assert kv.usage == pytest.approx((24 - kv.num_free) / 24)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 120), st.integers(0, 3), st.booleans()), min_size=1,
+                max_size=80))
+def test_bulk_operations_match_the_one_block_at_a_time_manager(ops) -> None:
+    """The engine's manager (bulk operations over whole block lists, never-used blocks kept as a range)
+    against the one it replaced (tests/sim/reference_kvcache.py), operation for operation: the same block
+    ids, free queue order, reference counts, cache entries and lookups — with sharing, eviction, duplicate
+    hashes computed at once, and the queue running dry."""
+    import reference_kvcache
+
+    new, old = KVCacheManager(40, BS), reference_kvcache.KVCacheManager(40, BS)
+    held: list[tuple[list[int], list[int]]] = []
+    for prefix, length, twin, release in ops:
+        toks = [prefix] * 32 + list(range(length))
+        hashes = hash_blocks(toks, BS)
+        hit_n, hit_o = new.lookup(hashes, len(toks)), old.lookup(hashes, len(toks))
+        assert hit_n == hit_o
+        need = -(-len(toks) // BS) - len(hit_n)
+        assert new.can_admit(hit_n, need) == old.can_admit(hit_o, need)
+        for k in range(1 + (twin == 0)):  # sometimes a second request computes the same prompt at once
+            fits = old.can_admit(hit_o, need)
+            if k == 0 and twin % 2:
+                assert new.take(hit_n, need) == fits  # can_admit + touch in one pass, as the engine admits
+            elif fits:
+                new.touch(hit_n)
+            if fits:
+                old.touch(hit_o)
+                bn, bo = list(hit_n), list(hit_o)
+                new.allocate(bn, need)
+                old.allocate(bo, need)
+                assert bn == bo
+                full = min(len(hashes), twin * 3 + len(hit_n))  # register part, all, or none of the prompt
+                assert new.cache_blocks(bn, hashes, len(hit_n), full) == old.cache_blocks(bo, hashes, len(hit_o), full)
+                held.append((bn, bo))
+        if release and held:
+            bn, bo = held.pop(twin % len(held))
+            new.free(bn, len(bn))
+            old.free(bo, len(bo))
+        assert new.free_order() == old.free_order()
+        assert new.num_free == old.num_free and new.num_cached_blocks == old.num_cached_blocks
+        assert [new.ref_count(b) for b in range(40)] == [old.ref_count(b) for b in range(40)]
+        assert new._cached == old._cached and new._hash == old._hash
+    with pytest.raises(ValueError):
+        new.allocate([], new.num_free + 1)
+
+
 # ---- the engine with prefix caching ---------------------------------------------------------------
 
 

@@ -62,3 +62,14 @@ def test_a_per_gpu_efficiency_overrides_the_engine_figure() -> None:
     assert l40s.gpu.mfu is not None and l40s.gpu.mfu != l40s.engine.mfu
     flops = 2.0 * l40s.model.streamed_params * 8192
     assert l40s.step_cost(8192, 0, 8192).linear == pytest.approx(flops / (l40s.gpu.bf16_tflops * 1e12 * l40s.gpu.mfu))
+
+
+@pytest.mark.parametrize("gpu,tp", [("H100", 1), ("L40S", 1), ("H100", 2), ("L4", 1)])
+def test_decode_step_terms_give_step_time_bit_for_bit(gpu: str, tp: int) -> None:
+    """The engine's stretches sum decode steps from these terms: equal floats, not approximately."""
+    h = make_hardware(PROFILES, gpu, "llama-3.1-8b", tp)
+    for b in (1, 2, 7, 64, 255, 1024):
+        t_linear, kvt, apc, t_comm, t_cpu = h.decode_step_terms(b)
+        for kv_read in (0, 1, 999, 123_457, 3_000_000):
+            x = kv_read + b
+            assert t_linear + max(kvt * x, apc * x) + t_comm + t_cpu == h.step_time(b, kv_read, x, b)

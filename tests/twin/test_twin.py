@@ -77,6 +77,41 @@ def test_block_hashes_share_prefixes():
     assert a[:2] == c[:2] and a[2] != c[2]
 
 
+def _chain_block_by_block(segments, bs=16):
+    """The chain's definition, one step per segment piece: a block hashes its parent with the (key id,
+    offset) of every segment piece it holds."""
+    from extproc.tools.sim.kvcache import ROOT_HASH
+    from extproc.tools.twin.grid import _key_id
+
+    out, h, cur, fill = [], ROOT_HASH, [], 0
+    for key, n in segments:
+        off = 0
+        while off < n:
+            take = min(n - off, bs - fill)
+            cur += [_key_id(key), off]
+            off += take
+            fill += take
+            if fill == bs:
+                h = hash((h, *cur))
+                out.append(h)
+                cur, fill = [], 0
+    return tuple(out)
+
+
+def test_hash_chains_whole_prompts_and_turn_by_turn_follow_the_definition():
+    import random
+
+    from extproc.tools.twin.grid import ChatChains, _block_hashes
+
+    rng = random.Random(5)
+    for _ in range(400):
+        segs = tuple((f"k{rng.randrange(9)}", rng.choice([1, 2, 15, 16, 17, 32, 33, 377])) for _ in range(rng.randint(1, 8)))
+        assert _block_hashes(segs) == _chain_block_by_block(segs)
+        chains = ChatChains()  # turn k's prompt: turn k-1's without its last segment, plus two more
+        for k in range(1, len(segs) + 1):
+            assert chains.hashes(1, segs[:k]) == _chain_block_by_block(segs[:k])
+
+
 def test_workload_rate_and_shape():
     spec = WorkloadSpec()
     reqs = generate_open_loop(spec, 30, 60, 3)
@@ -177,6 +212,15 @@ def _pinned_part(got, want):
     if isinstance(want, dict) and isinstance(got, dict):
         return {k: _pinned_part(got[k], v) if k in got else "<missing>" for k, v in want.items()}
     return got
+
+
+def test_gateway_gauges_on_or_off_give_the_same_run():
+    sc = load_scenario(REFERENCE_SCENARIO)
+    for arm in ("B1", "R+C", "S"):  # S: the spill step reports a status gauge
+        a = run_grid(sc, ARMS[arm], 32, 2)
+        b = run_grid(sc, ARMS[arm], 32, 2, gauges=True)
+        assert [(f.site, f.step, f.first, f.done, f.cached, f.rate) for f in a.flights] == \
+            [(f.site, f.step, f.first, f.done, f.cached, f.rate) for f in b.flights]
 
 
 def test_reports_through_the_codec_give_the_same_run():

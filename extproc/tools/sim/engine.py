@@ -62,7 +62,6 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
 from .kvcache import KVCacheManager
@@ -164,30 +163,34 @@ class SimRequest:
                 f"computed={self.num_computed}, generated={self.num_generated}, {self.status})")
 
 
-@dataclass
 class StepPlan:
     """What one engine step (or a decode stretch of ``steps`` steps) computes.
 
     ``items`` pairs each explicitly scheduled request with its token count; ``cohort`` decoding sequences
-    take one token each on top. ``ends[i]`` is the absolute end time of step i+1 (``end`` the last)."""
+    take one token each on top. ``ends[i]`` is the absolute end time of step i+1 (``end`` the last).
+    (A slotted class rather than a dataclass: the twin makes one per event.)"""
 
-    items: list[tuple[SimRequest, int]] = field(default_factory=list)
-    cohort: int = 0
-    num_tokens: int = 0
-    num_prefill_tokens: int = 0
-    num_decode: int = 0
-    kv_read_tokens: int = 0
-    attn_ctx_sum: int = 0
-    preempted: int = 0
-    duration: float = 0.0  # of the first step
-    start: float = 0.0
-    steps: int = 1
-    durations: list[float] = field(default_factory=list)
-    ends: list[float] = field(default_factory=list)
-    # Stretch only: the KV blocks each step after the first opens, and the cumulative sums.
-    needs: list[int] = field(default_factory=list)
-    # True when this step runs the per-sequence algorithm (cohort laid out as explicit sequences).
-    general: bool = False
+    __slots__ = ("items", "cohort", "num_tokens", "num_prefill_tokens", "num_decode", "kv_read_tokens",
+                 "attn_ctx_sum", "preempted", "duration", "start", "steps", "durations", "ends", "needs", "general")
+
+    def __init__(self, start: float = 0.0, general: bool = False) -> None:
+        self.items: list[tuple[SimRequest, int]] = []
+        self.cohort = 0
+        self.num_tokens = 0
+        self.num_prefill_tokens = 0
+        self.num_decode = 0
+        self.kv_read_tokens = 0
+        self.attn_ctx_sum = 0
+        self.preempted = 0
+        self.duration = 0.0  # of the first step
+        self.start = start
+        self.steps = 1
+        self.durations: list[float] = []
+        self.ends: list[float] = []
+        # Stretch only: the KV blocks each step after the first opens, and the cumulative sums.
+        self.needs: list[int] = []
+        # True when this step runs the per-sequence algorithm (cohort laid out as explicit sequences).
+        self.general = general
 
     @property
     def empty(self) -> bool:
@@ -196,6 +199,10 @@ class StepPlan:
     @property
     def end(self) -> float:
         return self.ends[self.steps - 1] if self.ends else self.start + self.duration
+
+    def __repr__(self) -> str:
+        return (f"StepPlan(start={self.start}, steps={self.steps}, cohort={self.cohort}, items={len(self.items)}, "
+                f"tokens={self.num_tokens}, duration={self.duration})")
 
 
 class EngineCore:
@@ -208,6 +215,7 @@ class EngineCore:
         self.prefix_caching = hw.engine.enable_prefix_caching if prefix_caching is None else prefix_caching
         self.kv = KVCacheManager(hw.num_blocks, hw.engine.block_size, self.prefix_caching)
         self.max_num_seqs = hw.engine.max_num_seqs
+        self._max_len = hw.effective_max_model_len  # a derived property: computed once, not per request
         self.max_batched = hw.engine.max_num_batched_tokens
         self.waiting: deque[SimRequest] = deque()
         # Running sequences in admission order (a dict: O(1) removal, order kept).
@@ -233,7 +241,7 @@ class EngineCore:
     def add(self, req: SimRequest) -> None:
         if req.prompt_len < 1 or req.max_output < 1:
             raise ValueError("a request needs at least one prompt token and one output token")
-        if req.prompt_len + req.max_output > self.hw.effective_max_model_len:
+        if req.prompt_len + req.max_output > self._max_len:
             raise ValueError("request exceeds max_model_len")  # the API layer rejects these first
         if req.block_hashes is not None and len(req.block_hashes) > req.prompt_len // self.block_size:
             raise ValueError("block_hashes has more entries than the prompt has full blocks")
@@ -317,8 +325,10 @@ class EngineCore:
         share = nb - len(r.block_ids) if self.prefix_caching else nb - r._nblocks
         if self.prefix_caching:
             pool = self._pool
-            for _ in range(share):
-                r.block_ids.append(pool.pop())
+            if share > 0:
+                # As popping them one by one: the pool's last blocks, last first.
+                r.block_ids.extend(pool[:-share - 1:-1])
+                del pool[-share:]
         self._pool_n -= share
         r._computed = c
         r._generated += d
@@ -406,11 +416,10 @@ class EngineCore:
             cached = len(hit) * bs
             n = min(ntok - cached, budget)
             need = (cached + n + bs - 1) // bs - len(hit)
-            if not kv.can_admit(hit, need):
+            if not kv.take(hit, need):  # can_admit, then touch the hit blocks
                 break  # head-of-line waits for KV space, as in vLLM (FCFS)
             waiting.popleft()
             if hit:
-                kv.touch(hit)
                 r.block_ids = hit
                 r._nblocks = len(hit)
                 r.num_registered_blocks = len(hit)
@@ -533,7 +542,9 @@ class EngineCore:
         bs = self.block_size
         phase = self._phase
         free = self.kv.num_free
-        step_time = self.hw.step_time
+        # step_time(b, kv_read, kv_read + b, b) with the terms that do not change within the stretch taken
+        # out of the loop: the same operations in the same order, so the same floating-point sums.
+        t_linear, kvt, apc, t_comm, t_cpu = self.hw.decode_step_terms(b)
         ends = plan.ends
         durations = plan.durations
         needs = plan.needs
@@ -542,11 +553,15 @@ class EngineCore:
         cum = 0
         for i in range(1, k_max):
             need = phase[(-(g + i)) % bs]
-            if cum + need > free:
-                break  # that step would preempt: it is decided by the per-sequence rules
-            cum += need
+            if need:
+                if cum + need > free:
+                    break  # that step would preempt: it is decided by the per-sequence rules
+                cum += need
             kv_read += b
-            d = step_time(b, kv_read, kv_read + b, b)
+            x = kv_read + b
+            ka = kvt * x
+            aa = apc * x
+            d = t_linear + (aa if aa > ka else ka) + t_comm + t_cpu
             t = t + d
             durations.append(d)
             ends.append(t)
@@ -654,13 +669,24 @@ class EngineCore:
                 self._pool_n += need
             ends = plan.ends
             durations = plan.durations
-            prev = self._coh_last
+            prev: float = self._coh_last  # type: ignore[assignment]
+            # One itl.observe(end - prev, b) and one busy_seconds += duration per step, inlined: the same
+            # floating-point sums in the same order.
+            counts = itl.counts
+            bounds = itl.bounds
+            isum = itl.sum
+            busy = st.busy_seconds
             for i in range(steps - 1):
                 end = ends[i]
-                st.steps += 1
-                st.busy_seconds += durations[i]
-                itl.observe(end - prev, b)  # type: ignore[operator]
+                busy += durations[i]
+                v = end - prev
+                counts[bisect_left(bounds, v)] += b
+                isum += v * b
                 prev = end
+            itl.sum = isum
+            itl.count += b * (steps - 1)
+            st.busy_seconds = busy
+            st.steps += steps - 1
             st.generation_tokens += b * (steps - 1)
             self._g += steps - 1
             self._coh_c += b * (steps - 1)

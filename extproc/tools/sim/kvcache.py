@@ -21,7 +21,9 @@ before prefix caching existed; that path is the cheapest one.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from functools import partial
+from itertools import islice, takewhile
+from operator import is_not
 from typing import Hashable, Sequence
 
 # Parent of a prompt's first block. A constant (vLLM draws a random one per process unless
@@ -50,9 +52,18 @@ class KVCacheManager:
 
     The engine reads ``num_free`` (a plain int) on its hot path and calls the methods only when a
     request's block count changes (once per 16 decode tokens), so the cost per step stays flat.
+
+    The free queue costs no work per block beyond a list append: it is the never-used blocks
+    ``[_fresh, num_blocks)`` in id order (nothing is built for them up front), then ``_fq``, an
+    append-only list of freed blocks read from ``_head``. An entry is live while its block is free and it
+    is the block's latest entry (``_qpos``); a block taken by a cache hit simply leaves its entry dead,
+    and allocation skips dead entries. That is the order one LRU queue of all blocks would have (checked
+    against the OrderedDict manager it replaced, ``tests/sim/reference_kvcache.py``, operation for
+    operation).
     """
 
-    __slots__ = ("num_blocks", "block_size", "enable_caching", "num_free", "_ref", "_hash", "_cached", "_free_q")
+    __slots__ = ("num_blocks", "block_size", "enable_caching", "num_free", "_ref", "_hash", "_cached", "_fresh",
+                 "_fq", "_qpos", "_head", "_base")
 
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
         if num_blocks < 0 or block_size < 1:
@@ -65,8 +76,15 @@ class KVCacheManager:
             self._ref: list[int] = [0] * num_blocks
             self._hash: list[Hashable | None] = [None] * num_blocks
             self._cached: dict[Hashable, int] = {}  # block hash -> block id holding it
-            # Free blocks, head = least recently freed (next to be reused or evicted).
-            self._free_q: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+            # The queue's head: blocks never used yet, in id order (they hold no hash and come before
+            # every freed block, as in a queue that started as 0..num_blocks-1).
+            self._fresh = 0
+            # Freed blocks in the order they were freed; entry i (global index _base + i) is live while
+            # its block is free and _qpos[block] == _base + i. _head: the first entry not yet consumed.
+            self._fq: list[int] = []
+            self._qpos: list[int] = [-1] * num_blocks
+            self._head = 0
+            self._base = 0
 
     # ---- lookups ----------------------------------------------------------------------------------
     @property
@@ -81,17 +99,13 @@ class KVCacheManager:
 
     def lookup(self, block_hashes: Sequence[Hashable], num_tokens: int) -> list[int]:
         """Block ids of the longest cached prefix of a request with ``num_tokens`` tokens (no side effects)."""
-        if not self.enable_caching:
+        if not self.enable_caching or not self._cached:
             return []
         limit = min(len(block_hashes), (num_tokens - 1) // self.block_size)
-        cached = self._cached
-        hit: list[int] = []
-        for i in range(limit):
-            b = cached.get(block_hashes[i])
-            if b is None:
-                break
-            hit.append(b)
-        return hit
+        if limit <= 0:
+            return []
+        # A block id is never None: the chain stops at the first hash not cached.
+        return list(takewhile(_NOT_NONE, map(self._cached.get, islice(block_hashes, limit))))
 
     def can_admit(self, hit: Sequence[int], num_new_blocks: int) -> bool:
         """Whether a request sharing ``hit`` and needing ``num_new_blocks`` more fits now.
@@ -101,45 +115,81 @@ class KVCacheManager:
         """
         if not hit:
             return num_new_blocks <= self.num_free
-        ref = self._ref
-        evictable = sum(1 for b in hit if ref[b] == 0)
+        evictable = list(map(self._ref.__getitem__, hit)).count(0)
         return num_new_blocks + evictable <= self.num_free
 
     # ---- changes ----------------------------------------------------------------------------------
-    def touch(self, hit: Sequence[int]) -> None:
-        """Take a reference on cache-hit blocks (out of the free queue if nobody held them)."""
+    def take(self, hit: Sequence[int], num_new_blocks: int) -> bool:
+        """``can_admit`` and, when it holds, ``touch``, reading each hit block's count once (admission)."""
+        if not hit:
+            return num_new_blocks <= self.num_free
         ref = self._ref
-        q = self._free_q
+        rs = list(map(ref.__getitem__, hit))
+        evictable = rs.count(0)
+        if num_new_blocks + evictable > self.num_free:
+            return False
+        for b, r in zip(hit, rs):
+            ref[b] = r + 1
+        self.num_free -= evictable
+        return True
+
+    def touch(self, hit: Sequence[int]) -> None:
+        """Take a reference on cache-hit blocks (out of the free queue if nobody held them: their queue
+        entries die with it)."""
+        ref = self._ref
+        taken = 0
         for b in hit:
-            if ref[b] == 0:
-                del q[b]
-                self.num_free -= 1
-            ref[b] += 1
+            r = ref[b]
+            if not r:
+                taken += 1
+            ref[b] = r + 1
+        self.num_free -= taken
 
     def allocate(self, blocks: list[int], n: int) -> None:
         """Append ``n`` fresh blocks to ``blocks`` (LRU head first, evicting the hashes they held)."""
         if n > self.num_free:
             raise ValueError(f"cannot allocate {n} blocks, {self.num_free} free")
+        if n <= 0:
+            return
         self.num_free -= n
         if not self.enable_caching:
             return
-        pop = self._free_q.popitem
-        new = [pop(False)[0] for _ in range(n)]
         ref = self._ref
-        if self._cached:  # something may be cached: evict what the reused blocks held
-            hashes = self._hash
-            cached = self._cached
-            for b in new:
+        f = self._fresh
+        k = min(n, self.num_blocks - f)
+        if k:
+            # Never used: no hash to evict, reference count 0 -> 1.
+            self._fresh = f + k
+            ref[f:f + k] = [1] * k
+            blocks.extend(range(f, f + k))
+            n -= k
+            if not n:
+                return
+        fq = self._fq
+        qpos = self._qpos
+        i = self._head
+        g = self._base + i
+        hashes = self._hash
+        cached = self._cached
+        append = blocks.append
+        while n:
+            b = fq[i]
+            if not ref[b] and qpos[b] == g:  # a live entry (num_free says there are enough)
                 h = hashes[b]
-                if h is not None:
+                if h is not None:  # reusing the memory evicts what it held
                     if cached.get(h) == b:
                         del cached[h]
                     hashes[b] = None
                 ref[b] = 1
-        else:
-            for b in new:
-                ref[b] = 1
-        blocks.extend(new)
+                append(b)
+                n -= 1
+            i += 1
+            g += 1
+        self._head = i
+        if i > 4096 and i > len(fq) >> 1:  # drop the consumed entries now and then (amortised O(1))
+            del fq[:i]
+            self._base += i
+            self._head = 0
 
     def cache_blocks(self, blocks: Sequence[int], block_hashes: Sequence[Hashable], start: int, end: int) -> int:
         """Register ``blocks[start:end]`` (now full) under their hashes; return ``end``.
@@ -151,10 +201,8 @@ class KVCacheManager:
             return end
         cached = self._cached
         hashes = self._hash
-        for i in range(start, end):
-            h = block_hashes[i]
+        for h, b in zip(block_hashes[start:end], blocks[start:end]):
             if h not in cached:
-                b = blocks[i]
                 cached[h] = b
                 hashes[b] = h
         return end
@@ -165,23 +213,34 @@ class KVCacheManager:
             self.num_free += count
             return
         ref = self._ref
-        q = self._free_q
-        freed = 0
-        for b in reversed(blocks):
+        fq = self._fq
+        qpos = self._qpos
+        g = self._base + len(fq)
+        g0 = g
+        append = fq.append
+        for b in reversed(blocks):  # the request's last block goes first: it is evicted first
             r = ref[b] - 1
             ref[b] = r
             if not r:
-                q[b] = None
-                freed += 1
-        self.num_free += freed
+                append(b)
+                qpos[b] = g
+                g += 1
+        self.num_free += g - g0
 
     # ---- for tests and invariants -----------------------------------------------------------------
     def free_order(self) -> list[int]:
         """Free block ids, next to be reused first."""
-        return list(self._free_q) if self.enable_caching else []
+        if not self.enable_caching:
+            return []
+        ref, qpos, base = self._ref, self._qpos, self._base
+        live = [b for i, b in enumerate(self._fq[self._head:], base + self._head) if not ref[b] and qpos[b] == i]
+        return [*range(self._fresh, self.num_blocks), *live]
 
     def ref_count(self, block: int) -> int:
         return self._ref[block]
 
     def cached_block(self, block_hash: Hashable) -> int | None:
         return self._cached.get(block_hash) if self.enable_caching else None
+
+
+_NOT_NONE = partial(is_not, None)

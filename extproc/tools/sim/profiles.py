@@ -309,6 +309,17 @@ class ReplicaHardware:
         t_cpu = cb + cps * (num_seqs - 1 if num_seqs > 1 else 0)
         return t_linear, t_attn, t_comm, t_cpu
 
+    def decode_step_terms(self, batch: int) -> tuple[float, float, float, float, float]:
+        """A decode-only step of ``batch`` sequences as the engine's stretches evaluate it, step after
+        step: ``(t_linear, kv_time_per_token, attn_time_per_ctx, t_comm, t_cpu)``, so that with
+        ``x = kv_read + batch``, ``t_linear + max(kv_time_per_token * x, attn_time_per_ctx * x) + t_comm +
+        t_cpu`` is ``step_time(batch, kv_read, x, batch)`` (the same operations in the same order)."""
+        w, fpt, kvt, apc, cf, cpt, cb, cps = self._rates
+        t_linear = max(w, fpt * batch)
+        t_comm = cf + cpt * batch if self.tp > 1 else 0.0
+        t_cpu = cb + cps * (batch - 1 if batch > 1 else 0)
+        return t_linear, kvt, apc, t_comm, t_cpu
+
     def step_time(self, num_tokens: int, kv_read_tokens: int, attn_ctx_sum: int, num_seqs: int = 1) -> float:
         """Seconds one engine step takes: the sum of :meth:`step_cost`'s terms."""
         if num_tokens <= 0:

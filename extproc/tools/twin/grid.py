@@ -7,7 +7,8 @@ agent reports every `report_interval_ms` (through the agent's combine step and t
 with `codec=True`, else as the node entry the map would decode, see `reports.py`); the map (node table +
 site aggregation) reaches every gateway `redis_delay_ms` later; each gateway is a real `Gateway` on the
 virtual clock (routing pipeline, spill hysteresis, in-flight accounting, affinity) and compresses with
-the compressor's real rate control and coarse-step selection (through `gateway_adapter.py`).
+the compressor's real rate control and coarse-step selection (through `gateway_adapter.py`); its
+Prometheus gauges, which nothing here reads, are set only with `gauges=True`.
 
 Times: a request leaves its gateway after the coarse step's CPU time (when it compresses), reaches the
 site half a round trip later, and every token reaches the client half a round trip after the site emits
@@ -77,20 +78,23 @@ class ChatChains:
     chain is the one `_block_hashes` computes over the whole prompt."""
 
     def __init__(self) -> None:
-        # conversation -> (segments hashed, chain hash, the open block's (key, offset) pairs, its fill, out)
-        self._state: dict[int, tuple[int, int, list[int], int, list[int]]] = {}
+        # conversation -> [segments hashed, chain hash, the open block's (key, offset) pairs, its fill, out]
+        # (the lists are the state's own and grow in place turn by turn)
+        self._state: dict[int, list[Any]] = {}
 
     def hashes(self, conv: int, segments: tuple[tuple[str, int], ...], bs: int = BLOCK) -> tuple[int, ...]:
-        done, h, cur, fill, out = self._state.get(conv, (0, ROOT_HASH, [], 0, []))
-        cur = list(cur)
-        out = list(out)
+        st = self._state.get(conv)
+        if st is None:
+            st = self._state[conv] = [0, ROOT_HASH, [], 0, []]
+        done, h, cur, fill, out = st
         # Every segment but the last (the reply priming) stays in the next turn's prompt.
         for key, n in segments[done:-1]:
             h, fill = _feed(key, n, bs, h, cur, fill, out)
-        self._state[conv] = (len(segments) - 1, h, list(cur), fill, list(out))
+        st[0], st[1], st[3] = len(segments) - 1, h, fill
         key, n = segments[-1]
-        _feed(key, n, bs, h, cur, fill, out)
-        return tuple(out)
+        tail: list[int] = []
+        _feed(key, n, bs, h, list(cur), fill, tail)
+        return (*out, *tail)
 
     def forget(self, conv: int) -> None:
         self._state.pop(conv, None)
@@ -100,17 +104,28 @@ def _feed(key: str, n: int, bs: int, h: int, cur: list[int], fill: int, out: lis
     """One segment into the chain: `_block_hashes` over a whole prompt, `ChatChains` turn by turn."""
     kid = _key_id(key)
     off = 0
-    while off < n:
-        take = min(n - off, bs - fill)
+    if fill:  # finish the open block first
+        take = min(n, bs - fill)
         cur.append(kid)
         cur.append(off)
-        off += take
+        off = take
         fill += take
-        if fill == bs:
-            h = hash((h, *cur))
-            out.append(h)
-            cur.clear()
-            fill = 0
+        if fill < bs:
+            return h, fill
+        h = hash((h, *cur))
+        out.append(h)
+        cur.clear()
+        fill = 0
+    # Blocks wholly inside this segment: their (key, offset) pair alone, as the general step gives it.
+    whole = n - (n - off) % bs
+    append = out.append
+    for o in range(off, whole, bs):
+        h = hash((h, kid, o))
+        append(h)
+    if whole < n:  # the segment's tail opens a block
+        cur.append(kid)
+        cur.append(whole)
+        fill = n - whole
     return h, fill
 
 
@@ -206,9 +221,11 @@ STRETCH_STEPS = 64
 
 
 def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = False,
-             requests: list[Request] | None = None, codec: bool = False) -> RunResult:
+             requests: list[Request] | None = None, codec: bool = False, gauges: bool = False) -> RunResult:
     """Simulate one arm at one request rate (closed loop: that many users) with one seed. `codec`: reports
-    go through the agent's combine step and the protobuf codec (the same numbers, slower)."""
+    go through the agent's combine step and the protobuf codec (the same numbers, slower). `gauges`: every
+    map change also sets the gateway's Prometheus gauges (`Gateway.on_snapshot`; nothing in the twin reads
+    them, so by default only the router's own state advances: the same numbers, faster)."""
     if arm.per_replica:
         sc = sc.per_replica()
     if arm.report_interval_ms is not None:
@@ -222,7 +239,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
         return now
 
     corpus = build_corpus(sc.workload.rag)
-    routers = [Router(sc, arm, clock, seed, g) for g in range(sc.gateways)]
+    routers = [Router(sc, arm, clock, seed, g, gauges=gauges) for g in range(sc.gateways)]
     comp = CompressionModel(sc, arm, corpus)
     lmap = LoadMap()
     chains = ChatChains()
@@ -263,6 +280,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
             push(rng.uniform(0, publish_s), PUBLISH, gi)
     needs_prefix = routers[0].needs_prefix
     stop_at = sw.duration_s + sw.drain_s
+    warmup_s, duration_s = sw.warmup_s, sw.duration_s
     res = RunResult(flights, {})
     gw_rr = 0
     events = 0
@@ -335,7 +353,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
         events += 1
         if code == ARRIVE:
             req = obj
-            fl = Flight(req, sent=now, measured=sw.warmup_s <= now < sw.duration_s)
+            fl = Flight(req, sent=now, measured=warmup_s <= now < duration_s)
             flights.append(fl)
             gi = gw_rr % len(routers)
             gw_rr += 1

@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass
+from itertools import accumulate
+from operator import attrgetter
 
 from extproc.tools.tokens import count_text
 from extproc.tools.workload.rag import (
@@ -110,19 +112,23 @@ class SessionSource:
         self._content = random.Random(f"{seed}:content")
         self._think = random.Random(f"{seed}:think")
         n = self.corpus.entities
-        self._ent_w = zipf_weights(n, spec.rag.zipf_s)
+        # Cumulative weights, computed once: `choices` accumulates `weights` on every call (O(entities))
+        # and then draws exactly as with these (same sums, same bisect), so the stream is unchanged.
+        self._ent_cw = list(accumulate(zipf_weights(n, spec.rag.zipf_s)))
         self._ents = list(range(n))
+        self._kind_cw = list(accumulate((spec.mix.rag, spec.mix.chat)))
+        self._sla_cw = {k: list(accumulate(((spec.rag_sla if k == "rag" else spec.chat_sla) or spec.sla).weights()))
+                        for k in ("rag", "chat")}
         self._conv = 0
         self._rid = 0
 
     def next_session(self) -> list[Request]:
         s = self.spec
-        kind = self._kinds.choices(("rag", "chat"), (s.mix.rag, s.mix.chat))[0]
-        mix = (s.rag_sla if kind == "rag" else s.chat_sla) or s.sla
-        sla = self._kinds.choices(SLA_CLASSES, mix.weights())[0]
+        kind = self._kinds.choices(("rag", "chat"), cum_weights=self._kind_cw)[0]
+        sla = self._kinds.choices(SLA_CLASSES, cum_weights=self._sla_cw[kind])[0]
         c = self._content
         if kind == "rag":
-            e = c.choices(self._ents, self._ent_w)[0]
+            e = c.choices(self._ents, cum_weights=self._ent_cw)[0]
             u = c.random()
             qk = 2 if u < s.rag.two_doc_share else (1 if u < s.rag.two_doc_share + s.rag.paraphrase_share else 0)
             item = 3 * e + qk
@@ -163,5 +169,5 @@ def generate_open_loop(spec: WorkloadSpec, rate: float, duration_s: float, seed:
         for r in src.next_session():
             r.at += t
             out.append(r)
-    out.sort(key=lambda r: (r.at, r.rid))
+    out.sort(key=attrgetter("at", "rid"))  # (at, rid) tuples, compared as before
     return out
