@@ -55,10 +55,11 @@ def messages(repeat: int) -> tuple[bytes, bytes]:
     return h.SerializeToString(), b.SerializeToString()
 
 
-def processor(usage: bool) -> ExternalProcessor:
+def processor(usage: bool, profile: str | None = None) -> ExternalProcessor:
     cfg = GatewayConfig.model_validate({"sites": [{"name": "edge", "role": "edge", "endpoints": ["127.0.0.1:1"]},
                                                   {"name": "remote", "endpoints": ["127.0.0.1:2"]}],
-                                        "observability": {"usage": usage}})
+                                        "observability": {"usage": usage},
+                                        **({"routing": {"profile": profile}} if profile else {})})
     now = time.monotonic()
     snap = LoadSnapshot(sites={s: SiteLoad(s, 1, 1, 1, 0.3, 0.3, 0.3, 3, 0, 0, now + 1e6) for s in ("edge", "remote")},
                         connected=True, built_at=now)
@@ -92,9 +93,10 @@ async def main() -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--repeat", type=int, default=8, help="times the user sentence repeats (56 bytes each)")
     ap.add_argument("--usage", action="store_true", help="with observability.usage (the response side's summary)")
+    ap.add_argument("--routing-profile", default=None, help="routing.profile (default: the config's default, aigrid)")
     args = ap.parse_args()
     hb, bb = messages(args.repeat)
-    ours, bare = processor(args.usage), Bare()
+    ours, bare = processor(args.usage, args.routing_profile), Bare()
     for s in (ours, bare):
         await per_request_us(s, 300, hb, bb)
     a, b = [], []
