@@ -5,8 +5,11 @@ both and left out, so this shows what our own code adds per request, precisely e
 (bench/extproc_overhead.py measures the whole server through Envoy, where the shared box's noise is
 larger than that). `--profile` prints where the time goes.
 
-Ends with one JSON line: `us_per_request` (ours, bare), `extra_us`, `ratio`.
+Ends with one JSON line: `us_per_request` (ours, bare), `extra_us`, `ratio`, and the routing call's own
+cost (`routing_us`: `Gateway.route` on the same request's features, timed alone) with its share of the
+extra, so the decision and the rest of the request path can be told apart.
 Usage: .venv/bin/python bench/processor_inprocess.py [--requests 3000] [--rounds 3] [--repeat 8] [--usage] [--profile]
+       [--routing-profile NAME]
 """
 
 from __future__ import annotations
@@ -110,8 +113,27 @@ async def main() -> int:
         await per_request_us(ours, args.requests, hb, bb)
         pr.disable()
         pstats.Stats(pr, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
-    ma, mb = statistics.median(a), statistics.median(b)
-    print(json.dumps({"us_per_request": {"ours": ma, "bare": mb}, "extra_us": ma - mb, "ratio": ma / mb}))
+    # The routing call's share: Gateway.route on this request's features alone (the decision: views,
+    # in-flight counts, the profile's steps, its metric), timed the same way in rounds of its own.
+    gw = ours.gw
+    req_h, req_b = ep.ProcessingRequest.FromString(hb), ep.ProcessingRequest.FromString(bb)
+    from extproc.gateway.observe.headers import header_map
+
+    heads = header_map(req_h.request_headers, gw.wanted_headers)
+    out, _ = gw.route_body_now(gw.inspect(heads), req_b.request_body.body, heads)
+    assert out.features is not None
+    features = out.features
+    r = []
+    for _ in range(args.rounds):
+        t = time.process_time()
+        for _ in range(args.requests):
+            gw.route(features)
+        r.append((time.process_time() - t) / args.requests * 1e6)
+    ma, mb, mr = statistics.median(a), statistics.median(b), statistics.median(r)
+    print(f"routing call alone {mr:.1f} µs (profile {gw.config.active_profile})", file=sys.stderr)
+    print(json.dumps({"us_per_request": {"ours": ma, "bare": mb}, "extra_us": ma - mb, "ratio": ma / mb,
+                      "routing_us": mr, "routing_share_of_extra": mr / (ma - mb), "extra_without_routing_us": ma - mb - mr,
+                      "profile": gw.config.active_profile}))
     return 0
 
 
