@@ -131,7 +131,9 @@ async def main() -> int:
         r.append((time.process_time() - t) / args.requests * 1e6)
     ma, mb, mr = statistics.median(a), statistics.median(b), statistics.median(r)
     print(f"routing call alone {mr:.1f} µs (profile {gw.config.active_profile})", file=sys.stderr)
-    print(json.dumps({"us_per_request": {"ours": ma, "bare": mb}, "extra_us": ma - mb, "ratio": ma / mb,
+    # Best round beside the median: on a shared box the fastest round is the one least disturbed.
+    print(json.dumps({"us_per_request": {"ours": ma, "bare": mb}, "best_us_per_request": {"ours": min(a), "bare": min(b)},
+                      "extra_us": ma - mb, "ratio": ma / mb,
                       "routing_us": mr, "routing_share_of_extra": mr / (ma - mb), "extra_without_routing_us": ma - mb - mr,
                       "profile": gw.config.active_profile}))
     return 0
