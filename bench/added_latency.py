@@ -42,6 +42,7 @@ from harness import Stack, make_stack, wait_until  # noqa: E402
 from response_side import open_loop, pct  # noqa: E402  (the same open-loop client and percentile)
 
 from extproc.gateway.config import load_config  # noqa: E402
+from extproc.gateway.config.schema import DEFAULT_PROFILE  # noqa: E402
 from extproc.gateway.envoyconf.render import render_envoy_config, render_envoy_yaml  # noqa: E402
 from extproc.tools.stack.procs import free_port, http_ok, port_open, python_argv, start_envoy  # noqa: E402
 
@@ -147,6 +148,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--uds", action="store_true", help="add the Unix-socket targets (bare_uds, ours_uds)")
     ap.add_argument("--no-pin", action="store_true", help="leave every process on every core")
+    ap.add_argument("--profile", default=DEFAULT_PROFILE, help=f"routing.profile of ours (default {DEFAULT_PROFILE})")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="aigrid-latency-"))
 
@@ -162,6 +164,8 @@ def main() -> int:
         # The sites' load is published once: it must stay fresh for the whole run, or every decision
         # would be the stale-map fallback instead of the default profile's steps.
         base_cfg["policy"]["stale_after_s"] = 600
+        # The harness pins the older `spill` profile for its end-to-end cases; ours runs the default one.
+        base_cfg["routing"] = {"profile": args.profile}
         st.publish_load("edge", kv=0.05, ttl_ms=3_600_000)
         st.publish_load("remote", kv=0.05, ttl_ms=3_600_000)
         targets: dict[str, str] = {"none": envoy_for(st, root, base_cfg, "none", base_cfg["gateway"]["listen"], strip_extproc=True)}
@@ -203,7 +207,7 @@ def main() -> int:
             return statistics.median(x[i] - y[i] for x, y in zip(per_round[a], per_round[b]))
 
         result.update({
-            "rate_rps": args.rate, "seconds_per_round": args.seconds, "rounds": args.rounds,
+            "profile": args.profile, "rate_rps": args.rate, "seconds_per_round": args.seconds, "rounds": args.rounds,
             "requests_per_target": len(lat["none"]), "not_200": bad_total, "pinning": pinned,
             "p50_ms": p50, "p99_ms": p99,
             "added_p50_ms_bare_over_none": p50["bare"] - p50["none"],

@@ -50,6 +50,27 @@ class Bare(ep_grpc.ExternalProcessorServicer):
             yield resp
 
 
+class BareRW(ep_grpc.ExternalProcessorServicer):
+    """The same answers through grpc.aio's read/write calls on the context instead of the request
+    iterator and a response generator (`--rw`)."""
+
+    async def Process(self, request_iterator, context):  # noqa: N802
+        read, write = context.read, context.write
+        while True:
+            req = await read()
+            if req is grpc.aio.EOF:
+                return
+            resp = ep.ProcessingResponse()
+            which = req.WhichOneof("request")
+            if which == "request_headers":
+                resp.request_headers.SetInParent()
+                if not req.request_headers.end_of_stream:
+                    resp.mode_override.CopyFrom(_BUFFER)
+            else:
+                getattr(resp, which).SetInParent()
+            await write(resp)
+
+
 class BareSync(ep_grpc.ExternalProcessorServicer):
     """The same answers on grpcio's thread-pool server (one thread per stream while it lasts)."""
 
@@ -82,9 +103,9 @@ def server_options(extra: list[str]) -> list[tuple[str, object]]:
     return opts
 
 
-async def main(listen: str, mutate: bool, extra: list[str]) -> None:
+async def main(listen: str, mutate: bool, extra: list[str], rw: bool = False) -> None:
     server = grpc.aio.server(options=server_options(extra))
-    ep_grpc.add_ExternalProcessorServicer_to_server(Bare(mutate), server)
+    ep_grpc.add_ExternalProcessorServicer_to_server(BareRW() if rw else Bare(mutate), server)
     server.add_insecure_port(listen)
     await server.start()
     print(f"bare ext_proc on {listen}", flush=True)
@@ -107,9 +128,10 @@ if __name__ == "__main__":
     ap.add_argument("--listen", required=True)
     ap.add_argument("--mutate", action="store_true", help="answer the body with the gateway's header mutations")
     ap.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a further gRPC server option")
+    ap.add_argument("--rw", action="store_true", help="grpc.aio's context.read/write instead of the iterator and a generator")
     ap.add_argument("--sync", type=int, default=0, metavar="THREADS", help="grpcio's thread-pool server instead of grpc.aio")
     a = ap.parse_args()
     if a.sync:
         main_sync(a.listen, a.option, a.sync)
     else:
-        asyncio.run(main(a.listen, a.mutate, a.option))
+        asyncio.run(main(a.listen, a.mutate, a.option, a.rw))

@@ -45,11 +45,15 @@ class Inspection:
     content_length: int | None = None
 
 
-def inspect_headers(headers: Mapping[str, str], max_body_bytes: int) -> Inspection:
-    """Headers are lower-case names (as HTTP/2 and Envoy give them)."""
+def inspect_headers(headers: Mapping[str, str], max_body_bytes: int, sla: SlaClass | None = None) -> Inspection:
+    """Headers are lower-case names (as HTTP/2 and Envoy give them). `sla`: the class the trust rule
+    resolved (the gateway passes it); without it, the priority header's class."""
     method = headers.get(":method", "")
-    path = headers.get(":path", "").split("?", 1)[0]
-    sla = SlaClass.parse(headers.get(PRIORITY_HEADER))
+    path = headers.get(":path", "")
+    if "?" in path:
+        path = path.split("?", 1)[0]
+    if sla is None:
+        sla = SlaClass.parse(headers.get(PRIORITY_HEADER))
     if method != "POST":
         return Inspection(False, "method", path, sla, list_models=method == "GET" and path == MODELS_PATH)
     if path not in INSPECTED_PATHS:
@@ -137,8 +141,14 @@ def _prompt_tokens(path: str, body: Mapping[str, Any]) -> int:
         messages = body.get("messages")
         if not isinstance(messages, list):
             return 0
-        # ~4 tokens of chat-template overhead per message.
-        return sum(_content_text_len(m.get("content")) + 4 for m in messages if isinstance(m, dict))
+        # ~4 tokens of chat-template overhead per message. A plain loop, string content inline: this runs
+        # on every chat request, and a generator plus a call per message cost more than the counting.
+        total = 0
+        for m in messages:
+            if isinstance(m, dict):
+                c = m.get("content")
+                total += (estimate_tokens(c) if isinstance(c, str) else _content_text_len(c)) + 4
+        return total
     if path == RESPONSES_PATH:
         return _responses_input_tokens(body)
     prompt = body.get("prompt")

@@ -8,7 +8,6 @@ body rewriter, and the answers the gateway gives itself (GET /v1/models, 404 for
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
@@ -113,7 +112,12 @@ class Gateway:
         self.wanted_headers = frozenset(
             {":method", ":path", "content-type", "content-encoding", "content-length", self._conv_header}
         ) | headers_read(self.trust)
+        self._max_body = config.gateway.max_body_bytes
         self._decision_counters: dict[tuple[str, str, str], object] = {}
+        # The grid's model list, kept while the router hands out the same views (see grid_models).
+        self._models_of: list[SiteView] | None = None
+        self._models: frozenset[str] | None = None
+        self._prompt_tokens = self.metrics.prompt_tokens_before.labels()
         self._timing_every = config.routing.step_timing_sample
         self._decisions = 0
         self._step_hist: dict[str, object] = {}
@@ -159,9 +163,7 @@ class Gateway:
         return d, views
 
     def inspect(self, headers: Mapping[str, str], jwt_payload: Mapping[str, object] | None = None) -> Inspection:
-        insp = inspect_headers(headers, self.config.gateway.max_body_bytes)
-        sla = resolve_sla(self.trust, headers, jwt_payload)
-        return insp if insp.sla is sla else dataclasses.replace(insp, sla=sla)
+        return inspect_headers(headers, self._max_body, sla=resolve_sla(self.trust, headers, jwt_payload))
 
     def route_unparsed(self, sla: SlaClass, reason: str, *, inference: bool = False) -> Outcome:
         """A request whose body we do not look at: routed on load alone, body untouched."""
@@ -179,13 +181,19 @@ class Gateway:
         """Models served by the sites a request could go to now (not drained, not known unhealthy);
         None when no site has a model list (configured or reported): the grid's models are unknown."""
         views = self.views(self._clock())
-        if not any(v.models for v in views):
-            return None
-        out: set[str] = set()
-        for v in views:
-            if not v.drained and v.healthy is not False:
-                out |= v.models
-        return frozenset(out)
+        # The router rebuilds its views (a new list) on a new snapshot or after VIEW_TTL_S, so the list's
+        # identity says whether the set made from it is current: one set per rebuild, not per request.
+        if views is self._models_of:
+            return self._models
+        models: frozenset[str] | None = None
+        if any(v.models for v in views):
+            out: set[str] = set()
+            for v in views:
+                if not v.drained and v.healthy is not False:
+                    out |= v.models
+            models = frozenset(out)
+        self._models_of, self._models = views, models
+        return models
 
     def list_models(self) -> Outcome | None:
         """GET /v1/models: the union over the grid's usable sites (OpenAI's list shape), or None to let
@@ -213,24 +221,33 @@ class Gateway:
         return Outcome(d.site, d, immediate=ImmediateAnswer(404, model_not_found(model)))
 
     # -- the body path ------------------------------------------------------------------------------------
-    async def route_body(
-        self, insp: Inspection, body: bytes, headers: Mapping[str, str], *, rewrite: bool = True
-    ) -> Outcome:
+    def route_body_now(
+        self, insp: Inspection, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[Outcome, list[SiteView] | None]:
+        """The body path's decision, synchronous: parse once, features, route. Returns the outcome and the
+        views it was decided on (None when the body was not routed on: invalid JSON, unknown model)."""
         parsed = parse_json_body(body)
         if parsed is None:
-            return self.route_unparsed(insp.sla, "invalid_json", inference=insp.inference)
+            return self.route_unparsed(insp.sla, "invalid_json", inference=insp.inference), None
         features = body_features(
             insp.path, parsed, insp.sla, headers.get(self._conv_header),
             with_prefix_blocks=self.router.needs_prefix_blocks, chains=self.chains.get,
         )
         missing = self._unknown_model(features)
         if missing is not None:
-            return missing
-        self.metrics.prompt_tokens_before.inc(features.prompt_tokens)
+            return missing, None
+        self._prompt_tokens.value += features.prompt_tokens
         d, views = self.route(features)
-        out = Outcome(d.site, d, features=features, parsed=parsed)
-        if self.rewriter is not None and rewrite:
-            await self._rewrite(out, insp.path, body, parsed, features, views)
+        return Outcome(d.site, d, features=features, parsed=parsed), views
+
+    async def route_body(
+        self, insp: Inspection, body: bytes, headers: Mapping[str, str], *, rewrite: bool = True
+    ) -> Outcome:
+        """The body path with the rewriter (the processor calls `route_body_now` when there is none)."""
+        out, views = self.route_body_now(insp, body, headers)
+        if views is not None and self.rewriter is not None and rewrite:
+            assert out.parsed is not None and out.features is not None
+            await self._rewrite(out, insp.path, body, out.parsed, out.features, views)
         return out
 
     async def _rewrite(

@@ -68,15 +68,50 @@ def _immediate(resp: ep.ProcessingResponse, out: Outcome) -> None:
     _set(im.headers, DECISION_HEADER, out.decision.reason[:200])
 
 
-def _apply_outcome(common: ep.CommonResponse, out: Outcome) -> None:
-    _set(common.header_mutation, SITE_HEADER, out.site)
+def _answer_template(phase: str, site: str) -> bytes:
+    """A routing answer for `phase` up to the reason header: the site header and `clear_route_cache`,
+    serialized once per site. Parsing these bytes makes the answer in one C call, where setting the same
+    fields one by one costs several Python-level attribute writes per request."""
+    resp = ep.ProcessingResponse()
+    common = getattr(resp, phase).response
+    _set(common.header_mutation, SITE_HEADER, site)
+    common.clear_route_cache = True
+    return resp.SerializeToString()
+
+
+def _fill(common: ep.CommonResponse, out: Outcome) -> None:
+    """The rest of a routing answer after its template: the reason, extra headers, a new body."""
     _set(common.header_mutation, DECISION_HEADER, out.decision.reason[:200])
-    for k, v in out.headers.items():
-        _set(common.header_mutation, k, v)
+    if out.headers:
+        for k, v in out.headers.items():
+            _set(common.header_mutation, k, v)
     if out.body is not None:
         common.body_mutation.body = out.body
         _set(common.header_mutation, "content-length", str(len(out.body)))
+
+
+def _apply_outcome(common: ep.CommonResponse, out: Outcome) -> None:
+    """The routing answer on a response built field by field (sites outside the templates)."""
+    _set(common.header_mutation, SITE_HEADER, out.site)
     common.clear_route_cache = True
+    _fill(common, out)
+
+
+def _constant(phase: str, mode: processing_mode_pb2.ProcessingMode | None = None) -> ep.ProcessingResponse:
+    """A "continue" answer for `phase` (with a mode override): built once and yielded to every stream;
+    nothing mutates it after this."""
+    resp = ep.ProcessingResponse()
+    getattr(resp, phase).SetInParent()
+    if mode is not None:
+        resp.mode_override.CopyFrom(mode)
+    return resp
+
+
+_PHASES = ("request_headers", "response_headers", "request_body", "response_body", "request_trailers", "response_trailers")
+# "Continue, no change" per phase, and the headers answers that ask for the buffered body (by has_length).
+_CONTINUE = {p: _constant(p) for p in _PHASES}
+_ASK_BODY = {True: _constant("request_headers", _BUFFER_BODY), False: _constant("request_headers", _BUFFER_PARTIAL)}
+_ASK_BODY_RESP = {True: _constant("request_headers", _BUFFER_BODY_RESP), False: _constant("request_headers", _BUFFER_PARTIAL_RESP)}
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
@@ -91,86 +126,105 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         # Only the ext_proc observation path strips in this filter (blocking, per chunk); with usage_via
         # access_log the Lua filter in Envoy strips.
         self._inject = observer is not None and obs.inject_stream_usage and obs.usage_via == "ext_proc"
+        self._ask_body = _ASK_BODY_RESP if self._inject else _ASK_BODY
+        # The headers-only path: no step reads the body and nothing rewrites it.
+        self._headers_only = not gateway.needs_body and not self._inject
         self._overhead = "overhead" in obs.client_headers
-        self._phase_seconds = gateway.metrics.phase_seconds
-        self._reason_children: dict[tuple[str, str, str], object] = {}
-        self._phase_children: dict[str | None, object] = {}
         self._access_meta = gateway.config.envoy.access_log
-        m = gateway.metrics.messages
-        # Children resolved once: a labelled lookup per message is measurable on the hot path.
-        self._msg_count = {p: m.labels(p) for p in ("request_headers", "request_body", "other")}
+        m = gateway.metrics
+        self._errors = m.errors
+        self._reason_children: dict[tuple[str, str, str], object] = {}
+        # Metric children resolved once: a labelled lookup per message is measurable on the hot path.
+        self._streams = m.streams.labels()
+        self._msg_count = {p: m.messages.labels(p) for p in ("request_headers", "request_body", "other")}
+        self._phase = {p: m.phase_seconds.labels(p) for p in (*_PHASES, "unknown")}
+        # Routing answers per site, serialized up to the reason (see _answer_template).
+        sites = [s.name for s in gateway.config.sites]
+        self._templates = {
+            phase: {site: _answer_template(phase, site) for site in sites} for phase in ("request_headers", "request_body")
+        }
+
+    def _answer(self, phase: str, out: Outcome) -> ep.ProcessingResponse:
+        tmpl = self._templates[phase].get(out.site)
+        if tmpl is None:
+            resp = ep.ProcessingResponse()
+            _apply_outcome(getattr(resp, phase).response, out)
+        else:
+            resp = ep.ProcessingResponse.FromString(tmpl)
+            _fill(getattr(resp, phase).response, out)
+        return resp
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context
     ) -> AsyncIterator[ep.ProcessingResponse]:
-        metrics = self.gw.metrics
-        metrics.streams.inc()
+        gw = self.gw
+        streams = self._streams
+        streams.value += 1
         insp: Inspection | None = None
         headers: dict[str, str] = {}
         observer = self.observer
-        side = RoutingSide()
+        side = RoutingSide() if observer is not None else None
         spent = 0.0  # processor time on this request so far (the overhead header)
         started_ns = 0  # wall clock at the request headers (the decision span's start)
+        perf = time.perf_counter
+        msg_count = self._msg_count
         try:
             async for req in request_iterator:
-                if req.observability_mode and observer is not None:
+                if observer is not None and req.observability_mode:
                     # The observing filter's stream: nothing to answer, ever.
                     try:
                         await observer.observe(req, request_iterator)
                     except Exception:
-                        metrics.errors.labels("observe").inc()
+                        self._errors.labels("observe").inc()
                         log.exception("observer error; this response goes uncounted")
                     return
-                t_in = time.perf_counter()
+                t_in = perf()
                 which = req.WhichOneof("request")
-                self._msg_count.get(which or "other", self._msg_count["other"]).inc()
-                resp = ep.ProcessingResponse()
+                msg_count.get(which or "other", msg_count["other"]).value += 1
                 try:
                     if which == "request_headers":
                         if self.tracer is not None:
                             started_ns = time.time_ns()
-                        headers = header_map(req.request_headers, self._wanted)
-                        insp = self.gw.inspect(headers, _jwt_payload(req) if self.gw.wants_jwt else None)
-                        listing = self.gw.list_models() if insp.list_models else None
-                        if listing is not None:
+                        rh = req.request_headers
+                        headers = header_map(rh, self._wanted)
+                        insp = gw.inspect(headers, _jwt_payload(req) if gw.wants_jwt else None)
+                        if insp.list_models and (listing := gw.list_models()) is not None:
+                            resp = ep.ProcessingResponse()
                             _immediate(resp, listing)
                             insp = None
+                        elif not insp.inspect:
+                            out = gw.route_unparsed(insp.sla, insp.reason, inference=insp.inference)
+                            self._stamp(out, t_in, 0.0, headers, started_ns)
+                            resp = self._answer("request_headers", out)
+                        elif rh.end_of_stream:
+                            out = gw.route_unparsed(insp.sla, "no_body", inference=insp.inference)
+                            self._stamp(out, t_in, 0.0, headers, started_ns)
+                            resp = self._answer("request_headers", out)
+                        elif self._headers_only:
+                            # Headers-only path: no step reads the body and nothing rewrites it, so the
+                            # answer goes now and the body is never sent to us.
+                            out = gw.route_headers(insp, headers)
+                            self._stamp(out, t_in, 0.0, headers, started_ns)
+                            resp = self._answer("request_headers", out)
+                            insp = None
                         else:
-                            common = resp.request_headers.response
-                            resp.request_headers.SetInParent()
-                            if not insp.inspect:
-                                out = self.gw.route_unparsed(insp.sla, insp.reason, inference=insp.inference)
-                                self._stamp(out, t_in, 0.0, headers, started_ns)
-                                _apply_outcome(common, out)
-                            elif req.request_headers.end_of_stream:
-                                out = self.gw.route_unparsed(insp.sla, "no_body", inference=insp.inference)
-                                self._stamp(out, t_in, 0.0, headers, started_ns)
-                                _apply_outcome(common, out)
-                            elif not self.gw.needs_body and not self._inject:
-                                # Headers-only path: no step reads the body and nothing rewrites it, so
-                                # the answer goes now and the body is never sent to us.
-                                out = self.gw.route_headers(insp, headers)
-                                self._stamp(out, t_in, 0.0, headers, started_ns)
-                                _apply_outcome(common, out)
-                                insp = None
-                            elif self._inject:
-                                # Continue for now; the routing answer goes with the buffered body.
-                                resp.mode_override.CopyFrom(_BUFFER_BODY_RESP if insp.has_length else _BUFFER_PARTIAL_RESP)
-                            else:
-                                resp.mode_override.CopyFrom(_BUFFER_BODY if insp.has_length else _BUFFER_PARTIAL)
+                            # Continue for now, asking for the body (the routing answer goes with it); with
+                            # injection on, the response headers come back to this filter too.
+                            resp = self._ask_body[insp.has_length]
                     elif which == "request_body":
-                        resp.request_body.SetInParent()
                         body = req.request_body
                         if insp is not None and insp.inspect:
-                            common = resp.request_body.response
                             # Read once: every read of a protobuf bytes field is a fresh copy of the body.
                             data = body.body
-                            if body.end_of_stream:
-                                out = await self.gw.route_body(insp, data, headers, rewrite=insp.has_length)
-                            else:
+                            if not body.end_of_stream:
                                 # Only part of the body (should not happen in BUFFERED mode): never
                                 # rewrite a fragment; route on load alone.
-                                out = self.gw.route_unparsed(insp.sla, "partial_body", inference=True)
+                                out = gw.route_unparsed(insp.sla, "partial_body", inference=True)
+                            elif gw.rewriter is None:
+                                # Nothing to await: the decision is synchronous.
+                                out = gw.route_body_now(insp, data, headers)[0]
+                            else:
+                                out = await gw.route_body(insp, data, headers, rewrite=insp.has_length)
                             if out.immediate is not None:
                                 # The gateway answers (unknown model): nothing goes upstream.
                                 resp = ep.ProcessingResponse()
@@ -179,35 +233,35 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                                 if observer is not None:
                                     observer.on_routed(side, out, insp.path, data)
                                 self._stamp(out, t_in, spent, headers, started_ns)
-                                _apply_outcome(common, out)
+                                resp = self._answer("request_body", out)
                                 if self._access_meta and out.features is not None:
                                     # For Envoy's access log (%DYNAMIC_METADATA(aigrid:model)%).
                                     resp.dynamic_metadata.update(
                                         {"aigrid": {"model": out.features.model or "", "prompt_tokens_est": out.features.prompt_tokens}}
                                     )
                             insp = None  # answered once; later chunks (if any) just continue
+                        else:
+                            resp = _CONTINUE["request_body"]
                     elif which == "response_headers" and observer is not None:
+                        resp = ep.ProcessingResponse()
                         resp.response_headers.SetInParent()
                         observer.on_response_headers(side, req.response_headers, resp)
                     elif which == "response_body" and observer is not None:
+                        resp = ep.ProcessingResponse()
                         resp.response_body.SetInParent()
                         observer.on_response_body(side, req.response_body, resp)
                     else:
-                        _continue(resp, which)
+                        resp = _continue(which)
                 except Exception:
-                    metrics.errors.labels(which or "unknown").inc()
+                    self._errors.labels(which or "unknown").inc()
                     log.exception("processor error in %s; continuing unchanged", which)
-                    resp = ep.ProcessingResponse()
-                    _continue(resp, which)
-                dt = time.perf_counter() - t_in
+                    resp = _continue(which)
+                dt = perf() - t_in
                 spent += dt
-                hist = self._phase_children.get(which)
-                if hist is None:
-                    hist = self._phase_children[which] = self._phase_seconds.labels(which or "unknown")
-                hist.observe(dt)
+                self._phase.get(which or "unknown", self._phase["unknown"]).observe(dt)
                 yield resp
         finally:
-            metrics.streams.dec()
+            streams.value -= 1
 
     def _stamp(self, out: Outcome, t_in: float, before: float, headers: dict[str, str], started_ns: int) -> None:
         """Per decision: its reason class counted; the gateway's own time on this request for the client's
@@ -217,7 +271,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         child = self._reason_children.get(key)
         if child is None:
             child = self._reason_children[key] = self.gw.metrics.decision_reasons.labels(*key)
-        child.inc()
+        child.value += 1  # type: ignore[attr-defined]
         if self._overhead:
             out.headers[OVERHEAD_HEADER] = f"{(before + time.perf_counter() - t_in) * 1000:.2f}"
         if self.tracer is not None:
@@ -243,10 +297,7 @@ def _jwt_payload(req: ep.ProcessingRequest) -> dict | None:
     return json_format.MessageToDict(value.struct_value) if value.HasField("struct_value") else None
 
 
-def _continue(resp: ep.ProcessingResponse, which: str | None) -> None:
-    """A phase's "continue, no change" answer."""
-    if which in (
-        "request_headers", "response_headers", "request_body", "response_body",
-        "request_trailers", "response_trailers",
-    ):
-        getattr(resp, which).SetInParent()
+def _continue(which: str | None) -> ep.ProcessingResponse:
+    """A phase's "continue, no change" answer (shared; an unknown phase gets an empty, new response)."""
+    resp = _CONTINUE.get(which or "")
+    return resp if resp is not None else ep.ProcessingResponse()
