@@ -83,10 +83,10 @@ class SloSlack(Picker):
                     if self.affinity_band is not None:
                         # Within `affinity_band` of the tier's best slack, the prefix cache decides.
                         band = [j for j in tier if slacks[j] >= max(self.near_min, slacks[i] - self.affinity_band)]
-                        chosen = self._affine_in(band, sites, pred, ctx.u)
+                        chosen = self._affine_in(band, sites, self._unc(sites, pred, ctx.features.prompt_tokens), ctx.u)
                     break
         elif self.affinity_min is not None:
-            i = self._affine(pool, sites, slacks, pred, ctx.u, None)
+            i = self._affine(pool, sites, slacks, self._unc(sites, pred, ctx.features.prompt_tokens), ctx.u, None)
             if i is not None:
                 chosen, how = i, "prefix home"
         if chosen is None:
@@ -107,7 +107,20 @@ class SloSlack(Picker):
                         term=term,
                         default_speed=tuple(defaults))
 
-    def _affine(self, pool: list[int], sites: list[SiteView], slacks: list[float], pred: Predictions,
+    @staticmethod
+    def _unc(sites: list[SiteView], pred: Predictions, prompt: int) -> list[float]:
+        """The uncached tokens affinity compares: at a site of R replicas the site's own balancer picks the
+        replica, so a prefix this gateway sent there once is on the replica it lands on with chance 1 / R
+        (counting it whole concentrated long prefills on multi-replica sites, and realtime queued behind
+        them: reference grid, 48-64 req/s)."""
+        out: list[float] = []
+        for i, v in enumerate(sites):
+            n = pred.uncached[i]
+            r = max(v.replicas, 1)
+            out.append(float(n) if r == 1 or n is None else n + max(prompt - n, 0) * (r - 1) / r)
+        return out
+
+    def _affine(self, pool: list[int], sites: list[SiteView], slacks: list[float], unc: list[float],
                 u: float, fallback: int | None) -> int | None:
         """Among `pool`'s sites with at least `affinity_min_slack`, the one that computes the least prefill
         (its prefix cache holds the most of the prompt, within `affinity_tokens`), and among those the
@@ -121,13 +134,13 @@ class SloSlack(Picker):
         # A prompt that is cold everywhere goes where the most slack is (measured: homing cold prompts by
         # key sent long RAG prefills to the small near sites, and realtime missed there).
         best = self._most_slack(pool, slacks, u)
-        if min(pred.uncached[i] for i in ok) >= pred.uncached[best] - self.affinity_tokens:
+        if min(unc[i] for i in ok) >= unc[best] - self.affinity_tokens:
             return fallback
-        return self._affine_in(ok, sites, pred, u)
+        return self._affine_in(ok, sites, unc, u)
 
-    def _affine_in(self, ok: list[int], sites: list[SiteView], pred: Predictions, u: float) -> int:
-        least = min(pred.uncached[i] for i in ok)
-        near = [i for i in ok if pred.uncached[i] <= least + self.affinity_tokens]
+    def _affine_in(self, ok: list[int], sites: list[SiteView], unc: list[float], u: float) -> int:
+        least = min(unc[i] for i in ok)
+        near = [i for i in ok if unc[i] <= least + self.affinity_tokens]
         if len(near) == 1:
             return near[0]
         key = int(u * 18446744073709551616.0)
