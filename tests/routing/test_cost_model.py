@@ -212,6 +212,20 @@ def test_a_prompt_cached_at_several_sites_goes_to_its_keys_rendezvous_home_among
     assert all(moved[i] in ("s1", "s3") for i in homes)
 
 
+def test_a_prefix_at_a_many_replica_site_counts_as_held_by_one_replica():
+    prof, views = _four()
+    prefill = next(s for s in prof.estimators if s.type_name == "ttft_prefill")
+    blocks = tuple(range(3000, 3150))  # 2,400 of the 2,500 tokens
+    prefill.on_decision(ctx(views, blocks=blocks), Decision("s1", "", ""))
+    views = [replace(v, running=8) for v in views]
+    views[1] = replace(views[1], running=0)  # s2 the most slack
+    assert prof.decide(ctx(views, prompt=2_500, blocks=blocks)).site == "s1"  # one replica: it holds the prefix
+    # Behind 20 replicas the request lands where the prefix is with chance 1/20: 120 tokens expected
+    # saved, under affinity_tokens, so the most slack decides.
+    views[0] = replace(views[0], replicas=20, running=160)
+    assert prof.decide(ctx(views, prompt=2_500, blocks=blocks)).site == "s2"
+
+
 def test_a_prompt_cold_everywhere_takes_the_most_slack_not_a_home():
     prof, views = _four()
     views = [replace(v, running=10 if v.name != "s2" else 0) for v in views]
