@@ -26,7 +26,7 @@ from extproc.gateway.routing.framework import (
     StepTimer,
 )
 from extproc.gateway.routing.registry import build_active_profile
-from extproc.gateway.routing.views import SiteView, build_views, with_in_flight
+from extproc.gateway.routing.views import GridViews, SiteView, with_in_flight
 
 # How long a decision may reuse the site views built for an earlier one (bounds the error on report age).
 VIEW_TTL_S = 0.05
@@ -53,8 +53,10 @@ class Router:
         self._keyed = config.routing.keyed_draw
         self.reads_body = self.profile.reads_body
         self.needs_prefix_blocks = self.profile.needs_prefix_blocks
-        # Views depend on the snapshot and, through report age, on time: rebuilt when the snapshot object
-        # changes or after VIEW_TTL_S, not per request.
+        # Views depend on the snapshot and, through report age, on time: looked at again when the snapshot
+        # object changes or after VIEW_TTL_S, not per request; and then only the sites whose report, drain
+        # flag or RTT changed, or that turned stale, are made again (GridViews).
+        self._grid = GridViews(config)
         self._views: list[SiteView] = []
         self._views_of: LoadSnapshot | None = None
         self._views_at = -1e18
@@ -74,7 +76,7 @@ class Router:
                 self._report_at[name] = load.updated_at
                 self.sent_since_report[name] = 0
                 self._peer_in_flight.pop(name, None)
-        views = build_views(self.config, snap, now)
+        views = self._grid.build(snap, now)
         self.profile.on_snapshot(views, now)
         return views
 
@@ -92,7 +94,7 @@ class Router:
 
     def views(self, snap: LoadSnapshot, now: float) -> list[SiteView]:
         if snap is not self._views_of or now - self._views_at > VIEW_TTL_S:
-            self._views = build_views(self.config, snap, now)
+            self._views = self._grid.build(snap, now)
             self._views_of, self._views_at = snap, now
         return self._views
 

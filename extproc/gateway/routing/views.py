@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from extproc.gateway.config.schema import EngineSpeed, GatewayConfig, SiteRole
+from extproc.gateway.config.schema import EngineSpeed, GatewayConfig, SiteConfig, SiteRole
 from extproc.gateway.loadmap.model import LoadSnapshot, SiteLoad
 
 
@@ -75,51 +75,118 @@ def site_models(configured: Sequence[str], load: SiteLoad | None) -> frozenset[s
     return frozenset()
 
 
-def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> list[SiteView]:
-    stale_after = config.policy.stale_after_s
-    views: list[SiteView] = []
-    for site in config.sites:
-        load = snapshot.sites.get(site.name)
-        rtt = snapshot.measured_rtt_ms.get(site.name, site.rtt_ms)
-        models = site_models(site.models, load)
-        if load is None or load.age_s(now) > stale_after:
-            views.append(
-                SiteView(
-                    name=site.name,
-                    role=site.role,
-                    rtt_ms=rtt,
-                    drained=site.name in snapshot.drained,
-                    healthy=None,
-                    pressure=None,
-                    age_s=None if load is None else load.age_s(now),
-                    capacity=float(site.running_capacity),
-                    models=models,
-                    prefill_tokens_per_s=site.prefill_tokens_per_s,
-                    replicas=site.replicas,
-                    speed=site.speed,
-                )
-            )
-            continue
-        views.append(
-            SiteView(
-                name=site.name,
-                role=site.role,
-                rtt_ms=rtt,
-                drained=site.name in snapshot.drained,
-                healthy=load.healthy,
-                pressure=site_pressure(load, config.policy.queue_ref, site.running_capacity) if load.healthy else None,
-                age_s=load.age_s(now),
-                capacity=float(load.max_running or site.running_capacity),
-                waiting=load.requests_waiting,
-                kv_usage=load.kv_cache_usage,
-                models=models,
-                prefill_tokens_per_s=site.prefill_tokens_per_s,
-                running=load.requests_running,
-                replicas=site.replicas,
-                speed=site.speed,
-            )
+def site_view(config: GatewayConfig, site: SiteConfig, snapshot: LoadSnapshot, now: float) -> SiteView:
+    """One site's view at `now` (see build_views)."""
+    load = snapshot.sites.get(site.name)
+    rtt = snapshot.measured_rtt_ms.get(site.name, site.rtt_ms)
+    models = site_models(site.models, load)
+    if load is None or load.age_s(now) > config.policy.stale_after_s:
+        return SiteView(
+            name=site.name,
+            role=site.role,
+            rtt_ms=rtt,
+            drained=site.name in snapshot.drained,
+            healthy=None,
+            pressure=None,
+            age_s=None if load is None else load.age_s(now),
+            capacity=float(site.running_capacity),
+            models=models,
+            prefill_tokens_per_s=site.prefill_tokens_per_s,
+            replicas=site.replicas,
+            speed=site.speed,
         )
-    return views
+    return SiteView(
+        name=site.name,
+        role=site.role,
+        rtt_ms=rtt,
+        drained=site.name in snapshot.drained,
+        healthy=load.healthy,
+        pressure=site_pressure(load, config.policy.queue_ref, site.running_capacity) if load.healthy else None,
+        age_s=load.age_s(now),
+        capacity=float(load.max_running or site.running_capacity),
+        waiting=load.requests_waiting,
+        kv_usage=load.kv_cache_usage,
+        models=models,
+        prefill_tokens_per_s=site.prefill_tokens_per_s,
+        running=load.requests_running,
+        replicas=site.replicas,
+        speed=site.speed,
+    )
+
+
+def build_views(config: GatewayConfig, snapshot: LoadSnapshot, now: float) -> list[SiteView]:
+    return [site_view(config, site, snapshot, now) for site in config.sites]
+
+
+class GridViews:
+    """`build_views` kept up to date per site instead of rebuilt: a site's view is made again only when
+    its report (the SiteLoad object), drain flag or measured RTT changes, or when its report turns stale,
+    so the cost of `build(snap, now)` is in the sites that changed, not in the grid. Every view is the one
+    `build_views(config, snap, now)` gives, but for `age_s`, which is the age at the view's making (the
+    report's arrival, or its turning stale) rather than at `now`: no decision reads it.
+
+    The list returned is a new object only when some view changed, and is never mutated afterwards: a
+    caller may key its own caches on its identity (see `Profile.decide`)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._sites = list(config.sites)
+        self._stale_after = config.policy.stale_after_s
+        self._views: list[SiteView] = []
+        # Per site, in config order: (its SiteLoad, drained, rtt) as of its view.
+        self._inputs: list[tuple[SiteLoad | None, bool, float]] = []
+        self._snap: LoadSnapshot | None = None
+        self._now = float("-inf")
+        # The oldest report among the fresh views (its receive time): the first to turn stale, since
+        # `now - updated_at` falls as updated_at rises. None: no fresh view.
+        self._oldest: float | None = None
+
+    def build(self, snap: LoadSnapshot, now: float) -> list[SiteView]:
+        if not self._views or now < self._now:
+            # First build, or a clock that went back (a stale report could read fresh again).
+            self._full(snap, now)
+        elif snap is not self._snap:
+            self._diff(snap, now)
+        elif self._oldest is not None and max(0.0, now - self._oldest) > self._stale_after:
+            self._diff(snap, now)
+        self._now = now
+        return self._views
+
+    def _full(self, snap: LoadSnapshot, now: float) -> None:
+        self._views = [site_view(self.config, site, snap, now) for site in self._sites]
+        self._inputs = [self._input(site, snap) for site in self._sites]
+        self._snap = snap
+        self._oldest = self._oldest_fresh(snap)
+
+    def _input(self, site: SiteConfig, snap: LoadSnapshot) -> tuple[SiteLoad | None, bool, float]:
+        name = site.name
+        return (snap.sites.get(name), name in snap.drained, snap.measured_rtt_ms.get(name, site.rtt_ms))
+
+    def _diff(self, snap: LoadSnapshot, now: float) -> None:
+        views: list[SiteView] | None = None
+        stale_after = self._stale_after
+        loads, drained, measured = snap.sites, snap.drained, snap.measured_rtt_ms
+        for i, site in enumerate(self._sites):
+            name = site.name
+            load = loads.get(name)
+            inp = (load, name in drained, measured.get(name, site.rtt_ms))
+            old = self._views[i]
+            fresh = load is not None and load.age_s(now) <= stale_after
+            if inp == self._inputs[i] and fresh == (old.healthy is not None):
+                continue
+            if views is None:
+                views = list(self._views)
+            views[i] = site_view(self.config, site, snap, now)
+            self._inputs[i] = inp
+        if views is not None:
+            self._views = views
+        self._snap = snap
+        self._oldest = self._oldest_fresh(snap)
+
+    def _oldest_fresh(self, snap: LoadSnapshot) -> float | None:
+        times = [inp[0].updated_at for inp, v in zip(self._inputs, self._views)
+                 if inp[0] is not None and v.healthy is not None]
+        return min(times) if times else None
 
 
 def with_in_flight(views: list[SiteView], sent_since_report: Mapping[str, int]) -> list[SiteView]:
