@@ -24,7 +24,7 @@ better one exists. Every decision carries a short reason string.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
@@ -109,6 +109,10 @@ class Step:
         return {}
 
 
+# `Filter.request_key`'s answer for a filter whose output is not a function of its candidates and a key.
+UNCACHED: Hashable = object()
+
+
 class Filter(Step):
     kind = StepKind.filter
     # Reason used when this filter would leave no candidate.
@@ -116,6 +120,13 @@ class Filter(Step):
 
     def filter(self, ctx: RoutingContext, sites: list[SiteView]) -> list[SiteView]:
         raise NotImplementedError
+
+    def request_key(self, ctx: RoutingContext) -> Hashable:
+        """What of the request the filter's output depends on besides its candidates (`()`: nothing), when
+        it is a function of those two alone; then the profile keeps the output for the current views and
+        asks again only when they change (`Profile.decide`). `UNCACHED` (the default): a filter that reads
+        the draw, the time or its own state."""
+        return UNCACHED
 
 
 class Rule(Step):
@@ -244,6 +255,8 @@ def fallback(ctx: RoutingContext, left: Sequence[SiteView], why: str) -> Decisio
 
 # ---- a profile ---------------------------------------------------------------------------------------
 StepTimer = Callable[[str, float], None]
+# Filter outputs a profile keeps for one views list (request keys are few: the models asked for).
+_FILTER_CACHE_MAX = 256
 
 
 @dataclass(slots=True)
@@ -256,6 +269,10 @@ class Profile:
     scorers: list[Scorer] = field(default_factory=list)
     picker: Picker | None = None
     estimators: list[Estimator] = field(default_factory=list)
+    # Filter outputs for the views list `_cached_of` (see decide's `stable_views`), keyed by the filters'
+    # request keys up to that filter.
+    _cache: dict[tuple[Hashable, ...], list[SiteView]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _cached_of: Sequence[SiteView] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def steps(self) -> list[Step]:
@@ -273,16 +290,41 @@ class Profile:
         return any(s.needs_prefix_blocks for s in self.steps)
 
     def decide(self, ctx: RoutingContext, timer: StepTimer | None = None,
-               adjust: Callable[[list[SiteView]], list[SiteView]] | None = None) -> Decision:
+               adjust: Callable[[list[SiteView]], list[SiteView]] | None = None,
+               stable_views: bool = False) -> Decision:
         """Run the steps; `timer(step_name, seconds)` is called per step when given (sampled metrics).
         `adjust` rewrites the candidates the filters left before the other steps see them (the router's
         in-flight correction: filters read health, drain, models and distance, not load, so correcting
-        only the survivors keeps a decision's cost in the candidates, not in the grid)."""
+        only the survivors keeps a decision's cost in the candidates, not in the grid).
+
+        `stable_views`: the caller promises `ctx.views` is a list it never changes (a changed grid comes
+        as a new list, as the router's `GridViews` gives them). The filters with a request key (the
+        leading ones, up to the first without) then run once per views list and key, and later decisions
+        reuse their output: the steps never change the lists they are given."""
         clock = time.perf_counter
-        candidates = list(ctx.views)
+        if stable_views and isinstance(ctx.views, list):
+            if ctx.views is not self._cached_of:
+                self._cache.clear()
+                self._cached_of = ctx.views
+            cache: dict[tuple[Hashable, ...], list[SiteView]] | None = self._cache
+            candidates = ctx.views
+        else:
+            cache = None
+            candidates = list(ctx.views)
+        key: tuple[Hashable, ...] = ()
         for f in self.filters:
             t0 = clock() if timer else 0.0
-            narrowed = f.filter(ctx, candidates)
+            if cache is not None and (k := f.request_key(ctx)) is not UNCACHED:
+                key = (*key, k)
+                narrowed = cache.get(key)
+                if narrowed is None:
+                    narrowed = f.filter(ctx, candidates)
+                    if len(cache) >= _FILTER_CACHE_MAX:  # keys may be client-chosen (the model)
+                        cache.clear()
+                    cache[key] = narrowed
+            else:
+                cache = None
+                narrowed = f.filter(ctx, candidates)
             if timer:
                 timer(f.name, clock() - t0)
             if not narrowed:

@@ -30,18 +30,33 @@ class Bounded(Filter):
         self.sampled = params.sampled
         self.policy = env.config.policy
         self._order: list[str] = []  # every site, closest first, as of the last snapshot
+        # The candidates in that order, per candidates list seen since the last snapshot (the profile hands
+        # the same list object, one per model asked for, while the views stand; see Profile.decide): a
+        # decision then costs the draw, not the grid. Keyed by id, the list itself kept beside it.
+        self._ordered: dict[int, tuple[list[SiteView], list[SiteView]]] = {}
 
     def on_snapshot(self, views: Sequence[SiteView], now: float) -> None:
         self._order = [v.name for v in by_rtt(views, self.policy)]
+        self._ordered.clear()
 
     def filter(self, ctx: RoutingContext, sites: list[SiteView]) -> list[SiteView]:
         if len(sites) <= self.nearest + self.sampled:
             return sites
+        ordered = self._in_order(sites)
+        near = self.nearest
+        return ordered[:near] + [ordered[near + i] for i in draw_distinct(len(ordered) - near, self.sampled, ctx.u)]
+
+    def _in_order(self, sites: list[SiteView]) -> list[SiteView]:
+        seen = self._ordered.get(id(sites))
+        if seen is not None and seen[0] is sites:
+            return seen[1]
         by_name = {s.name: s for s in sites}
         ordered = [by_name.pop(n) for n in self._order if n in by_name]
         ordered += by_rtt(list(by_name.values()), self.policy)  # sites the last snapshot did not have
-        keep, rest = ordered[: self.nearest], ordered[self.nearest:]
-        return keep + [rest[i] for i in draw_distinct(len(rest), self.sampled, ctx.u)]
+        if len(self._ordered) >= 16:
+            self._ordered.clear()
+        self._ordered[id(sites)] = (sites, ordered)
+        return ordered
 
 
 def draw_distinct(m: int, k: int, u: float) -> list[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from extproc.gateway.routing.framework import Filter, RoutingContext
 from extproc.gateway.routing.registry import NoParams, StepEnv, register
 from extproc.gateway.routing.views import SiteView
@@ -19,6 +21,9 @@ class NotDrained(Filter):
     def filter(self, ctx: RoutingContext, sites: list[SiteView]) -> list[SiteView]:
         return [s for s in sites if not s.drained]
 
+    def request_key(self, ctx: RoutingContext) -> Hashable:
+        return ()
+
 
 @register("not_unhealthy")
 class NotUnhealthy(Filter):
@@ -32,6 +37,9 @@ class NotUnhealthy(Filter):
     def filter(self, ctx: RoutingContext, sites: list[SiteView]) -> list[SiteView]:
         return [s for s in sites if s.healthy is not False]
 
+    def request_key(self, ctx: RoutingContext) -> Hashable:
+        return ()
+
 
 @register("known_load")
 class KnownLoad(Filter):
@@ -44,6 +52,9 @@ class KnownLoad(Filter):
 
     def filter(self, ctx: RoutingContext, sites: list[SiteView]) -> list[SiteView]:
         return [s for s in sites if s.known]
+
+    def request_key(self, ctx: RoutingContext) -> Hashable:
+        return ()
 
 
 @register("serves_model")
@@ -63,3 +74,6 @@ class ServesModel(Filter):
         if model is None:
             return sites
         return [s for s in sites if not s.models or model in s.models]
+
+    def request_key(self, ctx: RoutingContext) -> Hashable:
+        return ctx.features.model
