@@ -62,8 +62,8 @@ class PrefixIndex:
             return
         lru = self._lru.setdefault(site, OrderedDict())
         # The same LRU order as `lru[b] = None; lru.move_to_end(b)` block by block (each block, in turn, to
-        # the end), with both loops in C: a RAG prompt is ~200 blocks, and this ran per decision.
-        lru.update(dict.fromkeys(blocks))
+        # the end), with both loops in C: a RAG prompt is ~200 blocks, and this runs per decision.
+        deque(map(lru.setdefault, blocks), maxlen=0)
         deque(map(lru.move_to_end, blocks), maxlen=0)
         cap = self.capacity(site)
         while len(lru) > cap:

@@ -66,6 +66,8 @@ class Router:
         self._report_at: dict[str, float] = {}
         # Other replicas' counts for the same report epochs (see set_peer_in_flight).
         self._peer_in_flight: dict[str, int] = {}
+        # with_in_flight's memo: per site, (view, count, corrected view) of its last correction.
+        self._corrected: dict[str, tuple[SiteView, int, SiteView]] = {}
 
     # -- load map events ----------------------------------------------------------------------------------
     def on_snapshot(self, snap: LoadSnapshot, now: float) -> list[SiteView]:
@@ -107,15 +109,13 @@ class Router:
         timer: StepTimer | None = None,
     ) -> tuple[Decision, list[SiteView]]:
         views = self.views(snap, now)
-        counts = self.sent_since_report
-        if self._peer_in_flight:
-            counts = {k: counts.get(k, 0) + self._peer_in_flight.get(k, 0) for k in {*counts, *self._peer_in_flight}}
         corrected: list[SiteView] | None = None
 
         def adjust(candidates: list[SiteView]) -> list[SiteView]:
-            # Only the filters' survivors get the in-flight correction (see Profile.decide).
+            # Only the filters' survivors get the in-flight correction (see Profile.decide), and a
+            # survivor whose view and count are the ones it had last time gets the same corrected view.
             nonlocal corrected
-            corrected = with_in_flight(candidates, counts) if any(counts.values()) else candidates
+            corrected = with_in_flight(candidates, self.sent_since_report, self._peer_in_flight, self._corrected)
             return corrected
 
         key = features.conversation_key

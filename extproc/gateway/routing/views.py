@@ -189,18 +189,36 @@ class GridViews:
         return min(times) if times else None
 
 
-def with_in_flight(views: list[SiteView], sent_since_report: Mapping[str, int]) -> list[SiteView]:
-    """Views with the requests this gateway routed since each site's last report added to its pressure.
+def with_in_flight(
+    views: list[SiteView],
+    sent_since_report: Mapping[str, int],
+    peers: Mapping[str, int] | None = None,
+    memo: dict[str, tuple[SiteView, int, SiteView]] | None = None,
+) -> list[SiteView]:
+    """Views with the requests this gateway routed since each site's last report (plus `peers`' counts,
+    other gateways') added to its pressure.
 
     Reports arrive every few hundred ms; a burst inside that window would otherwise see the same idle
     snapshot and herd onto one site (48 users starting at once all picked the edge, which then needed ~8 s
     of prefill to dig out). Each request sent counts as one more running request until the site's next
     report, which already includes it, resets the count.
+
+    `memo` (the router's, per site: the view, its count, the corrected view) hands back the corrected
+    view made for the same view and count before, instead of making it again.
     """
     out: list[SiteView] = []
     for v in views:
         n = sent_since_report.get(v.name, 0)
+        if peers:
+            n += peers.get(v.name, 0)
         if n and v.pressure is not None:
-            v = replace(v, pressure=v.pressure + n / v.capacity, in_flight=n)
+            hit = memo.get(v.name) if memo is not None else None
+            if hit is not None and hit[0] is v and hit[1] == n:
+                v = hit[2]
+            else:
+                c = replace(v, pressure=v.pressure + n / v.capacity, in_flight=n)
+                if memo is not None:
+                    memo[v.name] = (v, n, c)
+                v = c
         out.append(v)
     return out
