@@ -23,6 +23,7 @@ better one exists. Every decision carries a short reason string.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -167,6 +168,23 @@ class Predictions:
             _row(self.ttft_terms, term, len(self.ttft_ms))[i] += ttft_ms / ttft_slo_ms
         if tpot_ms and tpot_slo_ms:
             _row(self.tpot_terms, term, len(self.ttft_ms))[i] += tpot_ms / tpot_slo_ms
+
+
+    def add_all(self, term: str, ttft_ms: Sequence[float] | None = None, tpot_ms: Sequence[float] | None = None,
+                *, ttft_slo_ms: float, tpot_slo_ms: float | None) -> None:
+        """`add` for every candidate at once, one figure per candidate in order (None: no such term): the
+        same sums, in fewer Python steps."""
+        n = len(self.ttft_ms)
+        if ttft_ms is not None:
+            self.ttft_ms[:] = map(operator.add, self.ttft_ms, ttft_ms)
+            if any(ttft_ms):
+                row = _row(self.ttft_terms, term, n)
+                row[:] = [r + x / ttft_slo_ms if x else r for r, x in zip(row, ttft_ms)]
+        if tpot_ms is not None:
+            self.tpot_ms[:] = map(operator.add, self.tpot_ms, tpot_ms)
+            if tpot_slo_ms and any(tpot_ms):
+                row = _row(self.tpot_terms, term, n)
+                row[:] = [r + x / tpot_slo_ms if x else r for r, x in zip(row, tpot_ms)]
 
 
 def _row(rows: dict[str, list[float]], term: str, n: int) -> list[float]:

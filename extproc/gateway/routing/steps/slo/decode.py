@@ -21,8 +21,7 @@ class TpotDecode(Estimator):
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
         ttft_slo, tpot_slo = self.slo(ctx.features.sla)
-        for i, s in enumerate(sites):
-            pred.add(self.name, i, tpot_ms=decode_step_ms(speed_of(s), batch_at(s) + 1.0, self.context.per_seq(s)),
+        pred.add_all(self.name, tpot_ms=[decode_step_ms(speed_of(s), batch_at(s) + 1.0, self.context.per_seq(s)) for s in sites],
                      ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
 
     def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:

@@ -18,5 +18,4 @@ class TtftLink(Estimator):
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
         ttft_slo, tpot_slo = self.slo(ctx.features.sla)
-        for i, s in enumerate(sites):
-            pred.add(self.name, i, s.rtt_ms, ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
+        pred.add_all(self.name, [s.rtt_ms for s in sites], ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)

@@ -46,10 +46,10 @@ class TtftPrefill(Estimator):
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
         f = ctx.features
         ttft_slo, tpot_slo = self.slo(f.sla)
-        for i, s in enumerate(sites):
-            n = self.uncached(s, f.prompt_tokens, f.prefix_blocks)
-            pred.uncached[i] = n
-            pred.add(self.name, i, prefill_ms(n, speed_of(s)), ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
+        uncached = [self.uncached(s, f.prompt_tokens, f.prefix_blocks) for s in sites]
+        pred.uncached[:] = uncached
+        pred.add_all(self.name, [prefill_ms(n, speed_of(s)) for n, s in zip(uncached, sites)],
+                     ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
 
     def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:
         if self.use_index:

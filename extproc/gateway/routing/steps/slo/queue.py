@@ -53,9 +53,9 @@ class TtftQueue(Estimator):
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
         ttft_slo, tpot_slo = self.slo(ctx.features.sla)
-        for i, s in enumerate(sites):
-            ms = queue_wait_ms(self.queued_tokens(s, ctx.now), s.replicas, speed_of(s))
-            pred.add(self.name, i, ms, ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
+        now = ctx.now
+        ms = [queue_wait_ms(self.queued_tokens(s, now), s.replicas, speed_of(s)) for s in sites]
+        pred.add_all(self.name, ms, ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
 
     def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:
         if not ctx.features.inference:

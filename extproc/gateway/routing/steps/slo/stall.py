@@ -51,9 +51,10 @@ class TpotPrefillStall(Estimator):
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
         ttft_slo, tpot_slo = self.slo(ctx.features.sla)
-        for i, s in enumerate(sites):
-            ms = stall_ms(speed_of(s), batch_at(s) + 1.0, self.rho(s, ctx.now, pred.uncached[i]), self.context.per_seq(s))
-            pred.add(self.name, i, tpot_ms=ms, ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
+        now = ctx.now
+        ms = [stall_ms(speed_of(s), batch_at(s) + 1.0, self.rho(s, now, n), self.context.per_seq(s))
+              for s, n in zip(sites, pred.uncached)]
+        pred.add_all(self.name, tpot_ms=ms, ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
 
     def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:
         if not ctx.features.inference:
