@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 
 from extproc.gateway.config import GatewayConfig
@@ -64,20 +67,51 @@ def cost(n: int, profile: str, decisions: int, per_snapshot: int) -> float:
     return 1e6 * cpu / decisions
 
 
+def measure(sites: list[int], profile: str, decisions: int, per_snapshot: int, rounds: int,
+            against: str | None) -> dict[str, dict[str, float]]:
+    """Per tree (this one, and `against` if given) and site count, the least CPU per decision over
+    `rounds` rounds. With a baseline tree, the two trees' runs alternate, each in its own process
+    (PYTHONPATH=<tree>, this bench file), so both see the same box."""
+    trees = {"this": None} if against is None else {"baseline": against, "this": None}
+    best: dict[str, dict[str, float]] = {t: {} for t in trees}
+    for r in range(rounds):
+        for tree, path in trees.items():
+            if path is None:
+                got = {str(n): cost(n, profile, decisions, per_snapshot) for n in sites}
+            else:
+                env = {**os.environ, "PYTHONPATH": os.path.abspath(path)}
+                cmd = [sys.executable, os.path.abspath(__file__), "--sites", ",".join(map(str, sites)), "--profile", profile,
+                       "--decisions", str(decisions), "--per-snapshot", str(per_snapshot), "--rounds", "1"]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+                got = json.loads(out.strip().splitlines()[-1])["us_per_decision"]
+            for n, us in got.items():
+                best[tree][n] = min(best[tree].get(n, float("inf")), us)
+            print(f"round {r + 1}/{rounds} {tree}: " + "  ".join(f"{n}: {us:.1f}" for n, us in got.items()), flush=True)
+    return {t: {n: round(us, 1) for n, us in b.items()} for t, b in best.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", default="3,10,50,200")
     ap.add_argument("--decisions", type=int, default=20_000)
     ap.add_argument("--per-snapshot", type=int, default=100)
     ap.add_argument("--profile", default="aigrid")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds per tree; the least cost of each is kept")
+    ap.add_argument("--against", metavar="TREE", help="a baseline source tree (e.g. `git worktree add /tmp/base "
+                    "<commit>`) measured in the same run, alternating with this one")
     a = ap.parse_args()
-    out: dict[str, float] = {}
-    for n in (int(x) for x in a.sites.split(",")):
-        out[str(n)] = round(cost(n, a.profile, a.decisions, a.per_snapshot), 1)
-        print(f"{a.profile}: {n:4d} sites  {out[str(n)]:8.1f} us CPU per decision", flush=True)
+    sites = [int(x) for x in a.sites.split(",")]
+    best = measure(sites, a.profile, a.decisions, a.per_snapshot, a.rounds, a.against)
+    out = best["this"]
+    for n, us in out.items():
+        base = f"   (baseline {best['baseline'][n]:8.1f})" if "baseline" in best else ""
+        print(f"{a.profile}: {int(n):4d} sites  {us:8.1f} us CPU per decision{base}", flush=True)
     line: dict[str, object] = {"profile": a.profile, "us_per_decision": out}
     if "3" in out and "50" in out:
         line["ratio_50_over_3"] = round(out["50"] / out["3"], 2)
+    if "baseline" in best:
+        line["baseline_us_per_decision"] = best["baseline"]
+        line["speedup"] = {n: round(best["baseline"][n] / us, 2) for n, us in out.items() if us > 0}
     print(json.dumps(line))
 
 
