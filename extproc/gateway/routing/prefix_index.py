@@ -4,7 +4,7 @@ cache. It sees only this gateway's own traffic, as GIE's does."""
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -63,8 +63,9 @@ class PrefixIndex:
         lru = self._lru.setdefault(site, OrderedDict())
         # The same LRU order as `lru[b] = None; lru.move_to_end(b)` block by block (each block, in turn, to
         # the end), with both loops in C: a RAG prompt is ~200 blocks, and this runs per decision.
-        deque(map(lru.setdefault, blocks), maxlen=0)
-        deque(map(lru.move_to_end, blocks), maxlen=0)
+        # (Both return None, every value here being None: any() runs each map to its end.)
+        any(map(lru.setdefault, blocks))
+        any(map(lru.move_to_end, blocks))
         cap = self.capacity(site)
         while len(lru) > cap:
             lru.popitem(last=False)

@@ -68,6 +68,9 @@ class Router:
         self._peer_in_flight: dict[str, int] = {}
         # with_in_flight's memo: per site, (view, count, corrected view) of its last correction.
         self._corrected: dict[str, tuple[SiteView, int, SiteView]] = {}
+        # The current decision's corrected candidates (None until the profile asks for them).
+        self._last_corrected: list[SiteView] | None = None
+        self._adjust = self._correct  # bound once, not per decision
 
     # -- load map events ----------------------------------------------------------------------------------
     def on_snapshot(self, snap: LoadSnapshot, now: float) -> list[SiteView]:
@@ -109,26 +112,27 @@ class Router:
         timer: StepTimer | None = None,
     ) -> tuple[Decision, list[SiteView]]:
         views = self.views(snap, now)
-        corrected: list[SiteView] | None = None
-
-        def adjust(candidates: list[SiteView]) -> list[SiteView]:
-            # Only the filters' survivors get the in-flight correction (see Profile.decide), and a
-            # survivor whose view and count are the ones it had last time gets the same corrected view.
-            nonlocal corrected
-            corrected = with_in_flight(candidates, self.sent_since_report, self._peer_in_flight, self._corrected)
-            return corrected
-
+        self._last_corrected = None
         key = features.conversation_key
         u = keyed_draw(key) if (self._keyed and key is not None) else self._rng.random()
         ctx = RoutingContext(features, views, self.config.policy, self._default, u, now)
-        d = self.profile.decide(ctx, timer, adjust, stable_views=True)
+        d = self.profile.decide(ctx, timer, self._adjust, stable_views=True)
         if features.inference:  # a GET /v1/models puts no load on the GPUs
             self.sent_since_report[d.site] = self.sent_since_report.get(d.site, 0) + 1
         self.profile.on_decision(ctx, d)
         # The views the decision saw: the corrected candidates when the chosen site is one of them.
-        if corrected is not None and any(v.name == d.site for v in corrected):
-            return d, corrected
+        corrected = self._last_corrected
+        if corrected is not None:
+            for v in corrected:
+                if v.name == d.site:
+                    return d, corrected
         return d, views
+
+    def _correct(self, candidates: list[SiteView]) -> list[SiteView]:
+        # Only the filters' survivors get the in-flight correction (see Profile.decide), and a survivor
+        # whose view and count are the ones it had last time gets the same corrected view.
+        self._last_corrected = c = with_in_flight(candidates, self.sent_since_report, self._peer_in_flight, self._corrected)
+        return c
 
     def on_response(self, site: str, features: RequestFeatures, now: float) -> None:
         self.profile.on_response(site, features, now)

@@ -18,6 +18,8 @@ class SloBounds:
 
     def __init__(self, config: GatewayConfig) -> None:
         self._by = {c: (config.slo.for_class(c).ttft_ms, config.slo.for_class(c).tpot_ms) for c in SlaClass}
+        # The same lookup without a Python-level call (the estimators ask once per decision each).
+        self.of = self._by.__getitem__
 
     def __call__(self, sla: SlaClass) -> tuple[float, float | None]:
         return self._by[sla]

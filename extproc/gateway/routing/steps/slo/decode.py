@@ -20,7 +20,7 @@ class TpotDecode(Estimator):
         self.context = RunningContext()
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
-        ttft_slo, tpot_slo = self.slo(ctx.features.sla)
+        ttft_slo, tpot_slo = self.slo.of(ctx.features.sla)
         pred.add_all(self.name, tpot_ms=[decode_step_ms(speed_of(s), batch_at(s) + 1.0, self.context.per_seq(s)) for s in sites],
                      ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
 

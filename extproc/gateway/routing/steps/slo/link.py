@@ -17,5 +17,5 @@ class TtftLink(Estimator):
         self.slo = SloBounds(env.config)
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
-        ttft_slo, tpot_slo = self.slo(ctx.features.sla)
+        ttft_slo, tpot_slo = self.slo.of(ctx.features.sla)
         pred.add_all(self.name, [s.rtt_ms for s in sites], ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)

@@ -45,7 +45,7 @@ class TtftPrefill(Estimator):
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
         f = ctx.features
-        ttft_slo, tpot_slo = self.slo(f.sla)
+        ttft_slo, tpot_slo = self.slo.of(f.sla)
         uncached = [self.uncached(s, f.prompt_tokens, f.prefix_blocks) for s in sites]
         pred.uncached[:] = uncached
         pred.add_all(self.name, [prefill_ms(n, speed_of(s)) for n, s in zip(uncached, sites)],

@@ -52,7 +52,7 @@ class TtftQueue(Estimator):
         return max(0.0, tokens - max(now - at, 0.0) * self._drain.get(site, DEFAULT_SPEED.prefill_tokens_per_s))
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
-        ttft_slo, tpot_slo = self.slo(ctx.features.sla)
+        ttft_slo, tpot_slo = self.slo.of(ctx.features.sla)
         now = ctx.now
         ms = [queue_wait_ms(self.queued_tokens(s, now), s.replicas, speed_of(s)) for s in sites]
         pred.add_all(self.name, ms, ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)

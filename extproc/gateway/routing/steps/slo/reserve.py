@@ -35,7 +35,7 @@ class RealtimeReserve(Estimator):
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
         if ctx.features.sla is SlaClass.realtime or not sites:
             return
-        rt_ttft, rt_tpot = self.slo(SlaClass.realtime)
+        rt_ttft, rt_tpot = self.slo.of(SlaClass.realtime)
         nearest = min(s.rtt_ms for s in sites)
         for i, s in enumerate(sites):
             if s.rtt_ms > nearest + ctx.policy.rtt_tolerance_ms:

@@ -71,7 +71,7 @@ class SloSlack(Picker):
     def pick_predicted(self, ctx: RoutingContext, sites: list[SiteView], scores: list[float],
                        pred: Predictions) -> Decision:
         sla = ctx.features.sla if self.sla_aware else SlaClass.standard
-        ttft_slo, tpot_slo = self.slo(sla)
+        ttft_slo, tpot_slo = self.slo.of(sla)
         slacks = [slack(pred.ttft_ms[i], pred.tpot_ms[i], ttft_slo, tpot_slo) for i in range(len(sites))]
         everyone = range(len(sites))
         pool = ([i for i in everyone if slacks[i] >= 0 and not pred.reserved[i]]
@@ -108,7 +108,7 @@ class SloSlack(Picker):
         return Decision(s.name, reason, self.name, s.pressure, ttft_ms=pred.ttft_ms[chosen],
                         tpot_ms=pred.tpot_ms[chosen] if tpot_slo else None,
                         uncached_tokens=pred.uncached[chosen], slack=slacks[chosen],
-                        site_slack=slack(pred.ttft_ms[chosen], pred.tpot_ms[chosen], *self.slo(SlaClass.realtime)),
+                        site_slack=slack(pred.ttft_ms[chosen], pred.tpot_ms[chosen], *self.slo.of(SlaClass.realtime)),
                         term=term,
                         default_speed=tuple(defaults))
 

@@ -50,7 +50,7 @@ class TpotPrefillStall(Estimator):
         return prefill_share(self.rate.at(s.name, now) + extra_tokens / self.rate.tau, s.replicas, speed_of(s))
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
-        ttft_slo, tpot_slo = self.slo(ctx.features.sla)
+        ttft_slo, tpot_slo = self.slo.of(ctx.features.sla)
         now = ctx.now
         ms = [stall_ms(speed_of(s), batch_at(s) + 1.0, self.rho(s, now, n), self.context.per_seq(s))
               for s, n in zip(sites, pred.uncached)]
