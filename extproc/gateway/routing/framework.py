@@ -291,6 +291,9 @@ class Profile:
     # request keys up to that filter.
     _cache: dict[tuple[Hashable, ...], list[SiteView]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _cached_of: Sequence[SiteView] | None = field(default=None, init=False, repr=False, compare=False)
+    # The steps whose on_decision is their own, for the step list `_hooked_of`.
+    _hooked: list[Step] = field(default_factory=list, init=False, repr=False, compare=False)
+    _hooked_of: list[Step] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def steps(self) -> list[Step]:
@@ -388,7 +391,12 @@ class Profile:
             s.on_snapshot(views, now)
 
     def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:
-        for s in self.steps:
+        # Only the steps that keep state: the others' hook is Step's no-op (a call each, per decision).
+        steps = self.steps
+        if self._hooked_of != steps:
+            self._hooked = [s for s in steps if type(s).on_decision is not Step.on_decision]
+            self._hooked_of = steps
+        for s in self._hooked:
             s.on_decision(ctx, decision)
 
     def on_response(self, site: str, features: RequestFeatures, now: float) -> None:

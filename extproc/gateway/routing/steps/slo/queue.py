@@ -45,11 +45,16 @@ class TtftQueue(Estimator):
 
     def queued_tokens(self, s: SiteView, now: float = 0.0) -> float:
         reported = ((s.waiting or 0) + s.in_flight) * self.mean.get(s.name, self.initial)
-        return max(reported, self.backlog(s.name, now)) if self.use_backlog else reported
+        if not self.use_backlog:
+            return reported
+        own = self.backlog(s.name, now)
+        return own if own > reported else reported  # max(reported, own), without the call
 
     def backlog(self, site: str, now: float) -> float:
         tokens, at = self._backlog.get(site, (0.0, now))
-        return max(0.0, tokens - max(now - at, 0.0) * self._drain.get(site, DEFAULT_SPEED.prefill_tokens_per_s))
+        dt = now - at
+        left = tokens - (0.0 if 0.0 > dt else dt) * self._drain.get(site, DEFAULT_SPEED.prefill_tokens_per_s)
+        return left if left > 0.0 else 0.0  # max(0.0, left)
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
         ttft_slo, tpot_slo = self.slo.of(ctx.features.sla)

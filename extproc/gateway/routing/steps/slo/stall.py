@@ -7,6 +7,7 @@ import math
 
 from pydantic import Field
 
+from extproc.gateway.config.schema import EngineSpeed
 from extproc.gateway.routing.costmodel import prefill_share, stall_ms
 from extproc.gateway.routing.framework import Decision, Estimator, Predictions, RoutingContext
 from extproc.gateway.routing.registry import StepEnv, StepParams, register
@@ -24,7 +25,8 @@ class PrefillRate:
 
     def at(self, site: str, now: float) -> float:
         v, t = self._v.get(site, (0.0, now))
-        return v * math.exp(-max(now - t, 0.0) / self.tau)
+        dt = now - t
+        return v * math.exp(-(0.0 if 0.0 > dt else dt) / self.tau)  # max(dt, 0.0), without the call
 
     def add(self, site: str, tokens: float, now: float) -> None:
         self._v[site] = (self.at(site, now) + tokens / self.tau, now)
@@ -46,14 +48,17 @@ class TpotPrefillStall(Estimator):
         self.context = RunningContext()
         self.rate = PrefillRate(params.horizon_s)
 
-    def rho(self, s: SiteView, now: float, extra_tokens: float = 0.0) -> float:
-        return prefill_share(self.rate.at(s.name, now) + extra_tokens / self.rate.tau, s.replicas, speed_of(s))
+    def rho(self, s: SiteView, now: float, extra_tokens: float = 0.0, speed: EngineSpeed | None = None) -> float:
+        sp = speed_of(s) if speed is None else speed
+        return prefill_share(self.rate.at(s.name, now) + extra_tokens / self.rate.tau, s.replicas, sp)
 
     def estimate(self, ctx: RoutingContext, sites: list[SiteView], pred: Predictions) -> None:
         ttft_slo, tpot_slo = self.slo.of(ctx.features.sla)
         now = ctx.now
-        ms = [stall_ms(speed_of(s), batch_at(s) + 1.0, self.rho(s, now, n), self.context.per_seq(s))
-              for s, n in zip(sites, pred.uncached)]
+        ms = []
+        for s, n in zip(sites, pred.uncached):
+            sp = speed_of(s)
+            ms.append(stall_ms(sp, batch_at(s) + 1.0, self.rho(s, now, n, sp), self.context.per_seq(s)))
         pred.add_all(self.name, tpot_ms=ms, ttft_slo_ms=ttft_slo, tpot_slo_ms=tpot_slo)
 
     def on_decision(self, ctx: RoutingContext, decision: Decision) -> None:
