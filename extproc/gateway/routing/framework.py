@@ -174,17 +174,23 @@ class Predictions:
                 *, ttft_slo_ms: float, tpot_slo_ms: float | None) -> None:
         """`add` for every candidate at once, one figure per candidate in order (None: no such term): the
         same sums, in fewer Python steps."""
-        n = len(self.ttft_ms)
         if ttft_ms is not None:
             self.ttft_ms[:] = map(operator.add, self.ttft_ms, ttft_ms)
             if any(ttft_ms):
-                row = _row(self.ttft_terms, term, n)
-                row[:] = [r + x / ttft_slo_ms if x else r for r, x in zip(row, ttft_ms)]
+                _add_row(self.ttft_terms, term, ttft_ms, ttft_slo_ms)
         if tpot_ms is not None:
             self.tpot_ms[:] = map(operator.add, self.tpot_ms, tpot_ms)
             if tpot_slo_ms and any(tpot_ms):
-                row = _row(self.tpot_terms, term, n)
-                row[:] = [r + x / tpot_slo_ms if x else r for r, x in zip(row, tpot_ms)]
+                _add_row(self.tpot_terms, term, tpot_ms, tpot_slo_ms)
+
+
+def _add_row(rows: dict[str, list[float]], term: str, ms: Sequence[float], slo_ms: float) -> None:
+    """`add`'s `row[i] += ms / slo` for every candidate whose figure is not 0 (a new row starts at 0.0)."""
+    row = rows.get(term)
+    if row is None:
+        rows[term] = [0.0 + x / slo_ms if x else 0.0 for x in ms]
+    else:
+        row[:] = [r + x / slo_ms if x else r for r, x in zip(row, ms)]
 
 
 def _row(rows: dict[str, list[float]], term: str, n: int) -> list[float]:
