@@ -70,9 +70,11 @@ def cost(n: int, profile: str, decisions: int, per_snapshot: int) -> float:
 def measure(sites: list[int], profile: str, decisions: int, per_snapshot: int, rounds: int,
             against: str | None) -> dict[str, dict[str, float]]:
     """Per tree (this one, and `against` if given) and site count, the least CPU per decision over
-    `rounds` rounds. With a baseline tree, the two trees' runs alternate, each in its own process
+    `rounds` rounds. With a baseline tree, the two trees' runs alternate, each in a process of its own
     (PYTHONPATH=<tree>, this bench file), so both see the same box."""
-    trees = {"this": None} if against is None else {"baseline": against, "this": None}
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # With a baseline, this tree too runs in a fresh process of its own, as the baseline does.
+    trees = {"this": None} if against is None else {"baseline": against, "this": here}
     best: dict[str, dict[str, float]] = {t: {} for t in trees}
     for r in range(rounds):
         for tree, path in trees.items():
