@@ -6,7 +6,20 @@ run (the box is shared and noisy).
 
     .venv/bin/python bench/decision_cost.py [--sites 3,10,50,200] [--decisions 20000] [--profile aigrid]
 
-Last line: JSON with `us_per_decision` per site count and `ratio_50_over_3`.
+Last line: JSON with `us_per_decision` per site count and `ratio_50_over_3` (with `--against TREE`, also
+`baseline_us_per_decision` and `speedup`, the two trees alternating round by round, each in its own process).
+
+Measured 2026-12-08 on the shared 2-core box (load average 4.4-6.3), `--rounds 3 --against <65f9ea9>`, the
+least of three rounds per figure, 3 / 10 / 50 / 200 sites:
+
+    before (65f9ea9): 78.6 / 91.5 / 106.2 / 160.3 us per decision   (50 over 3: 1.35)
+    after:            60.0 / 69.8 /  72.1 /  75.3 us per decision   (50 over 3: 1.20)
+
+The flat part: a site's view is made again only when its report, drain flag or RTT changes (GridViews), the
+filters that read no more than the views and the model run once per views list (Profile.decide's
+`stable_views`), and `bounded` keeps its RTT order, so a decision's work is in its <= 5 candidates. What is
+left per candidate is the cost model's Python (estimators, picker, the reason string) and the prefix
+index's two OrderedDict calls per prompt block (a RAG prompt is ~180 blocks).
 """
 
 from __future__ import annotations
