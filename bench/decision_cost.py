@@ -9,11 +9,14 @@ run (the box is shared and noisy).
 Last line: JSON with `us_per_decision` per site count and `ratio_50_over_3` (with `--against TREE`, also
 `baseline_us_per_decision` and `speedup`, the two trees alternating round by round, each in its own process).
 
-Measured 2026-12-08 on the shared 2-core box (load average 4.4-6.3), `--rounds 3 --against <65f9ea9>`, the
-least of three rounds per figure, 3 / 10 / 50 / 200 sites:
+Measured 2026-12-08 on the shared 2-core box (load average 5.9-7.2), `--rounds 3 --against <c7f2eb5>`
+(main before this work), the least of three rounds per figure, 3 / 10 / 50 / 200 sites:
 
-    before (65f9ea9): 78.6 / 91.5 / 106.2 / 160.3 us per decision   (50 over 3: 1.35)
-    after:            60.0 / 69.8 /  72.1 /  75.3 us per decision   (50 over 3: 1.20)
+    before (c7f2eb5): 84.3 / 105.6 / 116.0 / 166.3 us per decision   (50 over 3: 1.38)
+    after:            66.1 /  81.9 /  81.4 /  89.2 us per decision   (50 over 3: 1.23)
+
+(An earlier run of the same work on the older policy, against 65f9ea9 at load 4.4-6.3: 78.6 / 91.5 / 106.2 /
+160.3 before, 60.0 / 69.8 / 72.1 / 75.3 after.) The goal of <= 60 us at 50 sites is not met on this box.
 
 The flat part: a site's view is made again only when its report, drain flag or RTT changes (GridViews), the
 filters that read no more than the views and the model run once per views list (Profile.decide's
