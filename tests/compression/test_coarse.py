@@ -152,6 +152,8 @@ async def test_a_slow_or_busy_embedding_falls_back_to_bm25(monkeypatch) -> None:
     r = CoarseRanker("auto")
     m = _SlowModel()
     r._model = m
+    # The encoder thread starts (its initializer imports torch: seconds on a loaded box) before the clock.
+    await asyncio.wrap_future(r._embed_pool.submit(lambda: None))
     try:
         late = await r.rank("Who opened ticket INC-4821?", DOCS_EN, timeout_s=0.05)
         assert late.method == "bm25(timeout)" and max(range(4), key=late.scores.__getitem__) == 3
@@ -501,3 +503,27 @@ def test_sentence_vectors_are_cached_per_document() -> None:
 def test_weighted_blend() -> None:
     assert blend([0.0, 1.0], [1.0, 0.0], weights=[3.0, 1.0]) == [0.25, 0.75]
     assert blend([0.0, 1.0], [1.0, 0.0]) == [0.5, 0.5]
+
+
+def test_encoder_serves_waiting_requests_least_work_first() -> None:
+    """The encoder's next call: requests still waiting, least to encode first, up to EMBED_BATCH_TEXTS
+    texts; one whose caller gave up only when nobody waits."""
+    import concurrent.futures
+    import time
+
+    from extproc.gateway.compression.core import coarse
+
+    r = CoarseRanker("auto")
+    now = time.monotonic()
+
+    def job(name: str, texts: int, deadline: float | None) -> coarse._EmbedJob:
+        return coarse._EmbedJob(name, [], concurrent.futures.Future(), deadline, texts)
+
+    big = job("big", coarse.EMBED_BATCH_TEXTS - 2, now + 60)
+    small = job("small", 3, now + 60)
+    gone = job("gone", 1, now - 1)
+    r._pending = [big, gone, small]
+    assert [j.question for j in r._take()] == ["small"]  # big does not fit beside it
+    assert [j.question for j in r._take()] == ["big"]
+    assert [j.question for j in r._take()] == ["gone"]
+    assert r._take() == []

@@ -34,6 +34,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -670,9 +671,10 @@ def _one_torch_thread() -> None:
         pass
 
 
-# The encoder thread takes at most this many waiting requests per call (bounds one call's time), and at
-# most this many wait at once (beyond: BM25 at once, the step is never a long queue).
-EMBED_BATCH_JOBS = 16
+# One encoder call takes waiting requests up to this many texts (bounds one call's time, so a request with
+# little to encode is not held behind one that brings many new documents); at most EMBED_MAX_WAITING wait
+# at once (beyond: BM25 at once, the step is never a long queue).
+EMBED_BATCH_TEXTS = 96
 EMBED_MAX_WAITING = 64
 
 
@@ -681,6 +683,8 @@ class _EmbedJob:
     question: str
     docs: list[str]
     future: concurrent.futures.Future[DenseScores]
+    deadline: float | None  # time.monotonic() after which the caller has gone (BM25)
+    texts: int  # what the encoder takes for it (question parts + new sentences) at submission
 
 
 class CoarseRanker:
@@ -832,32 +836,61 @@ class CoarseRanker:
         """The dense scores of one request, blocking (tests, tools, benches), in the caller's thread."""
         return self._dense_batch([(question, docs)])[0]
 
+    def _take(self) -> list[_EmbedJob]:
+        """The next encoder call's requests (under the lock): those still waiting first, least work first
+        (a new question over known documents before a request that brings new documents), as many as fit
+        EMBED_BATCH_TEXTS texts (at least one); requests that gave up only when no one waits (their vectors
+        fill the caches for the next requests with the same content)."""
+        now = time.monotonic()
+        live = [j for j in self._pending if not j.future.cancelled() and (j.deadline is None or j.deadline > now)]
+        pool = live or self._pending
+        pool.sort(key=lambda j: j.texts)
+        taken: list[_EmbedJob] = []
+        texts = 0
+        for j in pool:
+            if taken and texts + j.texts > EMBED_BATCH_TEXTS:
+                break
+            taken.append(j)
+            texts += j.texts
+        ids = {id(j) for j in taken}
+        self._pending = [j for j in self._pending if id(j) not in ids]
+        return taken
+
     def _drain(self) -> None:
-        """The encoder thread's loop: take every waiting request (up to EMBED_BATCH_JOBS), one batched
-        encoder call, hand each its scores; again while requests wait. A request that gave up (its deadline
-        passed) is still encoded: its vectors fill the caches for the next one."""
+        """The encoder thread's loop: take the next requests (`_take`), one batched encoder call, hand each
+        its scores; again while requests wait."""
         while True:
             with self._pending_lock:
-                jobs, self._pending = self._pending[:EMBED_BATCH_JOBS], self._pending[EMBED_BATCH_JOBS:]
+                jobs = self._take()
                 if not jobs:
                     self._draining = False
                     return
             try:
                 res = self._dense_batch([(j.question, j.docs) for j in jobs])
                 for j, r in zip(jobs, res):
-                    j.future.set_result(r)
+                    if not j.future.done():
+                        j.future.set_result(r)
             except Exception as e:  # noqa: BLE001 (every waiter gets the error: it ranks by BM25)
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(e)
 
-    def _submit(self, question: str, docs: Sequence[str]) -> concurrent.futures.Future[DenseScores] | None:
-        """Queue a request for the encoder thread; None when EMBED_MAX_WAITING already wait (busy)."""
+    def _work(self, question: str, docs: Sequence[str]) -> int:
+        """Texts the encoder would take for this request now (0: everything is cached)."""
+        qv, blocks = self._cached(question, docs)
+        n = 0 if qv is not None else 1 + len(question_clauses(question))
+        return n + sum(len(sentences(d)) for d, b in zip(docs, blocks) if b is None)
+
+    def _submit(self, question: str, docs: Sequence[str], deadline: float | None = None,
+                ) -> concurrent.futures.Future[DenseScores] | None:
+        """Queue a request for the encoder thread; None when EMBED_MAX_WAITING already wait (busy).
+        `deadline`: time.monotonic() after which its caller no longer waits."""
         fut: concurrent.futures.Future[DenseScores] = concurrent.futures.Future()
+        job = _EmbedJob(question, list(docs), fut, deadline, self._work(question, docs))
         with self._pending_lock:
             if len(self._pending) >= EMBED_MAX_WAITING:
                 return None
-            self._pending.append(_EmbedJob(question, list(docs), fut))
+            self._pending.append(job)
             start = not self._draining
             self._draining = True
         if start:
@@ -900,7 +933,7 @@ class CoarseRanker:
         dense = await loop.run_in_executor(self._pool, self._dense_cached, question, docs)
         if dense is not None:
             return Ranking(self._combine(method, dense, lexical), method, lang, links)
-        cfut = self._submit(question, docs)
+        cfut = self._submit(question, docs, None if timeout_s is None else time.monotonic() + max(0.0, t_end - loop.time()))
         if cfut is None:
             return Ranking(lexical, "bm25(busy)", lang, links)
         efut = asyncio.wrap_future(cfut)
