@@ -16,6 +16,10 @@ from extproc.tools.twin.scenario import REFERENCE_SCENARIO, ScenarioError, load_
 from extproc.tools.workload.generate import generate_open_loop, mean_requests_per_session
 from extproc.tools.workload.spec import WorkloadSpec
 
+# The compression arms rank each corpus with the shipped ranker (MiniLM) once per machine (then from the
+# on-disk cache): minutes of CPU on a first run on a loaded 2-core box, past the suite's 180 s default.
+pytestmark = pytest.mark.timeout(900)
+
 SMALL = {
     "sites": [
         {"name": "edge", "role": "edge", "gpu": "L40S", "rtt_ms": 1, "running_capacity": 8},

@@ -403,16 +403,16 @@ def shipped_rankings(corpus: Corpus, settings: CompressionSettings) -> dict[str,
         opts = SegmentOptions(min_segment_tokens=settings.min_segment_tokens,
                               rewrite_earlier_turns=settings.rewrite_earlier_turns)
 
-        async def rank_all(rk: CoarseRanker) -> None:
-            await rk.ready()
-            for it in corpus.items:
-                seg = segment("/v1/chat/completions", {"model": "m", "messages": rag_messages(it)}, opts)
-                if seg.rag:
-                    docs = [d.text for d in seg.documents]
-                    out[RankingCache.key(seg.question, docs)] = await rk.rank(seg.question, docs, None)
-            await rk.close()
-
-        asyncio.run(rank_all(ranker))
+        asyncio.run(ranker.ready())
+        # `rank_sync`: the same scores as `rank` with no deadline, computed in this thread (torch with the
+        # process's threads, not the gateway's one encoder thread: the precompute is the slow part of a
+        # first twin run).
+        for it in corpus.items:
+            seg = segment("/v1/chat/completions", {"model": "m", "messages": rag_messages(it)}, opts)
+            if seg.rag:
+                docs = [d.text for d in seg.documents]
+                out[RankingCache.key(seg.question, docs)] = ranker.rank_sync(seg.question, docs)
+        asyncio.run(ranker.close())
         if disk is not None:
             _write_rankings(disk, out)
     _RANKINGS[key] = out
