@@ -11,8 +11,10 @@ requests brought), unmeasured; then:
    the gateway), thread CPU time; the baseline in the same run: the first `--cold-requests` of them
    without the cache.
 2. Fallback share (the `--seconds` after that): the requests replayed in real time, open loop at their own
-   send times, through `CoarseRanker.rank` with the gateway's deadline; a request that finds the embedding
-   thread busy, or whose embedding is late, is ranked by BM25 alone (`bm25(busy)`, `bm25(timeout)`).
+   send times, through `CoarseRanker.rank` with the gateway's deadline; a request whose question and
+   documents are all cached is scored without the encoder; the others wait for the encoder thread's next
+   batched call, and one whose embedding is late, or that finds 64 already waiting, is ranked by BM25
+   alone (`bm25(timeout)`, `bm25(busy)`). rank()'s wall time (the wait included) is reported too.
    Every RAG request is ranked here (the gateway ranks only those it compresses: an upper bound on the
    ranker's load). `--rate` defaults to C's goodput on the reference grid (docs/evaluation.md).
 
@@ -74,17 +76,22 @@ async def cpu_per_request(rk: CoarseRanker, reqs: list[tuple[float, str, list[st
     thread, as in the gateway): thread CPU time of that thread."""
     loop = asyncio.get_running_loop()
 
-    def timed(q: str, docs: list[str]) -> float:
+    def timed(q: str, docs: list[str]) -> tuple[float, bool]:
+        encoded = rk._cached(q, docs)[0] is None  # the question must be encoded (docs: counted below)
         t = time.thread_time()
         rk._dense(q, docs)
-        return (time.thread_time() - t) * 1000
+        return (time.thread_time() - t) * 1000, encoded
 
     h0, m0 = rk.vector_cache_stats()[1:]
-    cpu = [await loop.run_in_executor(rk._embed_pool, timed, q, docs) for _, q, docs in reqs]
+    got = [await loop.run_in_executor(rk._embed_pool, timed, q, docs) for _, q, docs in reqs]
+    cpu = [c for c, _ in got]
+    enc = [c for c, e in got if e]
     _, hits, misses = rk.vector_cache_stats()
     hits, misses = hits - h0, misses - m0
     return {"p50_ms": _pct(cpu, 0.5), "p95_ms": _pct(cpu, 0.95), "mean_ms": statistics.fmean(cpu),
-            "doc_hit_share": hits / (hits + misses) if hits + misses else 0.0, "requests": len(cpu)}
+            "doc_hit_share": hits / (hits + misses) if hits + misses else 0.0, "requests": len(cpu),
+            "question_hit_share": 1 - len(enc) / len(got) if got else 0.0,
+            "p50_ms_question_encoded": _pct(enc, 0.5), "p95_ms_question_encoded": _pct(enc, 0.95)}
 
 
 async def fallback_share(rk: CoarseRanker, reqs: list[tuple[float, str, list[str]]], deadline_s: float) -> dict[str, float]:
@@ -94,16 +101,21 @@ async def fallback_share(rk: CoarseRanker, reqs: list[tuple[float, str, list[str
     t0 = loop.time()
     first = reqs[0][0] if reqs else 0.0
 
+    waits: list[float] = []
+
     async def one(at: float, q: str, docs: list[str]) -> None:
         await asyncio.sleep(max(0.0, t0 + at - first - loop.time()))
+        t = loop.time()
         methods.append((await rk.rank(q, docs, deadline_s)).method)
+        waits.append((loop.time() - t) * 1000)
 
     await asyncio.gather(*(one(at, q, d) for at, q, d in reqs))
     n = len(methods)
     fell = sum(m.startswith("bm25") for m in methods)
     return {"requests": n, "bm25_fallback_share": fell / n if n else 0.0,
             "busy": sum(m == "bm25(busy)" for m in methods) / n if n else 0.0,
-            "timeout": sum(m == "bm25(timeout)" for m in methods) / n if n else 0.0}
+            "timeout": sum(m == "bm25(timeout)" for m in methods) / n if n else 0.0,
+            "rank_ms_p50": _pct(waits, 0.5), "rank_ms_p95": _pct(waits, 0.95)}
 
 
 async def main() -> None:
@@ -129,17 +141,26 @@ async def main() -> None:
     warm_cpu = await cpu_per_request(rk, cpu_win)
     print(f"dense CPU per request, no cache ({cold['requests']} requests): p50 {cold['p50_ms']:.1f} ms  p95 {cold['p95_ms']:.1f} ms")
     print(f"dense CPU per request, cache warm ({warm_cpu['requests']} requests): p50 {warm_cpu['p50_ms']:.1f} ms  "
-          f"p95 {warm_cpu['p95_ms']:.1f} ms  (documents found in the cache: {warm_cpu['doc_hit_share']:.1%})", flush=True)
+          f"p95 {warm_cpu['p95_ms']:.1f} ms  (documents found in the cache: {warm_cpu['doc_hit_share']:.1%}, "
+          f"questions: {warm_cpu['question_hit_share']:.1%}; where the question was encoded: p50 "
+          f"{warm_cpu['p50_ms_question_encoded']:.1f} ms  p95 {warm_cpu['p95_ms_question_encoded']:.1f} ms)", flush=True)
     fb = await fallback_share(rk, replay, args.deadline_ms / 1000)
     await rk.close()
     print(f"real-time replay: {fb['requests']} ranked, BM25 fallback {fb['bm25_fallback_share']:.1%} "
-          f"(busy {fb['busy']:.1%}, timeout {fb['timeout']:.1%}); load average {os.getloadavg()[0]:.2f}")
+          f"(busy {fb['busy']:.1%}, timeout {fb['timeout']:.1%}); rank() wall time p50 {fb['rank_ms_p50']:.1f} ms  "
+          f"p95 {fb['rank_ms_p95']:.1f} ms; load average {os.getloadavg()[0]:.2f}")
     warm = warm_cpu
     reqs = allreqs
     print(json.dumps({"rate": args.rate, "seconds": args.seconds, "warm_seconds": args.warm_seconds, "rag_requests": len(reqs),
                       "dense_cpu_ms_p50_cached": round(warm["p50_ms"], 2), "dense_cpu_ms_p95_cached": round(warm["p95_ms"], 2),
                       "dense_cpu_ms_p50_uncached": round(cold["p50_ms"], 2), "doc_cache_hit_share": round(warm["doc_hit_share"], 4),
-                      "bm25_fallback_share": round(fb["bm25_fallback_share"], 4)}))
+                      "question_hit_share": round(warm["question_hit_share"], 4),
+                      "dense_cpu_ms_p50_question_encoded": round(warm["p50_ms_question_encoded"], 2),
+                      "dense_cpu_ms_p95_question_encoded": round(warm["p95_ms_question_encoded"], 2),
+                      "bm25_fallback_share": round(fb["bm25_fallback_share"], 4),
+                      "bm25_busy_share": round(fb["busy"], 4), "bm25_timeout_share": round(fb["timeout"], 4),
+                      "rank_ms_p50": round(fb["rank_ms_p50"], 1), "rank_ms_p95": round(fb["rank_ms_p95"], 1),
+                      "load_avg_end": round(os.getloadavg()[0], 2)}))
 
 
 if __name__ == "__main__":

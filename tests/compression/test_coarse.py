@@ -127,32 +127,52 @@ async def test_minilm_ranker_for_real() -> None:
 
 
 class _SlowModel:
-    """Stands in for the sentence-transformers model: slow, returns unit vectors."""
+    """Stands in for the sentence-transformers model: slow, returns unit vectors, counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
 
     def encode(self, texts, **kw):
         import time
 
         import numpy as np
 
+        self.calls += 1
         time.sleep(0.3)
         v = np.zeros((len(texts), 4))
         v[:, 0] = 1.0
         return v
 
 
-async def test_a_slow_or_busy_embedding_falls_back_to_bm25() -> None:
+async def test_a_slow_or_busy_embedding_falls_back_to_bm25(monkeypatch) -> None:
     import asyncio
 
+    from extproc.gateway.compression.core import coarse
+
     r = CoarseRanker("auto")
-    r._model = _SlowModel()
+    m = _SlowModel()
+    r._model = m
+    # The encoder thread starts (its initializer imports torch: seconds on a loaded box) before the clock.
+    await asyncio.wrap_future(r._embed_pool.submit(lambda: None))
     try:
         late = await r.rank("Who opened ticket INC-4821?", DOCS_EN, timeout_s=0.05)
         assert late.method == "bm25(timeout)" and max(range(4), key=late.scores.__getitem__) == 3
-        busy = await r.rank("Who opened ticket INC-4821?", DOCS_EN, timeout_s=1.0)
-        assert busy.method == "bm25(busy)"  # the first embedding is still running
-        await asyncio.sleep(0.4)
-        ok = await r.rank("Who opened ticket INC-4821?", DOCS_EN, timeout_s=5.0)
-        assert ok.method == "hybrid"
+        # Requests arriving while the encoder runs wait for its next call, all of them in one batch.
+        qs = ["Who opened ticket INC-4822?", "Who closed ticket INC-4821?", "When was INC-4821 opened?"]
+        res = await asyncio.gather(*(r.rank(q, DOCS_EN, timeout_s=5.0) for q in qs))
+        assert [x.method for x in res] == ["hybrid"] * 3 and m.calls == 2
+        # Seen before (question and documents): scored from the caches, no encoder call.
+        again = await r.rank(qs[0], DOCS_EN, timeout_s=5.0)
+        assert again.method == "hybrid" and m.calls == 2
+        # With EMBED_MAX_WAITING already waiting, a request does not queue.
+        monkeypatch.setattr(coarse, "EMBED_MAX_WAITING", 1)
+        running = asyncio.ensure_future(r.rank("Who filed INC-1?", DOCS_EN, timeout_s=5.0))
+        await asyncio.sleep(0.05)  # its encoder call is running; the next one waits
+        waiting = asyncio.ensure_future(r.rank("Who filed INC-2?", DOCS_EN, timeout_s=5.0))
+        await asyncio.sleep(0.05)
+        busy = await r.rank("Who filed INC-3?", DOCS_EN, timeout_s=5.0)
+        assert busy.method == "bm25(busy)"
+        assert (await running).method == "hybrid" and (await waiting).method == "hybrid"
     finally:
         await r.close()
 
@@ -460,13 +480,17 @@ def test_sentence_vectors_are_cached_per_document() -> None:
     cold = m.encoded
     again = r.rank_sync(q, DOCS_EN)
     assert again.scores == first.scores
-    assert m.encoded - cold == 1  # only the question: every document's sentences came from the cache
+    assert m.encoded == cold  # the question's vector and every document's sentences came from the caches
     docs, hits, misses = r.vector_cache_stats()
     assert docs == len(DOCS_EN) and hits == len(DOCS_EN) and misses == len(DOCS_EN)
-    # A new document next to known ones: only its sentences (and the question) are encoded.
+    # Another question over the same documents: only the question is encoded.
+    before = m.encoded
+    r.rank_sync("Who closed ticket INC-4821?", DOCS_EN)
+    assert m.encoded - before == 1
+    # A new document next to known ones: only its sentences are encoded.
     before = m.encoded
     r.rank_sync(q, [*DOCS_EN, "Ticket INC-9999 was closed by Ana Silva."])
-    assert m.encoded - before == 2
+    assert m.encoded - before == 1
     # No cache: everything is encoded every time, with the same scores.
     r0 = CoarseRanker("auto", vector_cache_documents=0, vector_cache_floats=0)
     r0._model = m0 = _CountingModel()
@@ -479,3 +503,27 @@ def test_sentence_vectors_are_cached_per_document() -> None:
 def test_weighted_blend() -> None:
     assert blend([0.0, 1.0], [1.0, 0.0], weights=[3.0, 1.0]) == [0.25, 0.75]
     assert blend([0.0, 1.0], [1.0, 0.0]) == [0.5, 0.5]
+
+
+def test_encoder_serves_waiting_requests_least_work_first() -> None:
+    """The encoder's next call: requests still waiting, least to encode first, up to EMBED_BATCH_TEXTS
+    texts; one whose caller gave up only when nobody waits."""
+    import concurrent.futures
+    import time
+
+    from extproc.gateway.compression.core import coarse
+
+    r = CoarseRanker("auto")
+    now = time.monotonic()
+
+    def job(name: str, texts: int, deadline: float | None) -> coarse._EmbedJob:
+        return coarse._EmbedJob(name, [], concurrent.futures.Future(), deadline, texts)
+
+    big = job("big", coarse.EMBED_BATCH_TEXTS - 2, now + 60)
+    small = job("small", 3, now + 60)
+    gone = job("gone", 1, now - 1)
+    r._pending = [big, gone, small]
+    assert [j.question for j in r._take()] == ["small"]  # big does not fit beside it
+    assert [j.question for j in r._take()] == ["big"]
+    assert [j.question for j in r._take()] == ["gone"]
+    assert r._take() == []

@@ -11,6 +11,10 @@ from extproc.tools.twin.grid import run_grid
 from extproc.tools.twin.metrics import class_shares, pooled_pass, run_duration, summarize, wilson_lower
 from extproc.tools.twin.scenario import GoodputRule, parse_scenario
 
+# The compression arms rank each corpus with the shipped ranker (MiniLM) once per machine (then from the
+# on-disk cache): minutes of CPU on a first run on a loaded 2-core box, past the suite's 180 s default.
+pytestmark = pytest.mark.timeout(900)
+
 SMALL = {
     "sites": [
         {"name": "edge", "role": "edge", "gpu": "L40S", "rtt_ms": 1, "running_capacity": 8},

@@ -16,6 +16,10 @@ from extproc.tools.twin.scenario import REFERENCE_SCENARIO, ScenarioError, load_
 from extproc.tools.workload.generate import generate_open_loop, mean_requests_per_session
 from extproc.tools.workload.spec import WorkloadSpec
 
+# The compression arms rank each corpus with the shipped ranker (MiniLM) once per machine (then from the
+# on-disk cache): minutes of CPU on a first run on a loaded 2-core box, past the suite's 180 s default.
+pytestmark = pytest.mark.timeout(900)
+
 SMALL = {
     "sites": [
         {"name": "edge", "role": "edge", "gpu": "L40S", "rtt_ms": 1, "running_capacity": 8},
@@ -195,7 +199,9 @@ def test_reference_run_figures_are_pinned():
     the cost model (all four keys regenerated), whose queue term then learned the gateway's own backlog (R,
     R+C regenerated); the compressor's floor became a stated rule (issue 20: at most 0.05 over the asked
     rate), which moves R+C (regenerated); the cost model's prefix affinity and context-scaled decode
-    term, and B2's 50 ms metrics refresh (GIE's default) move B2, R and R+C (regenerated). A change here must be a stated one: regenerate the file in
+    term, and B2's 50 ms metrics refresh (GIE's default) move B2, R and R+C (regenerated); the compression
+    arms rank with the shipped ranker (`auto`: MiniLM + BM25), not BM25 alone (R+C regenerated). A change
+    here must be a stated one: regenerate the file in
     a commit that says why."""
     want = json.loads(PINNED.read_text())
     sc = load_scenario(REFERENCE_SCENARIO)
@@ -229,3 +235,35 @@ def test_reports_through_the_codec_give_the_same_run():
         a = run_grid(sc, ARMS[arm], 32, 2)
         b = run_grid(sc, ARMS[arm], 32, 2, codec=True)
         assert [(f.site, f.first, f.done, f.cached) for f in a.flights] == [(f.site, f.first, f.done, f.cached) for f in b.flights]
+
+
+# ---- the compression arms rank with the ranker the gateway ships ---------------------------------------
+def test_compression_arms_use_the_shipped_rankers_decisions(sc):
+    """The twin's C / R+C arms keep what the gateway's own rewriter keeps: the ranker is the one
+    `build_compression_rewriter` builds from the same settings (the default `auto`: MiniLM + BM25 for
+    English, not BM25 alone), and for each sampled item and rate the documents kept are the same as the
+    real pipeline's with its real ranker, the model loaded."""
+    import asyncio
+
+    from extproc.gateway.compression.rewriter import build_compression_rewriter
+    from extproc.tools.twin.gateway_adapter import CompressionModel
+    from extproc.tools.workload.rag import build_corpus, rag_messages
+
+    corpus = build_corpus(sc.workload.rag)
+    for arm in ("C", "R+C"):
+        model = CompressionModel(sc, ARMS[arm], corpus)
+        assert model.settings.ranker == "auto"
+        assert {r.method for r in model.rankings.values()} == {"hybrid"}  # English corpus: dense + BM25
+    rw = build_compression_rewriter(model.settings)
+
+    async def gateway_kept(item: int, rate: float):
+        await rw.pipeline.ranker.ready()
+        body = {"model": "m", "messages": rag_messages(corpus.items[item])}
+        out = await rw.pipeline.compress("/v1/chat/completions", body, rate, 60.0, None, use_fine=False)
+        assert out.ranker == "hybrid"
+        return tuple(out.kept_docs)
+
+    sample = range(0, len(corpus.items), 7)
+    for rate in (0.35, 0.5):
+        for i in sample:
+            assert model._coarse(i, rate).kept == asyncio.run(gateway_kept(i, rate)), (i, rate)

@@ -349,14 +349,22 @@ def build_fine_compressor(settings: CompressionSettings) -> FineCompressor | Non
     return BatchingCompressor.from_path(settings.model_path, **kwargs)
 
 
+def build_ranker(settings: CompressionSettings) -> CoarseRanker | None:
+    """The coarse ranker the gateway ships for these settings (None: no coarse step). The twin builds its
+    compression arms' ranker here too, so both rank with the same code and settings."""
+    if not settings.coarse:
+        return None
+    return CoarseRanker(
+        settings.ranker, settings.embedding_model_path, settings.embedding_languages,
+        vector_cache_documents=settings.embedding_cache_documents, vector_cache_floats=settings.embedding_cache_floats,
+    )
+
+
 def build_compression_rewriter(config: Any, registry: Any = None) -> CompressionRewriter:
     """From `config.compression` alone (GatewayConfig, or CompressionSettings directly). Pass the gateway's
     Prometheus registry to expose the compressor's metrics on /metrics."""
     settings: CompressionSettings = getattr(config, "compression", config)
-    ranker = CoarseRanker(
-        settings.ranker, settings.embedding_model_path, settings.embedding_languages,
-        vector_cache_documents=settings.embedding_cache_documents, vector_cache_floats=settings.embedding_cache_floats,
-    ) if settings.coarse else None
+    ranker = build_ranker(settings)
     if ranker is not None:
         ranker.start_loading()
     fine = build_fine_compressor(settings)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from extproc.tools.twin.arms import ARMS
-from extproc.tools.twin.gateway_adapter import routing_available
+from extproc.tools.twin.gateway_adapter import prepare_compression, routing_available
 from extproc.tools.twin.grid import run_grid
 from extproc.tools.twin.metrics import (
     bootstrap_ci,
@@ -79,6 +79,9 @@ def _run(tasks: list[tuple[Scenario, str, int, float]], workers: int, out: dict[
          progress: Progress | None = None) -> None:
     todo = [t for t in tasks if (t[1], t[2], t[3]) not in out]
     if workers > 1 and len(todo) > 1:
+        # The shipped ranker runs here, once, before the fork: the workers inherit its decisions.
+        for sc, arm in {(t[0].model_dump_json(), t[1]): (t[0], t[1]) for t in todo}.values():
+            prepare_compression(sc, ARMS[arm])
         with mp.get_context("fork").Pool(workers) as pool:
             for arm, seed, rate, p in pool.imap_unordered(_task, todo, chunksize=1):
                 out[(arm, seed, rate)] = p

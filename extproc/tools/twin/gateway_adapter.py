@@ -1,6 +1,6 @@
 """The twin's ONE point of contact with the gateway: config for an arm, the real `Gateway` (routing
 pipeline, spill hysteresis, in-flight accounting, affinity), and the compressor's real policy (rate
-control, and the coarse step's document choices: segmentation, BM25 ranking, budget, selection).
+control, and the coarse step's document choices: segmentation, the shipped ranker, budget, selection).
 
 Nothing else in the twin imports `extproc.gateway.server`, `extproc.gateway.routing`, `extproc.gateway.config` or
 `extproc.gateway.compression`: when the routing framework changes how arms are expressed, this file changes.
@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import json
+import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from extproc.gateway.compression.core.cache import quantize_rate
-from extproc.gateway.compression.core.coarse import MAX_RANK_CHARS, CoarseRanker
+from extproc.gateway.compression.core.cache import RankingCache
+from extproc.gateway.compression.core.coarse import MAX_RANK_CHARS, CoarseRanker, Ranking
 from extproc.gateway.compression.core.rate import RateInputs, decide_rate
 from extproc.gateway.compression.core.segment import SegmentOptions, segment
 from extproc.gateway.compression.rewriter import (
     COARSE_TOKENS_PER_S,
     OWN_DEADLINE_SHARE,
     CompressionRewriter,
+    build_ranker,
     predicted_slack,
 )
 from extproc.gateway.config import GatewayConfig, load_config_text
@@ -41,7 +47,7 @@ from extproc.tools.tokens import count_text
 from extproc.tools.twin.arms import Arm
 from extproc.tools.twin.scenario import Scenario
 from extproc.tools.workload.generate import Request
-from extproc.tools.workload.rag import Corpus, rag_messages
+from extproc.tools.workload.rag import Corpus, build_corpus, rag_messages
 from extproc.wire.sites import SiteRole
 
 
@@ -86,7 +92,8 @@ def config_dict(sc: Scenario, arm: Arm) -> tuple[dict[str, Any], bool]:
                     "in_flight_publish_ms": int(sc.in_flight_publish_ms)},
     }
     if arm.compress:
-        comp: dict[str, Any] = {"enabled": True, "ranker": "bm25", "deadline_ms": 1500, **sc.compression}
+        # The ranker is the gateway's default (`auto`: MiniLM + BM25 for English) unless the scenario says.
+        comp: dict[str, Any] = {"enabled": True, "deadline_ms": 1500, **sc.compression}
         if arm.fixed_rate is not None:
             comp["fixed_rate"] = arm.fixed_rate
         cfg["compression"] = comp
@@ -291,7 +298,10 @@ class CompressionModel:
         self.enabled = arm.compress and self.settings.enabled
         if not self.enabled:
             return  # an arm without compression never asks
-        rw = CompressionRewriter(self.settings, ranker=CoarseRanker("bm25"))
+        # The shipped ranker's decisions (`build_ranker`, as `build_compression_rewriter` builds it), each
+        # corpus item ranked once per process before the run (see `shipped_rankings`).
+        self.rankings = shipped_rankings(corpus, self.settings)
+        rw = CompressionRewriter(self.settings, ranker=FrozenRanker(self.rankings))  # type: ignore[arg-type]
         self.policy = rw.policy  # the rewriter's own RatePolicy
         self.pipeline = rw.pipeline
         self.corpus = corpus
@@ -344,6 +354,124 @@ class CompressionModel:
 
 
 _COARSE_CACHE: dict[tuple[Any, ...], CoarseResult] = {}
+_RANKINGS: dict[tuple[Any, ...], dict[str, Ranking]] = {}
+
+
+class FrozenRanker:
+    """The pipeline's ranker in a twin run: the rankings the shipped ranker gave each corpus item, looked up
+    by the same content key the pipeline's ranking cache uses. An item that was not ranked is an error,
+    never a silent BM25 fallback."""
+
+    def __init__(self, rankings: dict[str, Ranking]) -> None:
+        self._rankings = rankings
+
+    async def rank(self, question: str, docs: list[str], timeout_s: float | None = None) -> Ranking:
+        hit = self._rankings.get(RankingCache.key(question, docs))
+        if hit is None:
+            raise RuntimeError("twin: a RAG prompt the shipped ranker did not rank before the run")
+        return hit
+
+
+def _ranker_key(settings: CompressionSettings) -> str:
+    return settings.model_dump_json(include={
+        "coarse", "ranker", "embedding_model_path", "embedding_languages", "embedding_cache_documents",
+        "embedding_cache_floats", "min_segment_tokens", "rewrite_earlier_turns"})
+
+
+def shipped_rankings(corpus: Corpus, settings: CompressionSettings) -> dict[str, Ranking]:
+    """The shipped ranker's ranking of every RAG item of the corpus (by the pipeline's content key): the
+    ranker `build_ranker(settings)` makes (the gateway's), its model loaded (`ready`), each item ranked once
+    in corpus order with no deadline (the ranker idle, as the eval measures it). RAG documents repeat
+    across items, and the ranker's sentence-vector cache makes the repeats a lookup. Cached per process and
+    (corpus, ranker settings); `prepare_compression` computes it before the sweep forks its workers, so
+    they inherit it and never run the model."""
+    key = (id(corpus), _ranker_key(settings))
+    hit = _RANKINGS.get(key)
+    if hit is not None:
+        return hit
+    out: dict[str, Ranking] = {}
+    ranker = build_ranker(settings)
+    disk = _rankings_file(corpus, settings, ranker)
+    if disk is not None and disk.is_file():
+        try:
+            out = {k: Ranking(v["scores"], v["method"], v["lang"], tuple(tuple(x) for x in v["links"]))
+                   for k, v in json.loads(disk.read_text()).items()}
+            ranker = None
+        except (OSError, ValueError, KeyError, TypeError):
+            out = {}
+    if ranker is not None:
+        opts = SegmentOptions(min_segment_tokens=settings.min_segment_tokens,
+                              rewrite_earlier_turns=settings.rewrite_earlier_turns)
+
+        asyncio.run(ranker.ready())
+        # `rank_sync`: the same scores as `rank` with no deadline, computed in this thread (torch with the
+        # process's threads, not the gateway's one encoder thread: the precompute is the slow part of a
+        # first twin run).
+        for it in corpus.items:
+            seg = segment("/v1/chat/completions", {"model": "m", "messages": rag_messages(it)}, opts)
+            if seg.rag:
+                docs = [d.text for d in seg.documents]
+                out[RankingCache.key(seg.question, docs)] = ranker.rank_sync(seg.question, docs)
+        asyncio.run(ranker.close())
+        if disk is not None:
+            _write_rankings(disk, out)
+    _RANKINGS[key] = out
+    return out
+
+
+# What decides a ranking, for the on-disk copy's name: the corpus, the ranker's settings, the model's
+# files, the libraries that run it, and the source of the ranking code. Any change is a new file (ranked
+# anew), never a stale ranking.
+_RANKING_CODE = ("core/coarse.py", "core/japanese.py", "core/segment.py", "core/cache.py")
+
+
+def _rankings_file(corpus: Corpus, settings: CompressionSettings, ranker: CoarseRanker | None) -> Path | None:
+    if ranker is None or os.environ.get("AIGRID_TWIN_RANK_CACHE", "1") == "0":
+        return None
+    import importlib.metadata as md
+
+    import extproc.gateway.compression as comp_pkg
+
+    h = hashlib.sha256()
+    h.update(_ranker_key(settings).encode())
+    h.update(repr([(it.question, [d.text for d in it.docs]) for it in corpus.items]).encode())
+    root = Path(comp_pkg.__file__).parent
+    for rel in _RANKING_CODE:
+        h.update((root / rel).read_bytes())
+    model = ranker.model_path()
+    if model is not None:
+        for f in sorted(Path(model).rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(model)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for dist in ("torch", "transformers", "sentence-transformers", "numpy", "fugashi", "unidic-lite"):
+        try:
+            h.update(f"{dist}={md.version(dist)}".encode())
+        except md.PackageNotFoundError:
+            pass
+    base = Path(os.environ.get("AIGRID_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aigrid")
+    return base / "twin-rankings" / f"{h.hexdigest()[:24]}.json"
+
+
+def _write_rankings(path: Path, rankings: dict[str, Ranking]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({k: {"scores": [float(x) for x in r.scores], "method": r.method, "lang": r.lang,
+                                       "links": [list(x) for x in r.links]} for k, r in rankings.items()}))
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: rank again next time
+        pass
+
+
+def prepare_compression(sc: Scenario, arm: Arm) -> None:
+    """Rank the corpus with the shipped ranker in this process (before a sweep forks its workers)."""
+    if not arm.compress:
+        return
+    cfg, _ = config_dict(sc, arm)
+    settings = CompressionSettings.model_validate(cfg["compression"])
+    if settings.enabled:
+        shipped_rankings(build_corpus(sc.workload.rag), settings)
 _ITEM_CACHE: dict[tuple[int, int], tuple[ItemPlan, ...]] = {}
 
 
@@ -383,5 +511,5 @@ def measure_coarse_speed(corpus: Corpus, repeats: int = 1) -> float:
     return tokens / dt
 
 
-__all__ = ["ArmUnavailable", "CompressionModel", "Compressed", "Routed", "Router", "config_dict",
-           "measure_coarse_speed", "routing_available"]
+__all__ = ["ArmUnavailable", "CompressionModel", "Compressed", "FrozenRanker", "Routed", "Router", "config_dict",
+           "measure_coarse_speed", "prepare_compression", "routing_available", "shipped_rankings"]

@@ -29,10 +29,12 @@ in a single thread (at most one core, whatever the concurrency).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -669,6 +671,22 @@ def _one_torch_thread() -> None:
         pass
 
 
+# One encoder call takes waiting requests up to this many texts (bounds one call's time, so a request with
+# little to encode is not held behind one that brings many new documents); at most EMBED_MAX_WAITING wait
+# at once (beyond: BM25 at once, the step is never a long queue).
+EMBED_BATCH_TEXTS = 96
+EMBED_MAX_WAITING = 64
+
+
+@dataclass(slots=True)
+class _EmbedJob:
+    question: str
+    docs: list[str]
+    future: concurrent.futures.Future[DenseScores]
+    deadline: float | None  # time.monotonic() after which the caller has gone (BM25)
+    texts: int  # what the encoder takes for it (question parts + new sentences) at submission
+
+
 class CoarseRanker:
     def __init__(
         self, ranker: str = "auto", embedding_model_path: str | None = None, embedding_languages: Sequence[str] = ("en",),
@@ -687,9 +705,14 @@ class CoarseRanker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aigrid-coarse")
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aigrid-embed",
                                               initializer=_one_torch_thread)
-        self._embed_busy = False
-        # Sentence vectors per document, by content hash (see `_dense`): bounded by documents and floats.
+        # Requests waiting for the encoder (see `_drain`): one batched encoder call takes all of them.
+        self._pending: list[_EmbedJob] = []
+        self._draining = False
+        self._pending_lock = threading.Lock()
+        # Sentence vectors per document, by content hash (see `_dense`): bounded by documents and floats;
+        # the question's (and its clauses') vectors likewise, by the question's text.
         self._vectors: BoundedLRU[Any] = BoundedLRU(vector_cache_documents, vector_cache_floats)
+        self._qvectors: BoundedLRU[Any] = BoundedLRU(vector_cache_documents, vector_cache_floats // 4)
         self._vec_lock = threading.Lock()
 
     # -- embedding model -----------------------------------------------------------------------------------
@@ -713,6 +736,10 @@ class CoarseRanker:
         except Exception:
             log.exception("embedding model failed to load; the coarse step ranks with BM25 only")
             self._load_failed = True
+
+    def model_path(self) -> str | None:
+        """The embedding model's directory this ranker loads (None: BM25 only)."""
+        return (self._path or _default_embedding_path()) if self._wants_embedding() else None
 
     def start_loading(self) -> None:
         with self._lock:
@@ -744,38 +771,131 @@ class CoarseRanker:
         lang = script_of(question + " " + " ".join(d[:200] for d in docs[:3]))
         return (lang, *lexical_scores(question, docs, lang))
 
-    def _dense(self, question: str, docs: Sequence[str]) -> DenseScores:
-        """One encoder call (batched) for the question, its clauses and the sentences of every document not
-        in the sentence-vector cache; a document seen before (by content hash) costs a lookup. RAG
-        documents repeat across requests (popular documents, shared context), so under reuse only the
-        question is encoded per request."""
+    def _cached(self, question: str, docs: Sequence[str]) -> tuple[Any, list[Any]]:
+        """(the question's vectors or None, each document's sentence vectors or None) from the caches."""
+        with self._vec_lock:
+            qv = self._qvectors.get(digest("qv", question))
+            return qv, [self._vectors.get(digest("sv", d[:MAX_RANK_CHARS])) for d in docs]
+
+    @staticmethod
+    def _score(question: str, qv: Any, blocks: Sequence[Any]) -> DenseScores:
         import numpy as np  # noqa: PLC0415 (numpy comes with the embedding model)
 
-        try:
-            keys = [digest("sv", d[:MAX_RANK_CHARS]) for d in docs]
-            with self._vec_lock:
-                cached = [self._vectors.get(k) for k in keys]
-            todo = [i for i, v in enumerate(cached) if v is None]
-            per_doc = {i: sentences(docs[i]) for i in todo}
-            clauses = question_clauses(question)
-            emb = self._model.encode(
-                [question, *clauses, *(t for i in todo for t in per_doc[i])],
-                normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
-            )
-            c = 1 + len(clauses)
-            k = c
-            for i in todo:
-                n = len(per_doc[i])
-                cached[i] = emb[k : k + n]
-                k += n
-            with self._vec_lock:
-                for i in todo:
-                    self._vectors.put(keys[i], cached[i], int(cached[i].size))
-            blocks = [v for v in cached if v is not None]
-            sent = np.concatenate(blocks) if blocks else emb[c:]
-            return dense_scores(emb[0], sent, [len(v) for v in blocks], emb[1:c] if clauses else None)
-        finally:
-            self._embed_busy = False
+        sent = np.concatenate(list(blocks))
+        return dense_scores(qv[0], sent, [len(v) for v in blocks], qv[1:] if len(qv) > 1 else None)
+
+    def _dense_cached(self, question: str, docs: Sequence[str]) -> DenseScores | None:
+        """The dense scores without the encoder when the question and every document were seen before (a
+        popular question over popular documents): cache lookups and a few dot products, no model time, so
+        it never waits for the encoder thread. None: something must be encoded."""
+        if self._model is None:
+            return None
+        qv, blocks = self._cached(question, docs)
+        if qv is None or any(b is None for b in blocks):
+            return None
+        return self._score(question, qv, blocks)
+
+    def _dense_batch(self, jobs: Sequence[tuple[str, Sequence[str]]]) -> list[DenseScores]:
+        """One encoder call (batched) for every question (and its clauses) and every document sentence of
+        these requests that is not in the caches (a document shared by two of them is encoded once); a
+        document or question seen before (by content hash) costs a lookup. RAG documents repeat across
+        requests (popular documents, shared context), so under reuse only new questions are encoded, and
+        requests that arrive while the encoder runs share its next call."""
+        looked = [self._cached(q, docs) for q, docs in jobs]
+        texts: list[str] = []
+        q_at: dict[str, tuple[int, int]] = {}
+        d_at: dict[str, tuple[int, int]] = {}
+        for (q, docs), (qv, blocks) in zip(jobs, looked):
+            if qv is None and q not in q_at:
+                parts = [q, *question_clauses(q)]
+                q_at[q] = (len(texts), len(parts))
+                texts.extend(parts)
+            for d, b in zip(docs, blocks):
+                key = digest("sv", d[:MAX_RANK_CHARS])
+                if b is None and key not in d_at:
+                    sent = sentences(d)
+                    d_at[key] = (len(texts), len(sent))
+                    texts.extend(sent)
+        emb = self._model.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
+                                 show_progress_bar=False) if texts else None
+        new_q = {q: emb[a : a + n] for q, (a, n) in q_at.items()}
+        new_d = {k: emb[a : a + n] for k, (a, n) in d_at.items()}
+        with self._vec_lock:
+            for q, v in new_q.items():
+                self._qvectors.put(digest("qv", q), v, int(v.size))
+            for k, v in new_d.items():
+                self._vectors.put(k, v, int(v.size))
+        out = []
+        for (q, docs), (qv, blocks) in zip(jobs, looked):
+            qv = new_q[q] if qv is None else qv
+            blocks = [new_d[digest("sv", d[:MAX_RANK_CHARS])] if b is None else b for d, b in zip(docs, blocks)]
+            out.append(self._score(q, qv, blocks))
+        return out
+
+    def _dense(self, question: str, docs: Sequence[str]) -> DenseScores:
+        """The dense scores of one request, blocking (tests, tools, benches), in the caller's thread."""
+        return self._dense_batch([(question, docs)])[0]
+
+    def _take(self) -> list[_EmbedJob]:
+        """The next encoder call's requests (under the lock): those still waiting first, least work first
+        (a new question over known documents before a request that brings new documents), as many as fit
+        EMBED_BATCH_TEXTS texts (at least one); requests that gave up only when no one waits (their vectors
+        fill the caches for the next requests with the same content)."""
+        now = time.monotonic()
+        live = [j for j in self._pending if not j.future.cancelled() and (j.deadline is None or j.deadline > now)]
+        pool = live or self._pending
+        pool.sort(key=lambda j: j.texts)
+        taken: list[_EmbedJob] = []
+        texts = 0
+        for j in pool:
+            if taken and texts + j.texts > EMBED_BATCH_TEXTS:
+                break
+            taken.append(j)
+            texts += j.texts
+        ids = {id(j) for j in taken}
+        self._pending = [j for j in self._pending if id(j) not in ids]
+        return taken
+
+    def _drain(self) -> None:
+        """The encoder thread's loop: take the next requests (`_take`), one batched encoder call, hand each
+        its scores; again while requests wait."""
+        while True:
+            with self._pending_lock:
+                jobs = self._take()
+                if not jobs:
+                    self._draining = False
+                    return
+            try:
+                res = self._dense_batch([(j.question, j.docs) for j in jobs])
+                for j, r in zip(jobs, res):
+                    if not j.future.done():
+                        j.future.set_result(r)
+            except Exception as e:  # noqa: BLE001 (every waiter gets the error: it ranks by BM25)
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+
+    def _work(self, question: str, docs: Sequence[str]) -> int:
+        """Texts the encoder would take for this request now (0: everything is cached)."""
+        qv, blocks = self._cached(question, docs)
+        n = 0 if qv is not None else 1 + len(question_clauses(question))
+        return n + sum(len(sentences(d)) for d, b in zip(docs, blocks) if b is None)
+
+    def _submit(self, question: str, docs: Sequence[str], deadline: float | None = None,
+                ) -> concurrent.futures.Future[DenseScores] | None:
+        """Queue a request for the encoder thread; None when EMBED_MAX_WAITING already wait (busy).
+        `deadline`: time.monotonic() after which its caller no longer waits."""
+        fut: concurrent.futures.Future[DenseScores] = concurrent.futures.Future()
+        job = _EmbedJob(question, list(docs), fut, deadline, self._work(question, docs))
+        with self._pending_lock:
+            if len(self._pending) >= EMBED_MAX_WAITING:
+                return None
+            self._pending.append(job)
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._embed_pool.submit(self._drain)
+        return fut
 
     def vector_cache_stats(self) -> tuple[int, int, int]:
         """(documents cached, hits, misses) of the sentence-vector cache."""
@@ -793,14 +913,14 @@ class CoarseRanker:
         method = self._method(lang)
         if not method.startswith(("embedding", "hybrid")):
             return Ranking(lexical, method, lang, links)
-        self._embed_busy = True
         dense = self._dense(question, docs)
         return Ranking(self._combine(method, dense, lexical), method, lang, links)
 
     async def rank(self, question: str, docs: Sequence[str], timeout_s: float | None = None) -> Ranking:
-        """BM25 first (cheap); then the embedding model when the method wants it, it is free and there is
-        time. A busy or late embedding gives the BM25 ranking ("bm25(busy)", "bm25(timeout)"): the coarse
-        step is never a queue either."""
+        """BM25 first (cheap); then the dense scores when the method wants them: from the caches alone when
+        the question and documents were seen before, else from the encoder thread, which batches every
+        request waiting for it into one call. A request waits for it at most until its deadline
+        ("bm25(timeout)" then); with EMBED_MAX_WAITING already waiting it does not queue ("bm25(busy)")."""
         loop = asyncio.get_running_loop()
         t_end = None if timeout_s is None else loop.time() + timeout_s
         docs = list(docs)
@@ -809,10 +929,14 @@ class CoarseRanker:
         method = self._method(lang)
         if not method.startswith(("embedding", "hybrid")):
             return Ranking(lexical, method, lang, links)
-        if self._embed_busy:
+        # Everything seen before: scored in the lexical thread, no encoder.
+        dense = await loop.run_in_executor(self._pool, self._dense_cached, question, docs)
+        if dense is not None:
+            return Ranking(self._combine(method, dense, lexical), method, lang, links)
+        cfut = self._submit(question, docs, None if timeout_s is None else time.monotonic() + max(0.0, t_end - loop.time()))
+        if cfut is None:
             return Ranking(lexical, "bm25(busy)", lang, links)
-        self._embed_busy = True
-        efut = loop.run_in_executor(self._embed_pool, self._dense, question, docs)
+        efut = asyncio.wrap_future(cfut)
         try:
             if t_end is None:
                 dense = await efut
@@ -820,6 +944,9 @@ class CoarseRanker:
                 dense = await asyncio.wait_for(asyncio.shield(efut), max(0.0, t_end - loop.time()))
         except asyncio.TimeoutError:
             return Ranking(lexical, "bm25(timeout)", lang, links)
+        except Exception:  # the encoder failed: BM25, as when it is late
+            log.exception("embedding failed; ranking with BM25")
+            return Ranking(lexical, "bm25(error)", lang, links)
         return Ranking(self._combine(method, dense, lexical), method, lang, links)
 
     async def close(self) -> None:
