@@ -200,7 +200,8 @@ def test_reference_run_figures_are_pinned():
     R+C regenerated); the compressor's floor became a stated rule (issue 20: at most 0.05 over the asked
     rate), which moves R+C (regenerated); the cost model's prefix affinity and context-scaled decode
     term, and B2's 50 ms metrics refresh (GIE's default) move B2, R and R+C (regenerated); the compression
-    arms rank with the shipped ranker (`auto`: MiniLM + BM25), not BM25 alone (R+C regenerated). A change
+    arms rank with the shipped ranker (`auto`: MiniLM + BM25), not BM25 alone (R+C regenerated); prefix
+    affinity's spread and replicas rule move R and R+C (regenerated after the merge). A change
     here must be a stated one: regenerate the file in
     a commit that says why."""
     want = json.loads(PINNED.read_text())
