@@ -75,8 +75,8 @@ def config_dict(sc: Scenario, arm: Arm) -> tuple[dict[str, Any], bool]:
     if arm.profile in _EXTRA_PROFILES:
         routing["profiles"] = {arm.profile: _EXTRA_PROFILES[arm.profile]}
     cfg: dict[str, Any] = {
-        "sites": [s.gateway_site(["127.0.0.1:1"], prefill_tokens_per_s=s.prefill_tokens_per_s or _prefill_speed(s),
-                                 replicas=s.replicas, speed=engine_speed(s))
+        "sites": [s.gateway_site(["127.0.0.1:1"], prefill_tokens_per_s=s.prefill_tokens_per_s or _prefill_speed(s, sc.dilation),
+                                 replicas=s.replicas, speed=engine_speed(s, sc.dilation))
                   for s in sc.sites],
         "policy": {"default_site": default, **sc.policy},
         "routing": routing,
@@ -89,36 +89,44 @@ def config_dict(sc: Scenario, arm: Arm) -> tuple[dict[str, Any], bool]:
         comp: dict[str, Any] = {"enabled": True, "ranker": "bm25", "deadline_ms": 1500, **sc.compression}
         if arm.fixed_rate is not None:
             comp["fixed_rate"] = arm.fixed_rate
+        if sc.dilation != 1.0:
+            # The GPU time a removed token saves is dilated like the GPU (the compressor's own CPU is not).
+            k = sc.dilation
+            comp["prefill_tokens_per_s"] = comp.get("prefill_tokens_per_s",
+                                                    CompressionSettings.model_fields["prefill_tokens_per_s"].default) / k
+            comp["site_prefill_tokens_per_s"] = {n: v / k for n, v in comp.get("site_prefill_tokens_per_s", {}).items()}
         cfg["compression"] = comp
     return cfg, arm.profile not in _NO_SLA
 
 
-def _prefill_speed(site: Any) -> float:
-    """What an operator's benchmark of one replica would say: a 2,048-token prefill, roofline time."""
-    return _roofline_prefill_speed(site.gpu, site.model, site.gpus_per_replica)
+def _prefill_speed(site: Any, dilation: float = 1.0) -> float:
+    """What an operator's benchmark of one replica would say: a 2,048-token prefill, roofline time (on the
+    dilated hardware when the scenario is dilated: what a benchmark of the slowed site would measure)."""
+    return _roofline_prefill_speed(site.gpu, site.model, site.gpus_per_replica, dilation)
 
 
 @functools.lru_cache(maxsize=64)
-def _roofline_prefill_speed(gpu: str, model: str, tp: int) -> float:
-    hw = make_hardware(load_profiles(), gpu, model, tp)
+def _roofline_prefill_speed(gpu: str, model: str, tp: int, dilation: float = 1.0) -> float:
+    hw = make_hardware(load_profiles(), gpu, model, tp, speed_factor=1.0 / dilation)
     n = 2048
     return round(n / hw.step_time(n, 0, n * (n + 1) // 2))
 
 
-def engine_speed(site: Any) -> dict[str, float]:
+def engine_speed(site: Any, dilation: float = 1.0) -> dict[str, float]:
     """`sites[].speed` as an operator's benchmark of one replica would give it (the roofline's figures):
     a 2,048-token prefill, a decode step at batch 1 and its slope to batch 64 at 2,048 tokens of context
     per sequence, and the replica's KV cache."""
-    return dict(_roofline_speed(site.gpu, site.model, site.gpus_per_replica, site.prefill_tokens_per_s))
+    return dict(_roofline_speed(site.gpu, site.model, site.gpus_per_replica, site.prefill_tokens_per_s, dilation))
 
 
 @functools.lru_cache(maxsize=64)
-def _roofline_speed(gpu: str, model: str, tp: int, prefill: float | None) -> tuple[tuple[str, float], ...]:
-    hw = make_hardware(load_profiles(), gpu, model, tp)
+def _roofline_speed(gpu: str, model: str, tp: int, prefill: float | None,
+                    dilation: float = 1.0) -> tuple[tuple[str, float], ...]:
+    hw = make_hardware(load_profiles(), gpu, model, tp, speed_factor=1.0 / dilation)
     ctx = 2048
     d1 = hw.step_time(1, ctx, ctx, 1)
     d64 = hw.step_time(64, 64 * ctx, 64 * ctx, 64)
-    return (("prefill_tokens_per_s", prefill or _roofline_prefill_speed(gpu, model, tp)),
+    return (("prefill_tokens_per_s", prefill or _roofline_prefill_speed(gpu, model, tp, dilation)),
             ("decode_ms", round(1e3 * d1, 3)), ("decode_ms_per_seq", round(1e3 * (d64 - d1) / 63, 4)),
             ("kv_cache_tokens", int(hw.kv_capacity_tokens)), ("decode_context_tokens", ctx))
 

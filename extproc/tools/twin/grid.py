@@ -245,7 +245,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
     chains = ChatChains()
     sites: dict[str, Site] = {}
     for s in sc.sites:
-        hw = make_hardware(prof, s.gpu, s.model, s.gpus_per_replica)
+        hw = make_hardware(prof, s.gpu, s.model, s.gpus_per_replica, speed_factor=1.0 / sc.dilation)
         sites[s.name] = Site(s.name, s.one_way_ms / 1000.0, [Replica(EngineCore(hw)) for _ in range(s.replicas)],
                              Agent(s.name, sc.report_interval_ms))
     closed = sc.workload.loop == "closed" and requests is None

@@ -138,6 +138,9 @@ class Scenario(_Strict):
     compressor: Compressor = Compressor()
     arms: list[str] = Field(default_factory=lambda: ["B1", "B2", "R", "C", "R+C"], min_length=1)
     sweep: Sweep
+    # Time dilation (`dilation.py`): every engine step takes this many times its modelled time. Set by
+    # `dilated()`, which also scales the links, SLOs and rates; the hardware is the only consumer here.
+    dilation: float = Field(default=1.0, ge=1, le=1000)
     # Extra aigrid.yaml `policy:` / `compression:` keys for every arm (e.g. headroom, floors).
     policy: dict[str, Any] = Field(default_factory=dict)
     compression: dict[str, Any] = Field(default_factory=dict)
