@@ -265,9 +265,12 @@ def compare(results: dict[str, dict[str, Any]], sc: Scenario) -> dict[str, Any]:
     return out
 
 
-def run_experiment(sc: Scenario, arms: Sequence[str], progress: Progress | None = None, workers: int = 1) -> dict[str, Any]:
+def run_experiment(sc: Scenario, arms: Sequence[str], progress: Progress | None = None, workers: int = 1,
+                   scenario_for: Callable[[str, Scenario], Scenario] | None = None) -> dict[str, Any]:
     """Every arm's goodput search. With workers > 1 the runs go to that many processes (each run is
-    independent and deterministic, so the numbers do not depend on the worker count)."""
+    independent and deterministic, so the numbers do not depend on the worker count). `scenario_for`
+    (arm, scenario) -> the scenario that arm is swept with, asked just before its sweep (the demo hands
+    the compression arms the coarse step's costs it measured meanwhile)."""
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     runs: dict[tuple[str, int, float], dict[str, Any]] = {}
@@ -280,8 +283,9 @@ def run_experiment(sc: Scenario, arms: Sequence[str], progress: Progress | None 
             results[a] = {"arm": a, "title": ARMS[a].title,
                           "unavailable": f"routing profile {ARMS[a].profile!r} is not in this gateway build"}
             continue
-        sweep_arm(sc, a, runs, workers)
-        results[a] = assemble_arm(sc, a, runs, resamples)
+        asc = scenario_for(a, sc) if scenario_for is not None else sc
+        sweep_arm(asc, a, runs, workers)
+        results[a] = assemble_arm(asc, a, runs, resamples)
         if progress:
             g = results[a]["goodput"]
             progress(f"{a}: goodput {g['value']:.2f} req/s [{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]"

@@ -116,10 +116,24 @@ class Sweep(_Strict):
 
 
 class Compressor(_Strict):
-    # Speed of the coarse step (BM25 over the documents) in tokens/s, on the gateway's CPU. The twin
-    # charges cost_tokens / speed of CPU (and latency) per compressed request. Measured by `aigrid demo`
-    # on this machine and written into the report next to the figure used.
+    # Speed of the coarse step in tokens/s, on the gateway's CPU. Without the measured figures below, the
+    # twin charges cost_tokens / speed of CPU (and latency) per compressed request, with no queue.
     coarse_tokens_per_s: float = Field(default=400_000, gt=0)
+    # The coarse step as the gateway runs it (`compcost.py`), from figures measured on this machine
+    # (`aigrid demo` measures them and sets them): then coarse_tokens_per_s is the whole coarse-only pass
+    # with BM25 (segment, rank, select, rebuild), and the same figure is the rewriter's
+    # `compression.coarse_tokens_per_s` (its break-even and deadline rule); lexical_tokens_per_s is BM25
+    # alone, on the ranker's lexical thread (one, a queue); dense_*_s one pass of the embedding model on
+    # its thread (busy: BM25 fallback), with cold / warm sentence vectors (None: no model installed).
+    lexical_tokens_per_s: float | None = Field(default=None, gt=0)
+    dense_cold_s: float | None = Field(default=None, ge=0)
+    dense_warm_s: float | None = Field(default=None, ge=0)
+    # The gateway's `compression.ranker` in the compression arms (auto: the embedding model for English).
+    ranker: Literal["auto", "bm25", "embedding", "hybrid"] = "bm25"
+
+    @property
+    def measured(self) -> bool:
+        return self.lexical_tokens_per_s is not None
 
 
 class Scenario(_Strict):
