@@ -112,8 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--live-drain", type=float, default=30.0,
                    help="seconds a live point's requests may run after its last arrival, on both sides (default 30)")
     d.add_argument("--live-arm", default="B1", help="arm of the live points (default B1)")
-    d.add_argument("--dilation", type=float, default=4.0,
-                   help="time dilation of the live simulated sites: every GPU step K x slower (default 4)")
+    d.add_argument("--dilation", type=float, default=5.0,
+                   help="time dilation of the live simulated sites: every GPU step K x slower (default 5)")
     d.add_argument("--no-measure", action="store_true",
                    help="skip measuring the coarse compression step here (the twin charges the scenario's figure)")
     d.add_argument("--no-live", action="store_true", help="skip the live confirmation")

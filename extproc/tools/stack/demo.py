@@ -108,27 +108,28 @@ def _live(sc: Any, doc: dict[str, Any], arm: str, dilation: float, fractions: tu
                            "goodput_basis": f"the twin's goodput of {arm} on the reference grid / dilation "
                                             f"({g:g} / {dilation:g} = {g / dilation:.3f} req/s)",
                            "points": []}
-    with console.status("starting the local grid (Redis, dilated simulated sites, agents, ext_proc, Envoy)..."):
-        stack = live_stack(dsc, arm, workdir, envoy_port, admin_port)
-        stack.start()
-    try:
-        for f in fractions:
-            rate = f * g / dilation
+    for f in fractions:
+        rate = f * g / dilation
+        # A fresh stack per point, as every twin run starts (empty prefix caches, no gateway state).
+        with console.status("starting the local grid (Redis, dilated simulated sites, agents, ext_proc, Envoy)..."):
+            stack = live_stack(dsc, arm, workdir, envoy_port, admin_port)
+            stack.start()
+        try:
             p = live_point(stack, dsc, arm, rate, seconds, warm, drain_s, seed=1, twin_seeds=(1,))
-            p.pop("pairs", None)
-            p.pop("twin_seeds", None)
-            p["fraction_of_goodput"] = f
-            out["points"].append(p)
-            lv, tw = p["live"], p["twin"]
-            if not p["live_valid"]:
-                console.print(f"  [yellow]live run at {rate:.2f} req/s is INVALID (a simulated site fell behind wall time): "
-                              + "; ".join(f"{k}: {v.get('reason')}" for k, v in p["sim_timing"].items() if not v.get("valid")))
-            console.print(f"  {arm} at {100 * f:.0f}% of goodput ({rate:.2f} req/s, {p['requests']} requests): requests/s "
-                          f"{lv['requests_per_s']:.2f} live vs {tw['requests_per_s']:.2f} twin; p95 TTFT {lv['ttft_p95_ms']} vs "
-                          f"{tw['ttft_p95_ms']} ms; p95 TPOT {lv['tpot_p95_ms']} vs {tw['tpot_p95_ms']} ms; "
-                          f"attainment {lv['attainment']} vs {tw['attainment']}")
-    finally:
-        stack.stop()
+        finally:
+            stack.stop()
+        p.pop("pairs", None)
+        p.pop("twin_seeds", None)
+        p["fraction_of_goodput"] = f
+        out["points"].append(p)
+        lv, tw = p["live"], p["twin"]
+        if not p["live_valid"]:
+            console.print(f"  [yellow]live run at {rate:.2f} req/s is INVALID (a simulated site fell behind wall time): "
+                          + "; ".join(f"{k}: {v.get('reason')}" for k, v in p["sim_timing"].items() if not v.get("valid")))
+        console.print(f"  {arm} at {100 * f:.0f}% of goodput ({rate:.2f} req/s, {p['requests']} requests): requests/s "
+                      f"{lv['requests_per_s']:.2f} live vs {tw['requests_per_s']:.2f} twin; p95 TTFT {lv['ttft_p95_ms']} vs "
+                      f"{tw['ttft_p95_ms']} ms; p95 TPOT {lv['tpot_p95_ms']} vs {tw['tpot_p95_ms']} ms; "
+                      f"attainment {lv['attainment']} vs {tw['attainment']}")
     return out
 
 
@@ -144,7 +145,7 @@ def burst_trace(sc: Any, arm: str, doc: dict[str, Any]) -> dict[str, Any] | None
 
 def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_port: int = 9901, long: bool = False,
              arms: tuple[str, ...] | None = None, seeds: int = 5, live_fractions: tuple[float, ...] = (0.5, 1.0),
-             live_seconds: float = 15.0, live_drain_s: float = 30.0, live_arm: str = "B1", dilation: float = 4.0,
+             live_seconds: float = 15.0, live_drain_s: float = 30.0, live_arm: str = "B1", dilation: float = 5.0,
              live: bool = True, twin_duration_s: float | None = None, measure: bool = True) -> dict[str, Any]:
 
     console = Console()
