@@ -83,7 +83,7 @@ def main() -> int:
         for pas in range(a.passes):
             for f in fractions:
                 rate = f * g["value"]
-                secs = seconds_for(rate, a.requests, a.warmup)
+                secs = seconds_for(rate, a.requests, a.warmup, dsc.workload)
                 # A fresh stack per point, as every twin run starts: empty prefix caches at the sites, an empty
                 # prefix index and no affinity in the gateway (a stack kept between points carries its warm
                 # caches into the next one, and the live side then looks faster than the twin).

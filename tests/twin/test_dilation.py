@@ -106,3 +106,20 @@ def test_compare_side_bounds() -> None:
     bad = compare_side(live, {"requests_per_s": 1.7, "ttft_p95_ms": 130.0, "tpot_p95_ms": None, "attainment": 0.5})
     assert not (bad["rps_within_10pct"] or bad["ttft_p95_within_20pct"] or bad["tpot_p95_within_20pct"]
                 or bad["attainment_within_10pct"])
+
+
+def test_live_stack_gateway_is_configured_as_the_twins(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from extproc.tools.twin.calibrate import live_stack
+
+    d = dilated(load_scenario(REFERENCE_SCENARIO), 5.0)
+    st = live_stack(d, "R+C", tmp_path)
+    st.write_config()
+    live = yaml.safe_load((tmp_path / "aigrid.yaml").read_text())
+    twin, _ = config_dict(d, ARMS["R+C"])
+    strip = lambda s: {k: v for k, v in s.items() if k != "endpoints"}  # noqa: E731
+    assert [strip(s) for s in live["sites"]] == [strip(s) for s in twin["sites"]]
+    for key in ("routing", "slo", "compression"):
+        assert live[key] == twin[key]
+    assert live["gateway"]["rtt_probe_interval_s"] == twin["gateway"]["rtt_probe_interval_s"]

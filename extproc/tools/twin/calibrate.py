@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from extproc.tools.loadtest.runner import Endpoints, run_loadtest
@@ -49,7 +51,7 @@ def live_stack(dsc: Scenario, arm_key: str, workdir: Any, envoy_port: int = 1000
     gw = {k: v for k, v in cfg["gateway"].items() if k not in ("listen", "metrics_listen")}
     overrides = {"routing": cfg["routing"], "slo": cfg["slo"], "gateway": gw}
     return LocalStack(workdir, sites=tuple(dsc.sites), envoy_port=envoy_port, admin_port=admin_port, upstream="sim",
-                      policy=cfg["policy"], compression=cfg.get("compression", {}), overrides=overrides,
+                      policy=cfg["policy"], compression=cfg.get("compression", {}), overrides=overrides, site_extra=site_extra,
                       time_dilation=dsc.dilation, agent_interval_ms=int(dsc.report_interval_ms))
 
 
@@ -74,6 +76,22 @@ def sim_timing(site_urls: dict[str, str], reset: bool = False) -> dict[str, Any]
                          "slip_seconds": t["slip_seconds"]}
         except (OSError, ValueError, KeyError) as exc:
             out[name] = {"valid": False, "reason": f"no timing verdict: {exc}"}
+    return out
+
+
+def _cpu_seconds(stack: LocalStack) -> dict[str, float]:
+    """CPU seconds (user + system) each of the stack's processes has used so far (/proc; Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for p in stack.group.procs:
+        if p.proc is None or p.proc.poll() is not None:
+            continue
+        try:
+            fields = Path(f"/proc/{p.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            # utime, stime, cutime, cstime are fields 14-17 of stat (1-based); here after the name.
+            out[p.name] = sum(int(x) for x in fields[11:15]) / tick
+        except (OSError, ValueError, IndexError):
+            continue
     return out
 
 
@@ -111,9 +129,15 @@ def live_point(stack: LocalStack, dsc: Scenario, arm_key: str, rate: float, seco
                           gateway_metrics=[f"http://127.0.0.1:{stack.metrics_port}/metrics"],
                           site_metrics={n: u + "/metrics" for n, u in urls.items()})
     spec = LoadSpec(rate=rate, duration_s=seconds, request_timeout_s=drain_s, model=model)
+    cpu0 = _cpu_seconds(stack)
     res = asyncio.run(run_loadtest(spec, endpoints, name=f"live-{arm_key}-{rate:g}", progress=False,
                                    planned_requests=planned_requests(dsc.workload, reqs, model)))
     timing = sim_timing(urls)
+    cpu1 = _cpu_seconds(stack)
+    sent = max(1, len(res.records))
+    # CPU per request of what the twin does not run as modelled parts: Envoy and the gateway (the sites'
+    # and agents' beside them), measured over the point, in ms per request sent.
+    cpu_ms = {n: round(1000 * (cpu1[n] - cpu0.get(n, 0.0)) / sent, 2) for n in cpu1}
     records: list[dict[str, Any]] = []
     for base in urls.values():
         records += _http(base + "/_aigrid/records") or []
@@ -142,13 +166,22 @@ def live_point(stack: LocalStack, dsc: Scenario, arm_key: str, rate: float, seco
     return {"arm": arm_key, "rate": round(rate, 4), "requests": live["requests"], "live": live, "twin": twin,
             "twin_seeds": {k: _short(v) for k, v in twins.items()}, **compare_side(live, twin),
             "live_valid": all(t.get("valid", False) for t in timing.values()), "sim_timing": timing,
-            "pairs": pairs}
+            "cpu_ms_per_request": cpu_ms, "pairs": pairs}
 
 
 def _short(f: dict[str, Any]) -> dict[str, Any]:
     return {k: f[k] for k in ("requests", "requests_per_s", "ttft_p50_ms", "ttft_p95_ms", "tpot_p95_ms", "attainment")}
 
 
-def seconds_for(rate: float, requests: int, warmup_s: float) -> float:
-    """Arrival window that plans about `requests` measured requests at `rate` (after the warm-up)."""
-    return warmup_s + requests / rate
+def seconds_for(rate: float, requests: int, warmup_s: float, workload: Any = None, seed: int = 1) -> float:
+    """Arrival window that plans at least `requests` measured requests at `rate` (after the warm-up): with
+    the workload, the planned requests are counted (a conversation's later turns can fall past the window)."""
+    secs = warmup_s + requests / rate
+    if workload is None:
+        return secs
+    for _ in range(40):
+        n = sum(1 for r in generate_open_loop(workload, rate, secs, seed) if warmup_s <= r.at < secs)
+        if n >= requests:
+            break
+        secs *= 1.05
+    return secs
