@@ -219,6 +219,13 @@ def _pooled_point(sc: Scenario, pts: list[dict[str, Any]]) -> dict[str, Any]:
             "prompt_tokens_processed", "prefix_cache_hit_rate", "preemptions", "rewrites", "retention",
             "retention_of_compressed", "compressor_cpu_s_per_request", "ttft_p95_ms", "decision_us")
     out: dict[str, Any] = {k: _mean([p.get(k) for p in pts]) for k in keys}
+    ranked = [p["coarse_rankings"] for p in pts if "coarse_rankings" in p]
+    if ranked:
+        # The coarse step's rankings with the measured cost model (compcost.py), the seeds pooled.
+        out["coarse_rankings"] = {m: sum(r.get(m, 0) for r in ranked) for m in sorted({m for r in ranked for m in r})}
+        wanted = sum(v for m, v in out["coarse_rankings"].items() if m in ("hybrid", "bm25(busy)", "bm25(timeout)"))
+        fell = out["coarse_rankings"].get("bm25(busy)", 0) + out["coarse_rankings"].get("bm25(timeout)", 0)
+        out["dense_fallback_share"] = fell / wanted if wanted else None
     ok, detail = pooled_pass(sc.goodput, pts)
     out["passed"] = ok
     out["pass_share"] = sum(1 for p in pts if p["passed"]) / len(pts)
