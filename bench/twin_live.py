@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from extproc.tools.twin.calibrate import live_point, live_stack, seconds_for
+from extproc.tools.stack.calibrate import live_point, live_stack, seconds_for
 from extproc.tools.twin.dilation import dilated
 from extproc.tools.twin.experiment import run_experiment
 from extproc.tools.twin.scenario import REFERENCE_SCENARIO, load_scenario

@@ -111,7 +111,7 @@ def test_compare_side_bounds() -> None:
 def test_live_stack_gateway_is_configured_as_the_twins(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import yaml
 
-    from extproc.tools.twin.calibrate import live_stack
+    from extproc.tools.stack.calibrate import live_stack
 
     d = dilated(load_scenario(REFERENCE_SCENARIO), 5.0)
     st = live_stack(d, "R+C", tmp_path)

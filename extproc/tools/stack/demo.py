@@ -7,7 +7,7 @@ Envoy, ext_proc, Redis and simulated GPU sites.
 2. Live: the local grid (`extproc/tools/stack/local.py`) with its simulated sites time-dilated (every GPU
    step k x slower, `twin/dilation.py`), at two fractions of an arm's goodput, and the dilated twin under
    the same requests: requests/s, p95 TTFT / TPOT and SLO attainment side by side
-   (`twin_vs_live.points[]`, `twin/calibrate.py`).
+   (`twin_vs_live.points[]`, `stack/calibrate.py`).
 Before the sweep it measures the gateway's coarse compression step on this machine and the twin charges
 those costs (`twin/compcost.py`).
 Writes `<out>/summary.json`. Every process is stopped at the end, also on Ctrl-C or failure.
@@ -28,7 +28,7 @@ from rich.console import Console
 from extproc.tools.stack.local import LocalStack
 from extproc.tools.twin.arms import ARMS
 from extproc.tools.twin.burst import traced_burst
-from extproc.tools.twin.calibrate import live_point, live_stack
+from extproc.tools.stack.calibrate import live_point, live_stack
 from extproc.tools.twin.dilation import dilated
 from extproc.tools.twin.experiment import run_experiment
 from extproc.tools.twin.gateway_adapter import measure_compressor
@@ -97,7 +97,7 @@ def _twin(arms: tuple[str, ...], seeds: int, long: bool, console: Console, durat
 
 def _live(sc: Any, doc: dict[str, Any], arm: str, dilation: float, fractions: tuple[float, ...], seconds: float,
           drain_s: float, workdir: Path, envoy_port: int, admin_port: int, console: Console) -> dict[str, Any]:
-    """Twin against live on the time-dilated grid (`twin/calibrate.py`): `arm` at `fractions` of its twin
+    """Twin against live on the time-dilated grid (`stack/calibrate.py`): `arm` at `fractions` of its twin
     goodput on the reference grid / dilation, the same requests on both sides."""
     g = doc["arms"].get(arm, {}).get("goodput", {}).get("value")
     if not g:
