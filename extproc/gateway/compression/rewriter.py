@@ -48,7 +48,8 @@ PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
 # The rewriter's own deadline is this share of compression.deadline_ms, so it answers (with a reason)
 # before the gateway's wait_for cancels it.
 OWN_DEADLINE_SHARE = 0.85
-# Speed assumed for a coarse-only pass (BM25/MiniLM over the documents), for the break-even rule.
+# Speed assumed for a coarse-only pass (BM25/MiniLM over the documents), for the break-even rule: the
+# default of `compression.coarse_tokens_per_s`, which is what the rewriter reads.
 COARSE_TOKENS_PER_S = 50_000.0
 
 
@@ -237,7 +238,7 @@ class CompressionRewriter:
             pressure=pressure,
             requests_waiting=waiting,
             prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(site, s.prefill_tokens_per_s),
-            compressor_tokens_per_s=fine.tokens_per_second() if fine is not None else COARSE_TOKENS_PER_S,
+            compressor_tokens_per_s=fine.tokens_per_second() if fine is not None else s.coarse_tokens_per_s,
             deadline_s=deadline_s,
             slack=predicted_slack(req.decision),
             # Pieces compressed before cost a lookup, not model time. No compressible token is in the site's
@@ -251,7 +252,7 @@ class CompressionRewriter:
         # A coarse-only pass reads a capped prefix of each document, whatever their size.
         coarse_inputs = replace(
             inputs,
-            compressor_tokens_per_s=COARSE_TOKENS_PER_S,
+            compressor_tokens_per_s=s.coarse_tokens_per_s,
             cost_tokens=sum(min(d.tokens, MAX_RANK_CHARS // 4) for d in seg.documents),
             precomputed_tokens=0,
         )

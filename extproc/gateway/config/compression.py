@@ -54,6 +54,10 @@ class CompressionSettings(BaseModel):
     site_prefill_tokens_per_s: dict[str, float] = Field(default_factory=dict)
     # Compressor speed assumed until the worker has measured its own (tokens/s).
     compressor_tokens_per_s: float = Field(default=1500, gt=0)
+    # Speed of a coarse-only pass (segment, rank, select, rebuild) in tokens/s of the capped document text
+    # it reads, for the break-even and deadline rule. Measure it on the gateway's host (`aigrid demo`
+    # writes the figure it measured into its report) rather than trusting the default.
+    coarse_tokens_per_s: float = Field(default=50_000, gt=0)
     # Prompts with fewer compressible tokens than this go on unchanged.
     min_prompt_tokens: int = Field(default=1024, ge=0)
 

@@ -40,6 +40,7 @@ _SITE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("link_delay_ms", float, "one-way network delay added to request arrival and to the response stream"),
     ("link_jitter_ms", float, "jitter: uniform +/- around the delay (netem-like), per request / per step"),
     ("speed_factor", float, "scale every simulated rate; 0.5 = a GPU half as fast, all ratios kept"),
+    ("time_dilation", float, "every engine step takes K x its modelled time (link delay stays as given); default 1"),
     ("profiles", str, "profiles YAML file (default: the packaged extproc/tools/sim/profiles.yaml)"),
     ("served_model_name", str, "model name to serve (default: the profile's Hugging Face name)"),
     ("max_model_len", int, "context limit (default: model max, capped by KV capacity)"),

@@ -20,6 +20,11 @@ class SimSiteConfig:
     link_delay_ms: float = 0.0  # one way: applied to request arrival and again to the response stream
     link_jitter_ms: float = 0.0  # uniform in [-jitter, +jitter] around the delay, like netem's default
     speed_factor: float = 1.0
+    # Time dilation: every engine step takes k x its modelled time (the GPU runs k x slower), so that a
+    # small host can drive the stack to a grid's knee at a few requests per second. Unlike speed_factor
+    # it leaves the link alone: link_delay_ms is wall-clock time as given (a dilated grid passes its
+    # link x k itself, `extproc/tools/twin/dilation.py`). The lateness check is in wall time as before.
+    time_dilation: float = 1.0
     profiles: str | None = None
     served_model_name: str | None = None
     max_model_len: int = 0
@@ -68,5 +73,7 @@ class SimSiteConfig:
             raise ValueError("natural output range must satisfy 1 <= min <= max")
         if self.lateness_p99_bound_ms <= 0:
             raise ValueError("lateness_p99_bound_ms must be > 0")
+        if not 1.0 <= self.time_dilation <= 1000.0:
+            raise ValueError("time_dilation must be in [1, 1000]")
         if self.max_slip_s < 0:
             raise ValueError("max_slip_s must be >= 0")

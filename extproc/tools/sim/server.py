@@ -63,7 +63,7 @@ class SimSite:
                 config.gpu,
                 config.model,
                 config.gpus_per_replica,
-                speed_factor=config.speed_factor,
+                speed_factor=config.speed_factor / config.time_dilation,
                 max_model_len=config.max_model_len,
                 max_num_seqs=config.max_num_seqs,
                 max_num_batched_tokens=config.max_num_batched_tokens,
@@ -79,7 +79,8 @@ class SimSite:
             config.natural_output_min, config.natural_output_max,
         )
         self.prefix_caching = hw.engine.enable_prefix_caching if config.prefix_caching is None else config.prefix_caching
-        # Link delays scale with the speed factor like every other simulated duration.
+        # Link delays scale with the speed factor like every other simulated duration (not with
+        # time_dilation: the link delay given is wall time, see SimSiteConfig).
         self._records: deque[dict[str, Any]] = deque(maxlen=max(1, config.record_prompts))
         self.link_delay_s = config.link_delay_ms / 1000.0 / config.speed_factor
         self.link_jitter_s = min(config.link_jitter_ms, config.link_delay_ms) / 1000.0 / config.speed_factor

@@ -77,11 +77,22 @@ def _demo(args: argparse.Namespace) -> int:
         if bad:
             print(f"aigrid demo: --arms: unknown arm {', '.join(bad)}; known: {', '.join(ALL_ARMS)}", file=sys.stderr)
             return 2
+    if args.live_arm not in ALL_ARMS:
+        print(f"aigrid demo: --live-arm: unknown arm {args.live_arm}; known: {', '.join(ALL_ARMS)}", file=sys.stderr)
+        return 2
+    if arms is not None and args.live_arm not in arms and not args.no_live:
+        print(f"aigrid demo: --live-arm {args.live_arm} is not among --arms (its twin goodput sets the live rates)",
+              file=sys.stderr)
+        return 2
+    if not 1 <= args.dilation <= 1000:
+        print("aigrid demo: --dilation must be in [1, 1000]", file=sys.stderr)
+        return 2
     try:
         run_demo(
             Path(args.workdir), Path(args.out), envoy_port=args.port, admin_port=args.admin_port, long=args.long,
             arms=arms, seeds=args.seeds, live_seconds=args.live_seconds, live=not args.no_live,
-            twin_duration_s=args.twin_duration,
+            twin_duration_s=args.twin_duration, dilation=args.dilation, live_arm=args.live_arm,
+            live_drain_s=args.live_drain, measure=not args.no_measure,
         )
     except StackError as exc:
         print(f"aigrid demo: {exc}", file=sys.stderr)
@@ -97,7 +108,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--long", action="store_true", help="every arm, 40 s runs (default: the main arms, 20 s runs)")
     d.add_argument("--arms", default=None, help="comma-separated arms instead (B0,B1,B2,R,C,R+C,...)")
     d.add_argument("--seeds", type=int, default=5, help="seeds per arm (default 5)")
-    d.add_argument("--live-seconds", type=float, default=12.0, help="seconds of live load per rate (default 12)")
+    d.add_argument("--live-seconds", type=float, default=15.0, help="seconds of live arrivals per point (default 15)")
+    d.add_argument("--live-drain", type=float, default=30.0,
+                   help="seconds a live point's requests may run after its last arrival, on both sides (default 30)")
+    d.add_argument("--live-arm", default="B1", help="arm of the live points (default B1)")
+    d.add_argument("--dilation", type=float, default=5.0,
+                   help="time dilation of the live simulated sites: every GPU step K x slower (default 5)")
+    d.add_argument("--no-measure", action="store_true",
+                   help="skip measuring the coarse compression step here (the twin charges the scenario's figure)")
     d.add_argument("--no-live", action="store_true", help="skip the live confirmation")
     d.add_argument("--twin-duration", type=float, default=None, help="simulated seconds per twin run (default: the scenario's 20, 40 with --long)")
     d.add_argument("--port", type=int, default=10000, help="Envoy listener port (default 10000)")

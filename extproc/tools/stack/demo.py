@@ -4,41 +4,36 @@ Envoy, ext_proc, Redis and simulated GPU sites.
 1. Twin sweep (virtual time, `extproc/tools/twin/`): the reference scenario's main arms x rates x seeds; goodput
    (highest rate at which >= 90% of requests, >= 99% of realtime ones, meet their SLO) with 95% bootstrap
    intervals over the seeds; charts.
-2. Live: the local grid (`extproc/tools/stack/local.py`) under the same requests at two rates, and the twin
-   under the same requests: requests/s and p95 TTFT side by side (`twin_vs_live`).
+2. Live: the local grid (`extproc/tools/stack/local.py`) with its simulated sites time-dilated (every GPU
+   step k x slower, `twin/dilation.py`), at two fractions of an arm's goodput, and the dilated twin under
+   the same requests: requests/s, p95 TTFT / TPOT and SLO attainment side by side
+   (`twin_vs_live.points[]`, `stack/calibrate.py`).
+Before the sweep it measures the gateway's coarse compression step on this machine and the twin charges
+those costs (`twin/compcost.py`).
 Writes `<out>/summary.json`. Every process is stopped at the end, also on Ctrl-C or failure.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from extproc.tools.loadtest.runner import Endpoints, run_loadtest
-from extproc.tools.loadtest.workloads import LoadSpec
-from extproc.tools.stack.demo_wait import wait_ready_and_idle
 from extproc.tools.stack.local import LocalStack
 from extproc.tools.twin.arms import ARMS
 from extproc.tools.twin.burst import traced_burst
+from extproc.tools.stack.calibrate import live_point, live_stack
+from extproc.tools.twin.dilation import dilated
 from extproc.tools.twin.experiment import run_experiment
-from extproc.tools.twin.gateway_adapter import measure_coarse_speed
-from extproc.tools.twin.grid import run_grid
-from extproc.tools.twin.live import (
-    compare_side,
-    live_figures,
-    planned_requests,
-    twin_figures,
-)
+from extproc.tools.twin.gateway_adapter import measure_compressor
 from extproc.tools.twin.plots import burst, write_charts
 from extproc.tools.twin.scenario import REFERENCE_SCENARIO, load_scenario
-from extproc.tools.workload.generate import generate_open_loop
 from extproc.tools.workload.rag import build_corpus
 
 MAIN_ARMS = ("B1", "B2", "R", "C", "R+C")
@@ -46,44 +41,95 @@ ALL_ARMS = ("B0", "B1", "B2", "R", "C", "R+C", "R+C-noSLA", "R+C-fixed", "R-base
             "T", "T+C")
 
 
-def _twin(arms: tuple[str, ...], seeds: int, long: bool, console: Console, duration_s: float | None = None) -> tuple[Any, dict[str, Any]]:
+def _twin(arms: tuple[str, ...], seeds: int, long: bool, console: Console, duration_s: float | None = None,
+          measure: bool = True) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     sc = load_scenario(REFERENCE_SCENARIO)
     dur = duration_s or (40.0 if long else sc.sweep.duration_s)
     sw = sc.sweep.model_copy(update={"seeds": list(range(1, seeds + 1)), "duration_s": dur,
                                      "warmup_s": min(sc.sweep.warmup_s, dur / 4)})
     sc = sc.model_copy(update={"sweep": sw, "arms": list(arms)})
+    measured: dict[str, Any] = {}
+    dense: dict[str, Any] = {}
+    worker: subprocess.Popen[str] | None = None
+    if measure and any(ARMS[a].compress for a in arms):
+        # The coarse step's costs on this machine (compcost.py), charged by the twin in the compression arms
+        # and used by their rewriter (coarse_tokens_per_s: the same figure in the decision). BM25 first, alone
+        # (process CPU time); the embedding model's pass (its own thread's CPU time, and a model to load)
+        # runs in its own process while the twin sweeps the arms that do not compress.
+        corpus = build_corpus(sc.workload.rag)
+        measured = measure_compressor(corpus, ranker="bm25")
+        console.print(f"  coarse step here: {measured['pipeline_ms_per_prompt']} ms of CPU per RAG prompt with BM25 "
+                      f"({measured['coarse_tokens_per_s']:,} tokens/s; BM25 alone {measured['lexical_tokens_per_s']:,})")
+        worker = subprocess.Popen([sys.executable, "-m", "extproc.tools.twin.measure_dense", "auto"],  # noqa: S603
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
-    doc = run_experiment(sc, arms, progress=lambda m: console.print(f"  twin: {m}"), workers=min(2, os.cpu_count() or 1))
-    return sc, doc
+    merged = [worker is None]
+
+    def scenario_for(arm: str, base: Any) -> Any:
+        if not ARMS[arm].compress or not measured:
+            return base
+        if not merged[0]:
+            assert worker is not None
+            try:
+                out, _ = worker.communicate(timeout=300)
+                dense.update(json.loads(out.strip().splitlines()[-1]))
+            except (subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+                worker.kill()
+                dense.update(dense_cold_s=None, dense_warm_s=None, dense=f"not measured: {exc}")
+            measured.update(dense, ranker="auto")
+            merged[0] = True
+            console.print(f"  embedding pass here: {dense.get('dense_cold_s')} s cold / {dense.get('dense_warm_s')} s warm "
+                          "(the gateway's default ranker for English; BM25 when its thread is busy)")
+        costs = {k: measured[k] for k in ("coarse_tokens_per_s", "lexical_tokens_per_s", "dense_cold_s", "dense_warm_s", "ranker")}
+        return base.model_copy(update={"compressor": base.compressor.model_copy(update=costs)})
+
+    try:
+        doc = run_experiment(sc, arms, progress=lambda m: console.print(f"  twin: {m}"), workers=min(2, os.cpu_count() or 1),
+                             scenario_for=scenario_for)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    if measured:
+        sc = scenario_for("C", sc)
+    return sc, doc, measured
 
 
-def _live(stack: LocalStack, sc: Any, rates: tuple[float, ...], seconds: float, console: Console) -> dict[str, Any]:
-    warm = min(2.0, seconds / 4)
-    lsc = sc.model_copy(update={"sweep": sc.sweep.model_copy(update={"duration_s": seconds, "warmup_s": warm, "drain_s": 30})})
-    endpoints = Endpoints(url=stack.url, admin=f"http://127.0.0.1:{stack.admin_port}",
-                          gateway_metrics=[f"http://127.0.0.1:{stack.metrics_port}/metrics"],
-                          site_metrics={s.name: f"http://127.0.0.1:{stack.site_ports[s.name]}/metrics" for s in stack.sites})
-    out: dict[str, Any] = {"arm": "B1", "seconds": seconds, "warmup_s": warm, "rates": {}}
-    site_urls = {s.name: f"http://127.0.0.1:{stack.site_ports[s.name]}" for s in stack.sites}
-    for rate in rates:
-        reqs = generate_open_loop(sc.workload, rate, seconds, 1)
-        wait_ready_and_idle(stack)
-        sim_timing(site_urls, reset=True)
-        spec = LoadSpec(rate=rate, duration_s=seconds + 30, request_timeout_s=60, model="llama-3.1-8b")
-        res = asyncio.run(run_loadtest(spec, endpoints, name=f"live-{rate:g}", progress=False,
-                                       planned_requests=planned_requests(sc.workload, reqs, "llama-3.1-8b")))
-        live = live_figures(res.records, reqs, warm, seconds)
-        twin = twin_figures(run_grid(lsc, ARMS["B1"], rate, 1, requests=reqs).flights, warm, seconds)
-        cmp_ = compare_side(live, twin)
-        # The simulated sites' own verdict: a site that fell behind real time measured the host's CPU.
-        timing = sim_timing(site_urls)
-        valid = all(t.get("valid", False) for t in timing.values())
-        out["rates"][str(rate)] = {"live": live, "twin": twin, **cmp_, "live_valid": valid, "sim_timing": timing}
-        if not valid:
-            console.print(f"  [yellow]live run at {rate:g} req/s is INVALID (simulator fell behind real time): "
-                          + "; ".join(f"{k}: {v.get('reason')}" for k, v in timing.items() if not v.get("valid")))
-        console.print(f"  live vs twin at {rate:g} req/s: requests/s {live['requests_per_s']:.2f} vs {twin['requests_per_s']:.2f}; "
-                      f"p95 TTFT {live['ttft_p95_ms']} vs {twin['ttft_p95_ms']} ms")
+def _live(sc: Any, doc: dict[str, Any], arm: str, dilation: float, fractions: tuple[float, ...], seconds: float,
+          drain_s: float, workdir: Path, envoy_port: int, admin_port: int, console: Console) -> dict[str, Any]:
+    """Twin against live on the time-dilated grid (`stack/calibrate.py`): `arm` at `fractions` of its twin
+    goodput on the reference grid / dilation, the same requests on both sides."""
+    g = doc["arms"].get(arm, {}).get("goodput", {}).get("value")
+    if not g:
+        return {"skipped": f"arm {arm} has no twin goodput in this run"}
+    dsc = dilated(sc, dilation)
+    warm = min(5.0, seconds / 4)
+    out: dict[str, Any] = {"arm": arm, "dilation": dilation, "seconds": seconds, "warmup_s": warm, "drain_s": drain_s,
+                           "goodput_basis": f"the twin's goodput of {arm} on the reference grid / dilation "
+                                            f"({g:g} / {dilation:g} = {g / dilation:.3f} req/s)",
+                           "points": []}
+    for f in fractions:
+        rate = f * g / dilation
+        # A fresh stack per point, as every twin run starts (empty prefix caches, no gateway state).
+        with console.status("starting the local grid (Redis, dilated simulated sites, agents, ext_proc, Envoy)..."):
+            stack = live_stack(dsc, arm, workdir, envoy_port, admin_port)
+            stack.start()
+        try:
+            p = live_point(stack, dsc, arm, rate, seconds, warm, drain_s, seed=1, twin_seeds=(1,))
+        finally:
+            stack.stop()
+        p.pop("pairs", None)
+        p.pop("twin_seeds", None)
+        p["fraction_of_goodput"] = f
+        out["points"].append(p)
+        lv, tw = p["live"], p["twin"]
+        if not p["live_valid"]:
+            console.print(f"  [yellow]live run at {rate:.2f} req/s is INVALID (a simulated site fell behind wall time): "
+                          + "; ".join(f"{k}: {v.get('reason')}" for k, v in p["sim_timing"].items() if not v.get("valid")))
+        console.print(f"  {arm} at {100 * f:.0f}% of goodput ({rate:.2f} req/s, {p['requests']} requests): requests/s "
+                      f"{lv['requests_per_s']:.2f} live vs {tw['requests_per_s']:.2f} twin; p95 TTFT {lv['ttft_p95_ms']} vs "
+                      f"{tw['ttft_p95_ms']} ms; p95 TPOT {lv['tpot_p95_ms']} vs {tw['tpot_p95_ms']} ms; "
+                      f"attainment {lv['attainment']} vs {tw['attainment']}")
     return out
 
 
@@ -97,24 +143,10 @@ def burst_trace(sc: Any, arm: str, doc: dict[str, Any]) -> dict[str, Any] | None
     return traced_burst(sc, arm, 0.8 * v["goodput"]["value"])
 
 
-def sim_timing(site_urls: dict[str, str], reset: bool = False) -> dict[str, Any]:
-    """Each simulated site's timing verdict (GET /sim/timing), or why it could not be read."""
-
-    out: dict[str, Any] = {}
-    for name, base in site_urls.items():
-        try:
-            with urllib.request.urlopen(base + "/sim/timing" + ("?reset=1" if reset else ""), timeout=5) as r:  # noqa: S310
-                t = json.loads(r.read())
-            out[name] = {"valid": t["valid"], "reason": t["reason"], "lateness_p99_ms": round(1000 * t["lateness_p99_s"], 2),
-                         "slip_seconds": t["slip_seconds"]}
-        except (OSError, ValueError, KeyError) as exc:
-            out[name] = {"valid": False, "reason": f"no timing verdict: {exc}"}
-    return out
-
-
 def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_port: int = 9901, long: bool = False,
-             arms: tuple[str, ...] | None = None, seeds: int = 5, live_rates: tuple[float, ...] = (2.0, 4.0),
-             live_seconds: float = 12.0, live: bool = True, twin_duration_s: float | None = None) -> dict[str, Any]:
+             arms: tuple[str, ...] | None = None, seeds: int = 5, live_fractions: tuple[float, ...] = (0.5, 1.0),
+             live_seconds: float = 15.0, live_drain_s: float = 30.0, live_arm: str = "B1", dilation: float = 5.0,
+             live: bool = True, twin_duration_s: float | None = None, measure: bool = True) -> dict[str, Any]:
 
     console = Console()
     t0 = time.monotonic()
@@ -123,18 +155,18 @@ def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_por
         stack._check_ports()  # a taken port is a clear error before minutes of twin work
     arms = arms or (ALL_ARMS if long else MAIN_ARMS)
     console.rule("[bold]twin: goodput at SLO per arm (virtual time)")
-    sc, doc = _twin(arms, seeds, long, console, twin_duration_s)
+    sc, doc, measured = _twin(arms, seeds, long, console, twin_duration_s, measure)
     burst_doc = burst_trace(sc, "R+C" if "R+C" in arms else arms[-1], doc)
-    measured_speed = measure_coarse_speed(build_corpus(sc.workload.rag))
     summary: dict[str, Any] = {
         "scenario": "extproc/tools/twin/reference.yaml" + (" (--long: 40 s per run)" if long else ""),
         "seeds": seeds,
         "statistic": sc.goodput.statistic,
         "arms": {},
         "compare": doc["compare"],
-        "compressor": {"coarse_tokens_per_s_used": sc.compressor.coarse_tokens_per_s,
-                       "coarse_tokens_per_s_measured_now": round(measured_speed),
-                       "note": "BM25 coarse step, process CPU time over the corpus' items on this machine"},
+        "compressor": {"used": sc.compressor.model_dump(), "measured_now": measured or None,
+                       "note": "coarse-only pass with BM25 (process CPU per capped document token), BM25 alone, "
+                               "and the embedding model's pass on its own thread (cold / warm sentence vectors), "
+                               "measured on this machine; the twin charges them as queued resources (compcost.py)"},
     }
     for k, v in doc["arms"].items():
         if "goodput" not in v:
@@ -155,6 +187,8 @@ def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_por
                                                     "prompt_tokens_to_gpu", "prompt_tokens_processed", "prefix_cache_hit_rate",
                                                     "preemptions", "rewrites", "retention", "retention_of_compressed",
                                                     "compressor_cpu_s_per_request")},
+            **({"coarse_rankings_at_goodput": c["coarse_rankings"], "dense_fallback_share_at_goodput": c["dense_fallback_share"]}
+               if "coarse_rankings" in c else {}),
             "class_attainment_at_goodput": {x: c["classes"][x]["attainment"] for x in c["classes"]},
             "top_rate": float(top),
         }
@@ -166,14 +200,9 @@ def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_por
         summary["burst"] = {k: v for k, v in burst_doc.items() if k not in ("timeline", "keep_rates")}
     (out_dir / "twin.json").write_text(json.dumps(doc, indent=1))
     if live:
-        console.rule("[bold]live confirmation through Envoy (B1 arm)")
-        with console.status("starting the local grid (Redis, simulated sites, agents, ext_proc, Envoy)..."):
-            stack.overrides = {**stack.overrides, "routing": {"profile": "least_loaded"}}
-            stack.start()
-        try:
-            summary["twin_vs_live"] = _live(stack, sc, live_rates, live_seconds, console)
-        finally:
-            stack.stop()
+        console.rule(f"[bold]live confirmation through Envoy ({live_arm} arm, sites {dilation:g}x time-dilated)")
+        summary["twin_vs_live"] = _live(sc, doc, live_arm, dilation, live_fractions, live_seconds, live_drain_s,
+                                        workdir, envoy_port, admin_port, console)
     else:
         summary["twin_vs_live"] = {"skipped": "--no-live"}
     summary["wall_seconds"] = round(time.monotonic() - t0, 1)

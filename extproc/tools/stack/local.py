@@ -114,6 +114,11 @@ class LocalStack:
     policy: dict = field(default_factory=dict)
     compression: dict = field(default_factory=dict)
     agent_interval_ms: int = 250
+    # Time dilation of the simulated sites (`aigrid sim --time-dilation`): every engine step takes k x its
+    # modelled time; the sites' link delays are passed as they are (a dilated grid already scaled them).
+    time_dilation: float = 1.0
+    # Extra keys of each site's aigrid.yaml `sites[]` entry by site name (e.g. the twin's speeds).
+    site_extra: dict = field(default_factory=dict)
     # Merged into aigrid.yaml's sections (e.g. {"envoy": {"access_log": True}}), for tests and benches.
     overrides: dict = field(default_factory=dict)
     # An operator's aigrid.yaml overlay (`aigrid up -c FILE`), merged last over the generated config and
@@ -149,7 +154,8 @@ class LocalStack:
             self.metrics_port = free_port()
             self.site_ports = {s.name: free_port() for s in self.sites}
         cfg = {
-            "sites": [s.gateway_site([f"127.0.0.1:{self.site_ports[s.name]}"]) for s in self.sites],
+            "sites": [s.gateway_site([f"127.0.0.1:{self.site_ports[s.name]}"], **self.site_extra.get(s.name, {}))
+                      for s in self.sites],
             "policy": {"default_site": self.sites[0].name, **self.policy},
             "redis": {"url": f"redis://127.0.0.1:{self.redis_port}/0"},
             "gateway": {"listen": f"127.0.0.1:{self.extproc_port}", "metrics_listen": f"127.0.0.1:{self.metrics_port}"},
@@ -188,6 +194,7 @@ class LocalStack:
                 "--served-model-name", s.model,
                 # The demo reads prompts as they arrived (answer retention after compression).
                 "--record-prompts", "5000",
+                "--time-dilation", str(self.time_dilation),
             )
         else:
             argv = python_argv("-m", "extproc.tools.stack.standin", "--name", s.name, "--port", str(port))

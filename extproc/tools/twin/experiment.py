@@ -222,6 +222,13 @@ def _pooled_point(sc: Scenario, pts: list[dict[str, Any]]) -> dict[str, Any]:
             "prompt_tokens_processed", "prefix_cache_hit_rate", "preemptions", "rewrites", "retention",
             "retention_of_compressed", "compressor_cpu_s_per_request", "ttft_p95_ms", "decision_us")
     out: dict[str, Any] = {k: _mean([p.get(k) for p in pts]) for k in keys}
+    ranked = [p["coarse_rankings"] for p in pts if "coarse_rankings" in p]
+    if ranked:
+        # The coarse step's rankings with the measured cost model (compcost.py), the seeds pooled.
+        out["coarse_rankings"] = {m: sum(r.get(m, 0) for r in ranked) for m in sorted({m for r in ranked for m in r})}
+        wanted = sum(v for m, v in out["coarse_rankings"].items() if m in ("hybrid", "bm25(busy)", "bm25(timeout)"))
+        fell = out["coarse_rankings"].get("bm25(busy)", 0) + out["coarse_rankings"].get("bm25(timeout)", 0)
+        out["dense_fallback_share"] = fell / wanted if wanted else None
     ok, detail = pooled_pass(sc.goodput, pts)
     out["passed"] = ok
     out["pass_share"] = sum(1 for p in pts if p["passed"]) / len(pts)
@@ -268,9 +275,12 @@ def compare(results: dict[str, dict[str, Any]], sc: Scenario) -> dict[str, Any]:
     return out
 
 
-def run_experiment(sc: Scenario, arms: Sequence[str], progress: Progress | None = None, workers: int = 1) -> dict[str, Any]:
+def run_experiment(sc: Scenario, arms: Sequence[str], progress: Progress | None = None, workers: int = 1,
+                   scenario_for: Callable[[str, Scenario], Scenario] | None = None) -> dict[str, Any]:
     """Every arm's goodput search. With workers > 1 the runs go to that many processes (each run is
-    independent and deterministic, so the numbers do not depend on the worker count)."""
+    independent and deterministic, so the numbers do not depend on the worker count). `scenario_for`
+    (arm, scenario) -> the scenario that arm is swept with, asked just before its sweep (the demo hands
+    the compression arms the coarse step's costs it measured meanwhile)."""
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     runs: dict[tuple[str, int, float], dict[str, Any]] = {}
@@ -283,8 +293,9 @@ def run_experiment(sc: Scenario, arms: Sequence[str], progress: Progress | None 
             results[a] = {"arm": a, "title": ARMS[a].title,
                           "unavailable": f"routing profile {ARMS[a].profile!r} is not in this gateway build"}
             continue
-        sweep_arm(sc, a, runs, workers)
-        results[a] = assemble_arm(sc, a, runs, resamples)
+        asc = scenario_for(a, sc) if scenario_for is not None else sc
+        sweep_arm(asc, a, runs, workers)
+        results[a] = assemble_arm(asc, a, runs, resamples)
         if progress:
             g = results[a]["goodput"]
             progress(f"{a}: goodput {g['value']:.2f} req/s [{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]"

@@ -28,7 +28,6 @@ from extproc.gateway.compression.core.coarse import MAX_RANK_CHARS, CoarseRanker
 from extproc.gateway.compression.core.rate import RateInputs, decide_rate
 from extproc.gateway.compression.core.segment import SegmentOptions, segment
 from extproc.gateway.compression.rewriter import (
-    COARSE_TOKENS_PER_S,
     OWN_DEADLINE_SHARE,
     CompressionRewriter,
     build_ranker,
@@ -45,8 +44,9 @@ from extproc.gateway.server.metrics import GatewayMetrics
 from extproc.tools.sim.profiles import load_profiles, make_hardware
 from extproc.tools.tokens import count_text
 from extproc.tools.twin.arms import Arm
+from extproc.tools.twin.compcost import CoarseCosts, CoarseStage
 from extproc.tools.twin.scenario import Scenario
-from extproc.tools.workload.generate import Request
+from extproc.tools.workload.generate import Request, rag_segments
 from extproc.tools.workload.rag import Corpus, build_corpus, rag_messages
 from extproc.wire.sites import SiteRole
 
@@ -81,8 +81,8 @@ def config_dict(sc: Scenario, arm: Arm) -> tuple[dict[str, Any], bool]:
     if arm.profile in _EXTRA_PROFILES:
         routing["profiles"] = {arm.profile: _EXTRA_PROFILES[arm.profile]}
     cfg: dict[str, Any] = {
-        "sites": [s.gateway_site(["127.0.0.1:1"], prefill_tokens_per_s=s.prefill_tokens_per_s or _prefill_speed(s),
-                                 replicas=s.replicas, speed=engine_speed(s))
+        "sites": [s.gateway_site(["127.0.0.1:1"], prefill_tokens_per_s=s.prefill_tokens_per_s or _prefill_speed(s, sc.dilation),
+                                 replicas=s.replicas, speed=engine_speed(s, sc.dilation))
                   for s in sc.sites],
         "policy": {"default_site": default, **sc.policy},
         "routing": routing,
@@ -93,39 +93,50 @@ def config_dict(sc: Scenario, arm: Arm) -> tuple[dict[str, Any], bool]:
     }
     if arm.compress:
         # The ranker is the gateway's default (`auto`: MiniLM + BM25 for English) unless the scenario says.
-        comp: dict[str, Any] = {"enabled": True, "deadline_ms": 1500, **sc.compression}
+        comp: dict[str, Any] = {"enabled": True, "ranker": sc.compressor.ranker, "deadline_ms": 1500, **sc.compression}
+        if sc.compressor.measured:
+            # The rewriter decides with the coarse pass's speed as measured, the figure the twin charges.
+            comp.setdefault("coarse_tokens_per_s", sc.compressor.coarse_tokens_per_s)
         if arm.fixed_rate is not None:
             comp["fixed_rate"] = arm.fixed_rate
+        if sc.dilation != 1.0:
+            # The GPU time a removed token saves is dilated like the GPU (the compressor's own CPU is not).
+            k = sc.dilation
+            comp["prefill_tokens_per_s"] = comp.get("prefill_tokens_per_s",
+                                                    CompressionSettings.model_fields["prefill_tokens_per_s"].default) / k
+            comp["site_prefill_tokens_per_s"] = {n: v / k for n, v in comp.get("site_prefill_tokens_per_s", {}).items()}
         cfg["compression"] = comp
     return cfg, arm.profile not in _NO_SLA
 
 
-def _prefill_speed(site: Any) -> float:
-    """What an operator's benchmark of one replica would say: a 2,048-token prefill, roofline time."""
-    return _roofline_prefill_speed(site.gpu, site.model, site.gpus_per_replica)
+def _prefill_speed(site: Any, dilation: float = 1.0) -> float:
+    """What an operator's benchmark of one replica would say: a 2,048-token prefill, roofline time (on the
+    dilated hardware when the scenario is dilated: what a benchmark of the slowed site would measure)."""
+    return _roofline_prefill_speed(site.gpu, site.model, site.gpus_per_replica, dilation)
 
 
 @functools.lru_cache(maxsize=64)
-def _roofline_prefill_speed(gpu: str, model: str, tp: int) -> float:
-    hw = make_hardware(load_profiles(), gpu, model, tp)
+def _roofline_prefill_speed(gpu: str, model: str, tp: int, dilation: float = 1.0) -> float:
+    hw = make_hardware(load_profiles(), gpu, model, tp, speed_factor=1.0 / dilation)
     n = 2048
     return round(n / hw.step_time(n, 0, n * (n + 1) // 2))
 
 
-def engine_speed(site: Any) -> dict[str, float]:
+def engine_speed(site: Any, dilation: float = 1.0) -> dict[str, float]:
     """`sites[].speed` as an operator's benchmark of one replica would give it (the roofline's figures):
     a 2,048-token prefill, a decode step at batch 1 and its slope to batch 64 at 2,048 tokens of context
     per sequence, and the replica's KV cache."""
-    return dict(_roofline_speed(site.gpu, site.model, site.gpus_per_replica, site.prefill_tokens_per_s))
+    return dict(_roofline_speed(site.gpu, site.model, site.gpus_per_replica, site.prefill_tokens_per_s, dilation))
 
 
 @functools.lru_cache(maxsize=64)
-def _roofline_speed(gpu: str, model: str, tp: int, prefill: float | None) -> tuple[tuple[str, float], ...]:
-    hw = make_hardware(load_profiles(), gpu, model, tp)
+def _roofline_speed(gpu: str, model: str, tp: int, prefill: float | None,
+                    dilation: float = 1.0) -> tuple[tuple[str, float], ...]:
+    hw = make_hardware(load_profiles(), gpu, model, tp, speed_factor=1.0 / dilation)
     ctx = 2048
     d1 = hw.step_time(1, ctx, ctx, 1)
     d64 = hw.step_time(64, 64 * ctx, 64 * ctx, 64)
-    return (("prefill_tokens_per_s", prefill or _roofline_prefill_speed(gpu, model, tp)),
+    return (("prefill_tokens_per_s", prefill or _roofline_prefill_speed(gpu, model, tp, dilation)),
             ("decode_ms", round(1e3 * d1, 3)), ("decode_ms_per_seq", round(1e3 * (d64 - d1) / 63, 4)),
             ("kv_cache_tokens", int(hw.kv_capacity_tokens)), ("decode_context_tokens", ctx))
 
@@ -271,9 +282,13 @@ class Compressed:
     kept: tuple[int, ...] | None  # None: unchanged
     rate: float
     reason: str
-    cpu_s: float  # coarse-step CPU seconds charged (and latency added) for this request
+    cpu_s: float  # coarse-step CPU seconds charged (and latency added, unless latency_s says otherwise)
     cut: tuple[tuple[int, int], ...] = ()
     texts: tuple[str, ...] = ()
+    # With the measured resource model (compcost.py): the latency the coarse step added (queue, dense pass
+    # or its deadline) and the ranking it used ("cached", "bm25", "hybrid", "bm25(busy)", "bm25(timeout)").
+    latency_s: float | None = None
+    ranker: str = ""
 
 
 # The answers that depend on nothing but the arm and the request's kind (immutable: shared).
@@ -308,8 +323,19 @@ class CompressionModel:
         self.tokens_per_s = sc.compressor.coarse_tokens_per_s
         self._items = item_plans(corpus, self.settings.min_segment_tokens)
         self._key = (id(corpus), self.settings.model_dump_json())
+        # With measured costs, the coarse step's cost and timing come from its resources and queues
+        # (compcost.py); which documents it keeps stays this model's (`_coarse`).
+        self.stage: CoarseStage | None = None
+        c = sc.compressor
+        if c.measured:
+            assert c.lexical_tokens_per_s is not None
+            wants_dense = self.settings.ranker in ("hybrid", "embedding") or (
+                self.settings.ranker == "auto" and "en" in self.settings.embedding_languages)
+            self.stage = CoarseStage(CoarseCosts(c.coarse_tokens_per_s, c.lexical_tokens_per_s, c.dense_cold_s, c.dense_warm_s),
+                                     wants_dense, self.settings.cache_max_rankings, self.settings.embedding_cache_documents)
+            self._doc_keys = [tuple(k for k, _ in rag_segments(corpus, i)[2:-1]) for i in range(len(corpus.items))]
 
-    def decide(self, req: Request, routed: Routed) -> Compressed:
+    def decide(self, req: Request, routed: Routed, now: float = 0.0) -> Compressed:
         if not self.enabled:
             return _OFF
         if req.kind != "rag":
@@ -323,18 +349,25 @@ class CompressionModel:
             compressible_tokens=ip.compressible_tokens, sla=sla, model=None, pressure=routed.pressure,
             requests_waiting=routed.requests_waiting,
             prefill_tokens_per_s=s.site_prefill_tokens_per_s.get(routed.site, s.prefill_tokens_per_s),
-            compressor_tokens_per_s=COARSE_TOKENS_PER_S, deadline_s=s.deadline_ms / 1000.0 * OWN_DEADLINE_SHARE,
+            compressor_tokens_per_s=s.coarse_tokens_per_s, deadline_s=s.deadline_ms / 1000.0 * OWN_DEADLINE_SHARE,
             cost_tokens=ip.cost_tokens, slack=routed.rate_slack,
         )
         d = decide_rate(self.policy, inputs)
         if not d.compress:
             return Compressed(None, 1.0, d.reason, 0.0)
         rate = quantize_rate(d.rate)
-        cpu = ip.cost_tokens / self.tokens_per_s
+        latency = None
+        method = ""
+        if self.stage is not None:
+            ch = self.stage.charge(now, req.item, self._doc_keys[req.item], ip.cost_tokens,
+                                   s.deadline_ms / 1000.0 * OWN_DEADLINE_SHARE)
+            cpu, latency, method = ch.cpu_s, ch.latency_s, ch.method
+        else:
+            cpu = ip.cost_tokens / self.tokens_per_s
         res = self._coarse(req.item, rate)
         if not res.changed:
-            return Compressed(None, rate, "no_change", cpu)
-        return Compressed(res.kept, rate, "compressed", cpu, res.cut, res.texts)
+            return Compressed(None, rate, "no_change", cpu, latency_s=latency, ranker=method)
+        return Compressed(res.kept, rate, "compressed", cpu, res.cut, res.texts, latency_s=latency, ranker=method)
 
     def _coarse(self, item: int, rate: float) -> CoarseResult:
         key = (*self._key, item, rate)
@@ -496,14 +529,14 @@ def item_plans(corpus: Corpus, min_segment_tokens: int) -> tuple[ItemPlan, ...]:
     return res
 
 
-def measure_coarse_speed(corpus: Corpus, repeats: int = 1) -> float:
+def measure_coarse_speed(corpus: Corpus, repeats: int = 1, items: int | None = None) -> float:
     """Tokens/s of the real coarse step's ranking (BM25 with its expansion and links, `rank_sync`) over the
-    corpus' items, on this machine (process CPU time)."""
+    corpus' items (the first `items` of them), on this machine (process CPU time)."""
     ranker = CoarseRanker("bm25")
     tokens = 0
     t0 = time.process_time()
     for _ in range(repeats):
-        for it in corpus.items:
+        for it in corpus.items[:items]:
             docs = [d.text for d in it.docs]
             ranker.rank_sync(it.question, docs)
             tokens += sum(min(len(d) // 4, MAX_RANK_CHARS // 4) for d in docs)
@@ -511,5 +544,71 @@ def measure_coarse_speed(corpus: Corpus, repeats: int = 1) -> float:
     return tokens / dt
 
 
+def measure_compressor(corpus: Corpus, ranker: str = "auto", items: int = 60, dense_items: int = 4) -> dict[str, Any]:
+    """The coarse step's costs on this machine (`compcost.CoarseCosts`' fields), with the gateway's own code:
+
+    * `coarse_tokens_per_s`: the whole coarse-only pass with BM25 (`CompressionPipeline.compress` at rate
+      0.5, a fresh ranking cache per prompt, then `orjson` of the body), per capped document token;
+    * `lexical_tokens_per_s`: BM25 ranking alone (`measure_coarse_speed`);
+    * `dense_cold_s` / `dense_warm_s`: one dense pass of the embedding model, on the ranker's own
+      embedding thread (one torch thread, as the gateway runs it), for prompts of distinct entities seen
+      for the first time and then again (sentence vectors cached); None when the ranker would not use the
+      model or it is not installed.
+    Process CPU time (all threads) for the first two, the embedding thread's CPU time for the dense pass."""
+    import orjson  # noqa: PLC0415 (the gateway's own encoder)
+
+    from extproc.gateway.compression.core.pipeline import CompressionPipeline  # noqa: PLC0415
+
+    settings = CompressionSettings(enabled=True, ranker="bm25", deadline_ms=60_000)
+    bm25 = CoarseRanker("bm25")
+    sample = corpus.items[:items]
+    plans = item_plans(corpus, settings.min_segment_tokens)[:items]
+    pipes = [CompressionPipeline(settings, None, bm25) for _ in sample]
+    bodies = [{"model": "m", "messages": rag_messages(it)} for it in sample]
+
+    async def run() -> float:
+        t0 = time.process_time()
+        for pipe, body in zip(pipes, bodies):
+            out = await pipe.compress("/v1/chat/completions", body, 0.5, 60.0, None, use_fine=False)
+            if out.body is not None:
+                orjson.dumps(out.body)
+        return time.process_time() - t0
+
+    cpu = max(asyncio.run(run()), 1e-9)
+    tokens = sum(p.cost_tokens for p in plans)
+    out: dict[str, Any] = {"coarse_tokens_per_s": round(tokens / cpu), "lexical_tokens_per_s": round(measure_coarse_speed(corpus, items=items)),
+                           "dense_cold_s": None, "dense_warm_s": None, "ranker": ranker,
+                           "items": len(sample), "pipeline_ms_per_prompt": round(1000 * cpu / len(sample), 2)}
+    if ranker != "bm25":
+        out.update(measure_dense(corpus, ranker, dense_items))
+    return out
+
+
+def measure_dense(corpus: Corpus, ranker: str = "auto", dense_items: int = 4) -> dict[str, Any]:
+    """`measure_compressor`'s dense part alone (thread CPU time of the ranker's embedding thread, so it may
+    run beside other work: `aigrid demo` runs it while the twin sweeps the arms that do not compress)."""
+    out: dict[str, Any] = {"dense_cold_s": None, "dense_warm_s": None}
+    dense = CoarseRanker(ranker)
+    if not asyncio.run(dense.ready()):
+        out["dense"] = "embedding model not installed: BM25 only"
+        return out
+
+    def timed(question: str, docs: list[str]) -> float:
+        t = time.thread_time()
+        dense._embed_busy = True
+        dense._dense(question, docs)
+        return time.thread_time() - t
+
+    # Distinct entities (an item is 3 x entity + variant), so that a cold pass meets documents not seen.
+    picks = [corpus.items[i] for i in range(0, len(corpus.items), 3)][:dense_items]
+    cold = [dense._embed_pool.submit(timed, it.question, [d.text for d in it.docs]).result() for it in picks]
+    warm = [dense._embed_pool.submit(timed, it.question, [d.text for d in it.docs]).result() for it in picks]
+    out.update(dense_cold_s=round(sum(cold) / len(cold), 4), dense_warm_s=round(sum(warm) / len(warm), 4),
+               dense_items=len(picks))
+    asyncio.run(dense.close())
+    return out
+
+
 __all__ = ["ArmUnavailable", "CompressionModel", "Compressed", "FrozenRanker", "Routed", "Router", "config_dict",
-           "measure_coarse_speed", "prepare_compression", "routing_available", "shipped_rankings"]
+           "measure_coarse_speed", "measure_compressor", "measure_dense", "prepare_compression", "routing_available",
+           "shipped_rankings"]

@@ -159,6 +159,7 @@ class Flight:
     rate: float = 1.0
     compress_reason: str = ""
     cpu_s: float = 0.0
+    ranker: str = ""  # the coarse step's ranking, with the measured cost model ("cached", "bm25(busy)", ...)
     first: float | None = None  # client-side time of the first token
     done: float | None = None
     retained: bool | None = None  # RAG: every gold document still in the prompt the GPU got
@@ -245,7 +246,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
     chains = ChatChains()
     sites: dict[str, Site] = {}
     for s in sc.sites:
-        hw = make_hardware(prof, s.gpu, s.model, s.gpus_per_replica)
+        hw = make_hardware(prof, s.gpu, s.model, s.gpus_per_replica, speed_factor=1.0 / sc.dilation)
         sites[s.name] = Site(s.name, s.one_way_ms / 1000.0, [Replica(EngineCore(hw)) for _ in range(s.replicas)],
                              Agent(s.name, sc.report_interval_ms))
     closed = sc.workload.loop == "closed" and requests is None
@@ -364,7 +365,7 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
             routed = routers[gi].route(req, hashes[:MAX_PREFIX_BLOCKS] if needs_prefix else ())
             fl.site, fl.step = routed.site, routed.step
             fl.pred_ttft_ms, fl.pred_tpot_ms, fl.pred_uncached = routed.ttft_ms, routed.tpot_ms, routed.uncached_tokens
-            c = comp.decide(req, routed)
+            c = comp.decide(req, routed, now)
             fl.rate, fl.compress_reason, fl.cpu_s, fl.kept = c.rate, c.reason, c.cpu_s, c.kept
             if trace and comp.enabled and req.kind == "rag":
                 res.keep_rates.append((now, c.rate))
@@ -381,7 +382,8 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
                 fl.segments = req.segments
                 fl.hashes = hashes
                 fl.retained = True if req.kind == "rag" else None
-            push(now + c.cpu_s + sites[routed.site].half_rtt, SITE_IN, fl)
+            fl.ranker = c.ranker
+            push(now + (c.cpu_s if c.latency_s is None else c.latency_s) + sites[routed.site].half_rtt, SITE_IN, fl)
         elif code == SITE_IN:
             fl = obj
             site = sites[fl.site]

@@ -89,6 +89,7 @@ def summarize(sc: Scenario, res: Any, rate: float) -> dict[str, Any]:
         "retention": len(retained) / len(rag) if rag else None,
         "retention_of_compressed": (sum(1 for f in comp if f.retained) / len(comp)) if comp else None,
         "compressor_cpu_s_per_request": sum(f.cpu_s for f in fl) / n if n else 0.0,
+        **_rankings(fl),
         "site_share": {s: sum(1 for f in fl if f.site == s) / n if n else 0.0 for s in sites},
         "decision_us": 1e6 * res.decision_seconds / res.decisions if res.decisions else None,
         "prediction": prediction_error(fl),
@@ -246,3 +247,16 @@ def run_duration(sc: Scenario, rate: float) -> float:
         if shares[c] > 0:
             need = max(need, rule.min_class_requests / (rate * len(sw.seeds) * shares[c]))
     return min(sw.max_duration_s, max(sw.duration_s, sw.warmup_s + 1.05 * need))
+
+
+def _rankings(fl: Sequence[Any]) -> dict[str, Any]:
+    """With the measured coarse-step model (compcost.py): how the compressed requests were ranked, and the
+    share of those that wanted the embedding model but fell back to BM25 (its thread busy, or too late).
+    Nothing without it (the figures stay as they were)."""
+    used = [f.ranker for f in fl if getattr(f, "ranker", "")]
+    if not used:
+        return {}
+    counts = {m: used.count(m) for m in sorted(set(used))}
+    wanted = sum(v for m, v in counts.items() if m in ("hybrid", "bm25(busy)", "bm25(timeout)"))
+    fell = counts.get("bm25(busy)", 0) + counts.get("bm25(timeout)", 0)
+    return {"coarse_rankings": counts, "dense_fallback_share": fell / wanted if wanted else None}

@@ -116,10 +116,25 @@ class Sweep(_Strict):
 
 
 class Compressor(_Strict):
-    # Speed of the coarse step (BM25 over the documents) in tokens/s, on the gateway's CPU. The twin
-    # charges cost_tokens / speed of CPU (and latency) per compressed request. Measured by `aigrid demo`
-    # on this machine and written into the report next to the figure used.
+    # Speed of the coarse step in tokens/s, on the gateway's CPU. Without the measured figures below, the
+    # twin charges cost_tokens / speed of CPU (and latency) per compressed request, with no queue.
     coarse_tokens_per_s: float = Field(default=400_000, gt=0)
+    # The coarse step as the gateway runs it (`compcost.py`), from figures measured on this machine
+    # (`aigrid demo` measures them and sets them): then coarse_tokens_per_s is the whole coarse-only pass
+    # with BM25 (segment, rank, select, rebuild), and the same figure is the rewriter's
+    # `compression.coarse_tokens_per_s` (its break-even and deadline rule); lexical_tokens_per_s is BM25
+    # alone, on the ranker's lexical thread (one, a queue); dense_*_s one pass of the embedding model on
+    # its thread (busy: BM25 fallback), with cold / warm sentence vectors (None: no model installed).
+    lexical_tokens_per_s: float | None = Field(default=None, gt=0)
+    dense_cold_s: float | None = Field(default=None, ge=0)
+    dense_warm_s: float | None = Field(default=None, ge=0)
+    # The gateway's `compression.ranker` in the compression arms; its default is the gateway's (auto: the
+    # embedding model + BM25 for English), whose decisions the twin takes (issue 20).
+    ranker: Literal["auto", "bm25", "embedding", "hybrid"] = "auto"
+
+    @property
+    def measured(self) -> bool:
+        return self.lexical_tokens_per_s is not None
 
 
 class Scenario(_Strict):
@@ -138,6 +153,9 @@ class Scenario(_Strict):
     compressor: Compressor = Compressor()
     arms: list[str] = Field(default_factory=lambda: ["B1", "B2", "R", "C", "R+C"], min_length=1)
     sweep: Sweep
+    # Time dilation (`dilation.py`): every engine step takes this many times its modelled time. Set by
+    # `dilated()`, which also scales the links, SLOs and rates; the hardware is the only consumer here.
+    dilation: float = Field(default=1.0, ge=1, le=1000)
     # Extra aigrid.yaml `policy:` / `compression:` keys for every arm (e.g. headroom, floors).
     policy: dict[str, Any] = Field(default_factory=dict)
     compression: dict[str, Any] = Field(default_factory=dict)
