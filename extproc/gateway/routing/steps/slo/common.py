@@ -46,7 +46,6 @@ def batch_at(v: SiteView) -> float:
     return ((v.running or 0) + v.in_flight) / (1 if 1 > r else r)  # max(r, 1), without the call
 
 
-
 class RunningContext:
     """The mean context (tokens) of the sequences running at each site, as this gateway's own decisions
     say: a decaying average of the prompts it routed there. A decode step reads every running sequence's
