@@ -29,25 +29,31 @@ def _mutate(common: ep.CommonResponse) -> None:
     common.clear_route_cache = True
 
 
+def _answer(req: ep.ProcessingRequest, mutate: bool = False) -> ep.ProcessingResponse:
+    """The floor's answer to one message: an empty response for its phase, asking for the body after
+    headers that have one (and, with `mutate`, the gateway's header mutations on the body answer)."""
+    resp = ep.ProcessingResponse()
+    which = req.WhichOneof("request")
+    if which == "request_headers":
+        resp.request_headers.SetInParent()
+        if not req.request_headers.end_of_stream:
+            resp.mode_override.CopyFrom(_BUFFER)
+    elif which == "request_body" and mutate:
+        resp.request_body.SetInParent()
+        _mutate(resp.request_body.response)
+    else:
+        getattr(resp, which).SetInParent()
+    return resp
+
+
 class Bare(ep_grpc.ExternalProcessorServicer):
     def __init__(self, mutate: bool = False) -> None:
         self.mutate = mutate
 
     async def Process(self, request_iterator, context):  # noqa: N802
+        mutate = self.mutate
         async for req in request_iterator:
-            resp = ep.ProcessingResponse()
-            which = req.WhichOneof("request")
-            if which == "request_headers":
-                resp.request_headers.SetInParent()
-                if not req.request_headers.end_of_stream:
-                    resp.mode_override.CopyFrom(_BUFFER)
-            elif which == "request_body":
-                resp.request_body.SetInParent()
-                if self.mutate:
-                    _mutate(resp.request_body.response)
-            else:
-                getattr(resp, which).SetInParent()
-            yield resp
+            yield _answer(req, mutate)
 
 
 class BareRW(ep_grpc.ExternalProcessorServicer):
@@ -60,15 +66,7 @@ class BareRW(ep_grpc.ExternalProcessorServicer):
             req = await read()
             if req is grpc.aio.EOF:
                 return
-            resp = ep.ProcessingResponse()
-            which = req.WhichOneof("request")
-            if which == "request_headers":
-                resp.request_headers.SetInParent()
-                if not req.request_headers.end_of_stream:
-                    resp.mode_override.CopyFrom(_BUFFER)
-            else:
-                getattr(resp, which).SetInParent()
-            await write(resp)
+            await write(_answer(req))
 
 
 class BareSync(ep_grpc.ExternalProcessorServicer):
@@ -76,15 +74,7 @@ class BareSync(ep_grpc.ExternalProcessorServicer):
 
     def Process(self, request_iterator, context):  # noqa: N802
         for req in request_iterator:
-            resp = ep.ProcessingResponse()
-            which = req.WhichOneof("request")
-            if which == "request_headers":
-                resp.request_headers.SetInParent()
-                if not req.request_headers.end_of_stream:
-                    resp.mode_override.CopyFrom(_BUFFER)
-            else:
-                getattr(resp, which).SetInParent()
-            yield resp
+            yield _answer(req)
 
 
 def server_options(extra: list[str]) -> list[tuple[str, object]]:
