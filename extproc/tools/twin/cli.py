@@ -1,5 +1,5 @@
 """`aigrid twin`: the grid twin. `run` sweeps arms over rates and seeds (goodput at SLO, intervals,
-charts, summary.json); `scale` runs the scale study. Bad input: a message naming the key, exit 2."""
+charts, summary.json); `scale` runs the scale study; `rank` ranks the RAG corpora once. Bad input: a message naming the key, exit 2."""
 
 from __future__ import annotations
 
@@ -74,6 +74,51 @@ def _scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rank(args: argparse.Namespace) -> int:
+    """Rank each scenario's RAG corpus with the shipped ranker once, so no twin run pays it: into the
+    user's cache, or (`--shipped`, for maintainers) into the copy the package ships."""
+    from extproc.tools.twin.arms import ARMS  # noqa: PLC0415
+    from extproc.tools.twin.gateway_adapter import (  # noqa: PLC0415
+        SHIPPED_RANKINGS,
+        ranking_inputs,
+        rankings_key,
+        shipped_rankings,
+        write_shipped_rankings,
+    )
+    from extproc.gateway.compression.rewriter import build_ranker  # noqa: PLC0415
+    from extproc.tools.twin.scenario import GRID_SCENARIOS, REFERENCE_SCENARIO, ScenarioError, load_scenario  # noqa: PLC0415
+
+    paths = args.scenario or [str(REFERENCE_SCENARIO), *map(str, GRID_SCENARIOS)]
+    keep: set[str] = set()
+    for path in paths:
+        try:
+            sc = load_scenario(path)
+        except ScenarioError as exc:
+            print(f"aigrid twin: {exc}", file=sys.stderr)
+            return 2
+        # Every compressing arm ranks with the scenario's one compressor: the first one stands for all.
+        for arm in [a for a in ARMS if ARMS[a].compress][:1]:
+            got = ranking_inputs(sc, ARMS[arm])
+            if got is None:
+                continue
+            key = rankings_key(got[0], got[1], build_ranker(got[1]))
+            if key in keep:
+                print(f"{path}: same corpus and ranker as an earlier scenario ({key})")
+                continue
+            keep.add(key)
+            if args.shipped:
+                print(f"{path}: wrote {write_shipped_rankings(*got)}", flush=True)
+            else:
+                n = len(shipped_rankings(*got))
+                print(f"{path}: {n} RAG items ranked ({key})", flush=True)
+    if args.shipped:
+        for stale in SHIPPED_RANKINGS.glob("*.json.gz"):
+            if stale.name.removesuffix(".json.gz") not in keep:
+                stale.unlink()
+                print(f"removed {stale} (no scenario ranks to it any more)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("twin", help="the grid twin: goodput at SLO per arm in virtual time; scale study")
     tsub = p.add_subparsers(dest="twin_command", metavar="ACTION")
@@ -95,3 +140,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--duration", type=float, default=8.0, help="simulated seconds per run (default 8)")
             q.add_argument("--in-flight-publish-ms", type=float, default=None,
                            help="gateway replicas' in-flight exchange period (0: off, the per-gateway counts alone)")
+    q = tsub.add_parser("rank", help="rank the scenarios' RAG corpora with the shipped ranker once (a cache)")
+    q.add_argument("--scenario", "-s", action="append", default=None,
+                   help="scenario YAML (repeatable; default: the reference scenario and the grids)")
+    q.add_argument("--shipped", action="store_true",
+                   help="write the package's shipped copy instead of the user cache (maintainers, after a ranker change)")
+    q.set_defaults(func=_rank)

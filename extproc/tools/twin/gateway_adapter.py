@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -415,55 +416,78 @@ def shipped_rankings(corpus: Corpus, settings: CompressionSettings) -> dict[str,
     """The shipped ranker's ranking of every RAG item of the corpus (by the pipeline's content key): the
     ranker `build_ranker(settings)` makes (the gateway's), its model loaded (`ready`), each item ranked once
     in corpus order with no deadline (the ranker idle, as the eval measures it). RAG documents repeat
-    across items, and the ranker's sentence-vector cache makes the repeats a lookup. Cached per process and
-    (corpus, ranker settings); `prepare_compression` computes it before the sweep forks its workers, so
-    they inherit it and never run the model."""
+    across items, and the ranker's sentence-vector cache makes the repeats a lookup.
+
+    Ranking the reference corpus costs ~165 s of CPU here, so a ranking is kept on disk under a content
+    key (`rankings_key`): first the user's cache, then the copy shipped in the package
+    (`SHIPPED_RANKINGS`, written by `aigrid twin rank --shipped`), so a fresh machine and CI never pay it.
+    A copy made under other library versions (torch, transformers, ...) is used only once a sample of its
+    items, ranked anew here, agrees with it (`_agrees`); otherwise the corpus is ranked anew. Cached per
+    process and (corpus, ranker settings); `prepare_compression` computes it before the sweep forks its
+    workers, so they inherit it and never run the model."""
     key = (id(corpus), _ranker_key(settings))
     hit = _RANKINGS.get(key)
     if hit is not None:
         return hit
-    out: dict[str, Ranking] = {}
     ranker = build_ranker(settings)
-    disk = _rankings_file(corpus, settings, ranker)
-    if disk is not None and disk.is_file():
-        try:
-            out = {k: Ranking(v["scores"], v["method"], v["lang"], tuple(tuple(x) for x in v["links"]))
-                   for k, v in json.loads(disk.read_text()).items()}
-            ranker = None
-        except (OSError, ValueError, KeyError, TypeError):
-            out = {}
-    if ranker is not None:
-        opts = SegmentOptions(min_segment_tokens=settings.min_segment_tokens,
-                              rewrite_earlier_turns=settings.rewrite_earlier_turns)
-
-        asyncio.run(ranker.ready())
-        # `rank_sync`: the same scores as `rank` with no deadline, computed in this thread (torch with the
-        # process's threads, not the gateway's one encoder thread: the precompute is the slow part of a
-        # first twin run).
-        for it in corpus.items:
-            seg = segment("/v1/chat/completions", {"model": "m", "messages": rag_messages(it)}, opts)
-            if seg.rag:
-                docs = [d.text for d in seg.documents]
-                out[RankingCache.key(seg.question, docs)] = ranker.rank_sync(seg.question, docs)
-        asyncio.run(ranker.close())
-        if disk is not None:
-            _write_rankings(disk, out)
+    out = _stored_rankings(corpus, settings, ranker)
+    if out is None:
+        out = _rank_corpus(corpus, settings, ranker, corpus.items)
+        if _cache_enabled():
+            _write_rankings(_cache_dir() / f"{rankings_key(corpus, settings, ranker)}.json.gz", out)
     _RANKINGS[key] = out
     return out
 
 
-# What decides a ranking, for the on-disk copy's name: the corpus, the ranker's settings, the model's
-# files, the libraries that run it, and the source of the ranking code. Any change is a new file (ranked
-# anew), never a stale ranking.
+def _rag_item_keys(corpus: Corpus, settings: CompressionSettings, items: Any) -> list[tuple[str, str, list[str]]]:
+    """(content key, question, documents) of each RAG item, segmented as the gateway segments it."""
+    opts = SegmentOptions(min_segment_tokens=settings.min_segment_tokens,
+                          rewrite_earlier_turns=settings.rewrite_earlier_turns)
+    out = []
+    for it in items:
+        seg = segment("/v1/chat/completions", {"model": "m", "messages": rag_messages(it)}, opts)
+        if seg.rag:
+            docs = [d.text for d in seg.documents]
+            out.append((RankingCache.key(seg.question, docs), seg.question, docs))
+    return out
+
+
+def _rank_corpus(corpus: Corpus, settings: CompressionSettings, ranker: CoarseRanker, items: Any) -> dict[str, Ranking]:
+    asyncio.run(ranker.ready())
+    # `rank_sync`: the same scores as `rank` with no deadline, computed in this thread (torch with the
+    # process's threads, not the gateway's one encoder thread: the precompute is the slow part of a
+    # first twin run).
+    out = {k: ranker.rank_sync(q, docs) for k, q, docs in _rag_item_keys(corpus, settings, items)}
+    asyncio.run(ranker.close())
+    return out
+
+
+# What decides a ranking, for the stored copy's name: the corpus, the ranker's settings, the model's file
+# contents and the source of the ranking code. Any change is a new name (ranked anew), never a stale
+# ranking. The libraries that run the model are recorded in the file instead (`_stack`): a patch release
+# of torch must not make every fresh machine rank for three minutes, but it must not pass unchecked.
 _RANKING_CODE = ("core/coarse.py", "core/japanese.py", "core/segment.py", "core/cache.py")
+_STACK_DISTS = ("torch", "transformers", "sentence-transformers", "numpy", "fugashi", "unidic-lite", "tokenizers")
+SHIPPED_RANKINGS = Path(__file__).parent / "data" / "rankings"
+# A stored ranking from another library stack is trusted when this many of its items, ranked anew here,
+# give the same method, language, links and scores within `_SCORE_TOLERANCE`.
+_AGREEMENT_SAMPLE = 12
+_SCORE_TOLERANCE = 1e-3
 
 
-def _rankings_file(corpus: Corpus, settings: CompressionSettings, ranker: CoarseRanker | None) -> Path | None:
-    if ranker is None or os.environ.get("AIGRID_TWIN_RANK_CACHE", "1") == "0":
-        return None
-    import importlib.metadata as md
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
-    import extproc.gateway.compression as comp_pkg
+
+def rankings_key(corpus: Corpus, settings: CompressionSettings, ranker: CoarseRanker) -> str:
+    """The content key of a corpus' ranking (see `_RANKING_CODE`): the same on every machine that has the
+    same corpus, settings, model files and ranking code."""
+    import extproc.gateway.compression as comp_pkg  # noqa: PLC0415
 
     h = hashlib.sha256()
     h.update(_ranker_key(settings).encode())
@@ -476,35 +500,111 @@ def _rankings_file(corpus: Corpus, settings: CompressionSettings, ranker: Coarse
         for f in sorted(Path(model).rglob("*")):
             if f.is_file():
                 st = f.stat()
-                h.update(f"{f.relative_to(model)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    for dist in ("torch", "transformers", "sentence-transformers", "numpy", "fugashi", "unidic-lite"):
+                h.update(f"{f.relative_to(model).as_posix()}:{_file_digest(str(f), st.st_size, st.st_mtime_ns)}".encode())
+    return h.hexdigest()[:24]
+
+
+def _stack() -> dict[str, str]:
+    import importlib.metadata as md  # noqa: PLC0415
+
+    out = {}
+    for dist in _STACK_DISTS:
         try:
-            h.update(f"{dist}={md.version(dist)}".encode())
+            out[dist] = md.version(dist)
         except md.PackageNotFoundError:
             pass
-    base = Path(os.environ.get("AIGRID_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aigrid")
-    return base / "twin-rankings" / f"{h.hexdigest()[:24]}.json"
+    return out
+
+
+def _cache_enabled() -> bool:
+    return os.environ.get("AIGRID_TWIN_RANK_CACHE", "1") != "0"
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("AIGRID_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aigrid"
+    return Path(base) / "twin-rankings"
+
+
+def _read_rankings(path: Path) -> tuple[dict[str, Ranking], dict[str, str]] | None:
+    try:
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+        rankings = {k: Ranking(v["scores"], v["method"], v["lang"], tuple(tuple(x) for x in v["links"]))
+                    for k, v in doc["rankings"].items()}
+        return rankings, dict(doc["stack"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, gzip.BadGzipFile):
+        return None
 
 
 def _write_rankings(path: Path, rankings: dict[str, Ranking]) -> None:
+    doc = {"stack": _stack(),
+           "rankings": {k: {"scores": [float(x) for x in r.scores], "method": r.method, "lang": r.lang,
+                            "links": [list(x) for x in r.links]} for k, r in sorted(rankings.items())}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({k: {"scores": [float(x) for x in r.scores], "method": r.method, "lang": r.lang,
-                                       "links": [list(x) for x in r.links]} for k, r in rankings.items()}))
+        # mtime=0: the same rankings give the same bytes (the shipped copy diffs only when it changed).
+        tmp.write_bytes(gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), mtime=0))
         os.replace(tmp, path)
     except OSError:  # a read-only home: rank again next time
         pass
 
 
-def prepare_compression(sc: Scenario, arm: Arm) -> None:
-    """Rank the corpus with the shipped ranker in this process (before a sweep forks its workers)."""
+def _agrees(stored: dict[str, Ranking], fresh: dict[str, Ranking]) -> bool:
+    for k, r in fresh.items():
+        s = stored.get(k)
+        if s is None or (s.method, s.lang, tuple(s.links)) != (r.method, r.lang, tuple(r.links)):
+            return False
+        if len(s.scores) != len(r.scores) or any(abs(a - b) > _SCORE_TOLERANCE for a, b in zip(s.scores, r.scores)):
+            return False
+    return True
+
+
+def _stored_rankings(corpus: Corpus, settings: CompressionSettings, ranker: CoarseRanker) -> dict[str, Ranking] | None:
+    """A stored ranking of this corpus that covers every RAG item and is valid on this library stack."""
+    if not _cache_enabled():
+        return None
+    name = f"{rankings_key(corpus, settings, ranker)}.json.gz"
+    wanted = {k for k, _, _ in _rag_item_keys(corpus, settings, corpus.items)}
+    here = _stack()
+    for path in (_cache_dir() / name, SHIPPED_RANKINGS / name):
+        got = _read_rankings(path) if path.is_file() else None
+        if got is None or not wanted <= got[0].keys():
+            continue
+        rankings, stack = got
+        if stack == here:
+            return rankings
+        step = max(1, len(corpus.items) // _AGREEMENT_SAMPLE)
+        fresh = _rank_corpus(corpus, settings, build_ranker(settings), corpus.items[::step])
+        if _agrees(rankings, fresh):
+            return rankings
+    return None
+
+
+def write_shipped_rankings(corpus: Corpus, settings: CompressionSettings, into: Path = SHIPPED_RANKINGS) -> Path:
+    """Rank the corpus anew and write it where `shipped_rankings` looks first on a fresh machine."""
+    ranker = build_ranker(settings)
+    path = into / f"{rankings_key(corpus, settings, ranker)}.json.gz"
+    _write_rankings(path, _rank_corpus(corpus, settings, ranker, corpus.items))
+    return path
+
+
+def ranking_inputs(sc: Scenario, arm: Arm) -> tuple[Corpus, CompressionSettings] | None:
+    """The corpus and the compressor settings an arm's coarse step ranks with (None: the arm does not
+    compress)."""
     if not arm.compress:
-        return
+        return None
     cfg, _ = config_dict(sc, arm)
     settings = CompressionSettings.model_validate(cfg["compression"])
-    if settings.enabled:
-        shipped_rankings(build_corpus(sc.workload.rag), settings)
+    return (build_corpus(sc.workload.rag), settings) if settings.enabled else None
+
+
+def prepare_compression(sc: Scenario, arm: Arm) -> None:
+    """Rank the corpus with the shipped ranker in this process (before a sweep forks its workers)."""
+    got = ranking_inputs(sc, arm)
+    if got is not None:
+        shipped_rankings(*got)
+
+
 _ITEM_CACHE: dict[tuple[int, int], tuple[ItemPlan, ...]] = {}
 
 
@@ -610,5 +710,5 @@ def measure_dense(corpus: Corpus, ranker: str = "auto", dense_items: int = 4) ->
 
 
 __all__ = ["ArmUnavailable", "CompressionModel", "Compressed", "FrozenRanker", "Routed", "Router", "config_dict",
-           "measure_coarse_speed", "measure_compressor", "measure_dense", "prepare_compression", "routing_available",
-           "shipped_rankings"]
+           "measure_coarse_speed", "measure_compressor", "measure_dense", "prepare_compression", "ranking_inputs",
+           "rankings_key", "routing_available", "shipped_rankings", "write_shipped_rankings", "SHIPPED_RANKINGS"]

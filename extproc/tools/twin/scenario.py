@@ -250,3 +250,5 @@ def load_scenario(path: str | Path, **overrides: Any) -> Scenario:
 
 
 REFERENCE_SCENARIO = Path(__file__).with_name("reference.yaml")
+# The grids the evaluation tests the policies on besides the reference (docs/evaluation.md).
+GRID_SCENARIOS = tuple(sorted((Path(__file__).parent / "grids").glob("*.yaml")))
