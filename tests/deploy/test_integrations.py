@@ -160,7 +160,9 @@ def test_envoy_gateway_policies_match_config():
     assert svc["spec"].get("clusterIP") != "None"
     assert ep["failOpen"] is True and ep["processingMode"]["allowModeOverride"] is True
     assert "request" in ep["processingMode"] and "body" not in ep["processingMode"]["request"]
-    assert _seconds(ep["messageTimeout"]) * 1000 == CFG.envoy.message_timeout_ms
+    # EnvoyExtensionPolicy has no maxMessageTimeout: the processor's override is ignored there, so the
+    # policy's one timeout is the extended one (a held batch request must not time out).
+    assert _seconds(ep["messageTimeout"]) * 1000 == max(CFG.envoy.message_timeout_ms, CFG.envoy.max_message_timeout_ms)
     assert ep["backendSettings"]["circuitBreaker"]["maxParallelRequests"] >= CFG.envoy.extproc_max_streams
     assert eep["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "aigrid"}]
     ctp = named(docs, "ClientTrafficPolicy", "aigrid")["spec"]
@@ -180,6 +182,8 @@ def _patch(ef: dict[str, Any], apply_to: str) -> dict[str, Any]:
 def _normal_extproc(cfg: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in cfg.items() if k != "grpc_service"}
     out["message_timeout"] = _seconds(out["message_timeout"])
+    if "max_message_timeout" in out:
+        out["max_message_timeout"] = _seconds(out["max_message_timeout"])
     return out
 
 

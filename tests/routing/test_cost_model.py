@@ -45,8 +45,8 @@ EDGE = site("edge", rtt=1, speed=L40S, role=SiteRole.edge)
 REMOTE = site("remote", rtt=8, speed=H100, replicas=2)
 
 
-def ctx(views, *, sla=SlaClass.standard, prompt=500, u=0.5, blocks=(), now=0.0) -> RoutingContext:
-    f = RequestFeatures(prompt_tokens=prompt, sla=sla, prefix_blocks=blocks)
+def ctx(views, *, sla=SlaClass.standard, prompt=500, u=0.5, blocks=(), now=0.0, held=0.0) -> RoutingContext:
+    f = RequestFeatures(prompt_tokens=prompt, sla=sla, prefix_blocks=blocks, held_ms=held)
     return RoutingContext(f, views, PolicySettings(), "edge", u, now)
 
 
@@ -374,3 +374,43 @@ def test_bounded_keeps_the_nearest_and_a_keyed_sample_of_the_rest():
         for u in (0.0, 0.37, 0.999):
             idx = draw_distinct(m, 3, u)
             assert len(set(idx)) == min(3, m) and all(0 <= j < m for j in idx)
+
+
+# ---- holding batch work back while realtime streams are near their TPOT bound --------------------------
+def test_batch_work_is_held_while_every_site_is_near_the_realtime_tpot_bound():
+    prof, views = _four()
+    # 320 streams per site: a decode step (6.37 + 0.104 ms per further stream) within 1 ms of the
+    # realtime 40 ms TPOT bound everywhere.
+    busy = [replace(v, running=320) for v in views]
+    d = prof.decide(ctx(busy, sla=SlaClass.batch, prompt=4_000))
+    assert d.hold_ms == 100 and d.reason.startswith("slo hold 100 ms")
+    # One site with room: no hold, the batch prompt goes there.
+    roomy = [*busy[:3], views[3]]
+    d = prof.decide(ctx(roomy, sla=SlaClass.batch, prompt=4_000))
+    assert d.hold_ms == 0 and d.site == "s4"
+    # Held as long as the cap allows (30% of batch's 10 s TTFT, at most 3 s), then routed all the same.
+    assert prof.decide(ctx(busy, sla=SlaClass.batch, prompt=4_000, held=2_900)).hold_ms == 100
+    assert prof.decide(ctx(busy, sla=SlaClass.batch, prompt=4_000, held=2_950)).hold_ms == 0
+    # The classes that cannot wait are never held.
+    for sla in (SlaClass.realtime, SlaClass.standard):
+        assert prof.decide(ctx(busy, sla=sla, prompt=4_000)).hold_ms == 0
+
+
+def test_a_hold_counts_nothing_in_flight_and_advances_no_state():
+    from extproc.gateway.loadmap.model import LoadSnapshot, SiteLoad
+    from extproc.gateway.routing.router import Router
+
+    names = ("s1", "s2", "s3", "s4")
+    text = "sites:\n" + "".join(
+        f"  - {{name: {n}, endpoints: ['127.0.0.1:{i + 1}'], rtt_ms: 2, "
+        f"speed: {{prefill_tokens_per_s: 31334, decode_ms: 6.37, decode_ms_per_seq: 0.104}}}}\n"
+        for i, n in enumerate(names))
+    router = Router(cfg(text), profile="aigrid")
+    snap = LoadSnapshot({n: SiteLoad(n, 1, 1, 1, None, None, 0.5, 320, 0, 512, updated_at=1.0) for n in names},
+                        built_at=1.0, connected=True)
+    router.on_snapshot(snap, 1.0)
+    f = RequestFeatures(prompt_tokens=4_000, sla=SlaClass.batch)
+    d, _ = router.route(f, snap, 1.0)
+    assert d.hold_ms > 0 and not any(router.sent_since_report.values())
+    d, _ = router.route(replace(f, held_ms=float("inf")), snap, 1.1)
+    assert d.hold_ms == 0 and router.sent_since_report[d.site] == 1

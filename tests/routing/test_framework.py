@@ -105,7 +105,7 @@ def test_reads_body_per_profile():
     c = cfg()
     reads = {n: build_profile(n, s, c).reads_body for n, s in BUILTIN_PROFILES.items()}
     assert reads == {
-        "aigrid": True, "aigrid_no_reserve": True, "aigrid_no_prefix": True, "aigrid_no_sla": True,
+        "aigrid": True, "aigrid_no_reserve": True, "aigrid_no_prefix": True, "aigrid_no_hold": True, "aigrid_no_sla": True,
         "spill": True, "spill_no_sla": True, "spill_no_affinity": True, "least_loaded": False,
         "prefix_least_loaded": True, "transport_aware": False, "round_robin": False, "default_only": False,
     }

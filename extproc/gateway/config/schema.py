@@ -219,6 +219,10 @@ class EnvoySettings(_Strict):
     # ext_proc per-message deadline; sized for compression (the compressor's own deadline is shorter,
     # so Envoy's 504 is never the path a slow compression takes).
     message_timeout_ms: int = Field(default=2000, ge=50, le=60_000)
+    # The most the processor may extend one message's timeout to (Envoy's max_message_timeout; the
+    # processor sends override_message_timeout before it holds a request back, see slo_slack's hold_*).
+    # 0: no extension; holds then end within what message_timeout_ms leaves.
+    max_message_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
     # Circuit breaker of the ext_proc cluster: above Envoy's default 1,024 concurrent streams, because
     # each long LLM request holds one stream.
     extproc_max_streams: int = Field(default=100_000, ge=1024)

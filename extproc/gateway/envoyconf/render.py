@@ -224,10 +224,13 @@ def _ext_proc_filter(cfg: GatewayConfig) -> dict[str, Any]:
 
 
 def _ext_proc_filter_base(cfg: GatewayConfig) -> dict[str, Any]:
+    extend = cfg.envoy.max_message_timeout_ms > cfg.envoy.message_timeout_ms
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            # The processor may extend one message's timeout up to this (before it holds a request back).
+            **({"max_message_timeout": _duration(cfg.envoy.max_message_timeout_ms / 1000)} if extend else {}),
             "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
             "failure_mode_allow": True,
             # Lets the processor ask for the buffered body only of requests it inspects (see below).

@@ -39,3 +39,6 @@ class RequestFeatures:
     # Whether the request runs inference on a GPU (counted in flight): true for the inspected POST paths,
     # parsed or not; false for GET /v1/models and other pass-through traffic.
     inference: bool = True
+    # How long the gateway has already held this request back (a picker's hold decision; see
+    # `Decision.hold_ms`): 0 on its first decision.
+    held_ms: float = 0.0

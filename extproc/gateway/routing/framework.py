@@ -69,6 +69,9 @@ class Decision:
     term: str = ""
     # Sites whose speed was the cost model's stated default (not configured), for the metric.
     default_speed: tuple[str, ...] = ()
+    # > 0: not yet. Hold the request this long and decide again (with `features.held_ms` grown by it);
+    # `site` is where it would go now. A hold counts nothing in flight and advances no step's state.
+    hold_ms: float = 0.0
 
 
 class StepKind(str, Enum):

@@ -8,6 +8,7 @@ override them by name. The evaluation's arms are these profiles (see docs/evalua
 | `aigrid` | the cost model: predicted TTFT (link + queued work + own uncached prefill) and TPOT (decode batch + prefill stalls) against the class SLO, near-site headroom kept for realtime, most slack wins | R |
 | `aigrid_no_reserve` | the same without the realtime reserve | ablation |
 | `aigrid_no_prefix` | the same without the prefix index (every prompt predicted uncached) | ablation |
+| `aigrid_no_hold` | the same without holding batch work back while realtime TPOT is tight everywhere | ablation |
 | `aigrid_no_sla` | the cost model with every class judged by the standard SLO, no reserve | ablation |
 | `spill` | the earlier policy: affinity → realtime to the closest site with headroom → spill with hysteresis | |
 | `spill_no_sla` / `spill_no_affinity` | its ablations | |
@@ -29,13 +30,17 @@ _MODEL_AWARE: list[str | StepSpec] = ["not_drained", "not_unhealthy", "known_loa
 _TERMS: list[str | StepSpec] = ["ttft_link", "ttft_queue", "ttft_prefill", "tpot_decode", "tpot_prefill_stall"]
 
 
-def _cost_model(*, reserve: bool = True, prefix: bool = True, sla: bool = True) -> ProfileSpec:
+def _cost_model(*, reserve: bool = True, prefix: bool = True, sla: bool = True, hold: bool = True) -> ProfileSpec:
     terms = list(_TERMS)
     if not prefix:
         terms[2] = StepSpec(type="ttft_prefill", params={"prefix_index": False})
     if reserve:
         terms.append("realtime_reserve")
-    picker = "slo_slack" if sla else StepSpec(type="slo_slack", params={"sla_aware": False, "near_first": []})
+    picker: str | StepSpec = "slo_slack"
+    if not sla:
+        picker = StepSpec(type="slo_slack", params={"sla_aware": False, "near_first": []})
+    elif not hold:
+        picker = StepSpec(type="slo_slack", params={"hold_classes": []})
     # `bounded` last: a decision looks at the nearest sites and a keyed sample of the rest, not the grid.
     return ProfileSpec(filters=[*_MODEL_AWARE, "bounded"], estimators=terms, picker=picker)
 
@@ -44,6 +49,7 @@ BUILTIN_PROFILES: dict[str, ProfileSpec] = {
     "aigrid": _cost_model(),
     "aigrid_no_reserve": _cost_model(reserve=False),
     "aigrid_no_prefix": _cost_model(prefix=False),
+    "aigrid_no_hold": _cost_model(hold=False),
     "aigrid_no_sla": _cost_model(reserve=False, sla=False),
     "spill": ProfileSpec(filters=_MODEL_AWARE, rules=["affinity", "realtime", "spill"]),
     "spill_no_sla": ProfileSpec(filters=_MODEL_AWARE, rules=["affinity", StepSpec(type="spill", params={"sla_aware": False})]),

@@ -117,6 +117,8 @@ class Router:
         u = keyed_draw(key) if (self._keyed and key is not None) else self._rng.random()
         ctx = RoutingContext(features, views, self.config.policy, self._default, u, now)
         d = self.profile.decide(ctx, timer, self._adjust, stable_views=True)
+        if d.hold_ms > 0:  # not sent anywhere yet: nothing in flight, no step's state advances
+            return d, views
         if features.inference:  # a GET /v1/models puts no load on the GPUs
             self.sent_since_report[d.site] = self.sent_since_report.get(d.site, 0) + 1
         self.profile.on_decision(ctx, d)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -121,6 +122,16 @@ class Gateway:
         self._timing_every = config.routing.step_timing_sample
         self._decisions = 0
         self._step_hist: dict[str, object] = {}
+        # How long a request may be held back in all (a picker's hold decisions): what Envoy's per-message
+        # timeout leaves once the processor has extended it (envoy.max_message_timeout_ms; without it,
+        # message_timeout_ms), less the compressor's own deadline and half a second of margin.
+        env = config.envoy
+        window = max(env.max_message_timeout_ms, env.message_timeout_ms)
+        spent = config.compression.deadline_ms if config.compression.enabled else 0
+        self.hold_budget_ms = float(max(0, window - spent - 500))
+        # The timeout the processor asks Envoy for before it holds a request (None: it cannot extend).
+        self.hold_timeout_ms: int | None = (
+            env.max_message_timeout_ms if env.max_message_timeout_ms > env.message_timeout_ms else None)
 
     # -- load map events ----------------------------------------------------------------------------------
     def on_snapshot(self, snap: LoadSnapshot) -> None:
@@ -155,6 +166,9 @@ class Gateway:
         self._decisions += 1
         timer = self._time_step if self._decisions % self._timing_every == 0 else None
         d, views = self.router.route(features, self._snapshot(), self._clock(), timer)
+        if d.hold_ms > 0:
+            self.metrics.holds.labels(features.sla.value).inc()
+            return d, views
         self._count_decision(d.site, d.step, features.sla.value)
         if d.term:
             self.metrics.decided_by.labels(d.term).inc()
@@ -240,11 +254,31 @@ class Gateway:
         d, views = self.route(features)
         return Outcome(d.site, d, features=features, parsed=parsed), views
 
+    async def hold(self, out: Outcome, views: list[SiteView] | None) -> tuple[Outcome, list[SiteView] | None]:
+        """A decision that said "not yet": wait as it asks and decide again, until one routes the request.
+        Past `hold_budget_ms` in all the request is decided once more with no hold allowed (held_ms
+        infinite), so Envoy's message timeout never ends a held request."""
+        held = 0.0
+        t0 = time.perf_counter()
+        while out.decision.hold_ms > 0 and out.features is not None:
+            await asyncio.sleep(out.decision.hold_ms / 1000.0)
+            held += out.decision.hold_ms
+            features = replace(out.features, held_ms=held if held + out.decision.hold_ms <= self.hold_budget_ms else math.inf)
+            d, views = self.route(features)
+            out = Outcome(d.site, d, features=features, parsed=out.parsed)
+        self.metrics.hold_seconds.observe(time.perf_counter() - t0)
+        return out, views
+
     async def route_body(
-        self, insp: Inspection, body: bytes, headers: Mapping[str, str], *, rewrite: bool = True
+        self, insp: Inspection, body: bytes, headers: Mapping[str, str], *, rewrite: bool = True,
+        routed: tuple[Outcome, list[SiteView] | None] | None = None,
     ) -> Outcome:
-        """The body path with the rewriter (the processor calls `route_body_now` when there is none)."""
-        out, views = self.route_body_now(insp, body, headers)
+        """The body path: decide (or take `routed`, the processor's own `route_body_now`), hold while the
+        decision says so, then rewrite. The processor decides first itself when it must tell Envoy
+        before a hold (override_message_timeout)."""
+        out, views = routed if routed is not None else self.route_body_now(insp, body, headers)
+        if out.decision.hold_ms > 0:
+            out, views = await self.hold(out, views)
         if views is not None and self.rewriter is not None and rewrite:
             assert out.parsed is not None and out.features is not None
             await self._rewrite(out, insp.path, body, out.parsed, out.features, views)

@@ -146,6 +146,14 @@ class GatewayMetrics:
             "aigrid_processor_errors", "Exceptions inside the processor (answered continue-unchanged)", ["phase"], registry=r
         )
         self.rewrites = Counter("aigrid_rewrites", "Bodies rewritten by the rewriter", registry=r)
+        self.holds = Counter(
+            "aigrid_holds", "Decisions that held a request back to decide again later (slo_slack hold_*), by class",
+            ["sla"], registry=r,
+        )
+        self.hold_seconds = Histogram(
+            "aigrid_hold_seconds", "Time a held request waited in all before it was routed",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10), registry=r,
+        )
         self.rewrite_skips = Counter(
             "aigrid_rewrite_skips", "Bodies left as they were by the rewriter, by reason", ["reason"], registry=r
         )

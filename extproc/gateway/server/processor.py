@@ -131,6 +131,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
         self._headers_only = not gateway.needs_body and not self._inject
         self._overhead = "overhead" in obs.client_headers
         self._access_meta = gateway.config.envoy.access_log
+        # Sent before a held request waits: Envoy restarts this message's timer with the longer timeout.
+        self._extend: ep.ProcessingResponse | None = None
+        if gateway.hold_timeout_ms is not None:
+            self._extend = ep.ProcessingResponse()
+            self._extend.override_message_timeout.FromMilliseconds(gateway.hold_timeout_ms)
         m = gateway.metrics
         self._errors = m.errors
         self._reason_children: dict[tuple[str, str, str], object] = {}
@@ -220,11 +225,15 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):
                                 # Only part of the body (should not happen in BUFFERED mode): never
                                 # rewrite a fragment; route on load alone.
                                 out = gw.route_unparsed(insp.sla, "partial_body", inference=True)
-                            elif gw.rewriter is None:
-                                # Nothing to await: the decision is synchronous.
-                                out = gw.route_body_now(insp, data, headers)[0]
                             else:
-                                out = await gw.route_body(insp, data, headers, rewrite=insp.has_length)
+                                routed = gw.route_body_now(insp, data, headers)
+                                if routed[0].decision.hold_ms > 0 and self._extend is not None:
+                                    # Held back: Envoy's timer for this message must outlast the hold.
+                                    yield self._extend
+                                if gw.rewriter is None and routed[0].decision.hold_ms <= 0:
+                                    out = routed[0]  # nothing to await: the decision is synchronous
+                                else:
+                                    out = await gw.route_body(insp, data, headers, rewrite=insp.has_length, routed=routed)
                             if out.immediate is not None:
                                 # The gateway answers (unknown model): nothing goes upstream.
                                 resp = ep.ProcessingResponse()

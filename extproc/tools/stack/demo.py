@@ -37,7 +37,7 @@ from extproc.tools.twin.scenario import REFERENCE_SCENARIO, load_scenario
 from extproc.tools.workload.rag import build_corpus
 
 MAIN_ARMS = ("B1", "B2", "R", "C", "R+C")
-ALL_ARMS = ("B0", "B1", "B2", "R", "C", "R+C", "R+C-noSLA", "R+C-fixed", "R-base", "R-noRes", "R-noPrefix", "S", "S+C",
+ALL_ARMS = ("B0", "B1", "B2", "R", "C", "R+C", "R+C-noSLA", "R+C-fixed", "R-base", "R-noRes", "R-noPrefix", "R-noHold", "S", "S+C",
             "T", "T+C")
 
 

@@ -39,6 +39,7 @@ ARMS: dict[str, Arm] = {a.key: a for a in (
     Arm("R-base", "cost model, every request judged by the standard SLO, no reserve", "aigrid_no_sla"),
     Arm("R-noRes", "cost model with SLA classes, no realtime reserve", "aigrid_no_reserve"),
     Arm("R-noPrefix", "R without the prefix index (every prompt predicted uncached)", "aigrid_no_prefix"),
+    Arm("R-noHold", "R without holding batch work back while realtime TPOT is tight everywhere", "aigrid_no_hold"),
     # The earlier policy (affinity, realtime to the closest site with headroom, spill with hysteresis).
     Arm("S", "spill routing (the earlier aigrid profile)", "spill"),
     Arm("S+C", "spill routing + load-driven compression", "spill", compress=True),

@@ -167,6 +167,8 @@ class Routed:
     uncached_tokens: int | None = None
     # What the compressor's keep-rate follows (rewriter.predicted_slack of the decision).
     rate_slack: float | None = None
+    # > 0: the gateway holds the request back this long and decides again (Decision.hold_ms).
+    hold_ms: float = 0.0
 
 
 # One decision in this many is timed (the first, then every TIME_EVERY-th) for decision_us.
@@ -218,7 +220,7 @@ class Router:
         """CPU seconds spent in route(), estimated from the timed 1-in-TIME_EVERY sample of decisions."""
         return self._timed_s * self.decisions / self._timed if self._timed else 0.0
 
-    def route(self, req: Request, prefix_blocks: tuple[int, ...] = ()) -> Routed:
+    def route(self, req: Request, prefix_blocks: tuple[int, ...] = (), held_ms: float = 0.0) -> Routed:
         # CPU time, not wall time: on a shared box the wall clock counts the other processes' turns. The
         # CPU clock is a system call (~2 us, as much as a cheap decision), so one decision in TIME_EVERY is
         # timed; decision_seconds scales that sample up.
@@ -226,13 +228,13 @@ class Router:
         timed = self.decisions % TIME_EVERY == 1 or TIME_EVERY == 1
         t0 = time.process_time() if timed else 0.0
         f = RequestFeatures(req.prompt_tokens, None, True, _SLA[req.sla], req.conversation_key, True,
-                            prefix_blocks=prefix_blocks if self._prefix else (), inference=True)
+                            prefix_blocks=prefix_blocks if self._prefix else (), inference=True, held_ms=held_ms)
         d, views = self.gateway.route(f)
         view = next((v for v in views if v.name == d.site), None)
         load = self._snap.sites.get(d.site)
         out = Routed(d.site, d.step, view.pressure if view is not None else None,
                      load.requests_waiting if load is not None else None, d.ttft_ms, d.tpot_ms, d.slack,
-                     d.uncached_tokens, predicted_slack(d))
+                     d.uncached_tokens, predicted_slack(d), d.hold_ms)
         if timed:
             self._timed_s += time.process_time() - t0
             self._timed += 1

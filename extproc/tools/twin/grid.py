@@ -40,7 +40,7 @@ from extproc.tools.workload.generate import (
 )
 from extproc.tools.workload.rag import build_corpus
 
-ARRIVE, SITE_IN, STEP_END, REPORT, DELIVER, PUBLISH, PEER = 0, 1, 2, 3, 4, 5, 6
+ARRIVE, SITE_IN, STEP_END, REPORT, DELIVER, PUBLISH, PEER, RETRY = 0, 1, 2, 3, 4, 5, 6, 7
 # The gateway's approximate-prefix index keeps at most this many leading blocks (request/openai.py).
 MAX_PREFIX_BLOCKS = 256
 BLOCK = 16
@@ -171,6 +171,7 @@ class Flight:
     pred_ttft_ms: float | None = None
     pred_tpot_ms: float | None = None
     pred_uncached: int | None = None
+    held_ms: float = 0.0  # how long the gateway held it back before routing it (hold decisions)
 
 
 @dataclass(slots=True)
@@ -352,17 +353,26 @@ def run_grid(sc: Scenario, arm: Arm, rate: float, seed: int, *, trace: bool = Fa
             start_step(rep, site)
             continue
         events += 1
-        if code == ARRIVE:
-            req = obj
-            fl = Flight(req, sent=now, measured=warmup_s <= now < duration_s)
-            flights.append(fl)
-            gi = gw_rr % len(routers)
-            gw_rr += 1
-            fl.gateway = gi
-            # The gateway's prefix index keys on the prompt as the client sent it: the twin's 16-token block
-            # chain stands for the gateway's 64-character one (same chain property, ~4 characters a token).
-            hashes = prompt_hashes(req, req.segments)
-            routed = routers[gi].route(req, hashes[:MAX_PREFIX_BLOCKS] if needs_prefix else ())
+        if code == ARRIVE or code == RETRY:
+            if code == ARRIVE:
+                req = obj
+                fl = Flight(req, sent=now, measured=warmup_s <= now < duration_s)
+                flights.append(fl)
+                gi = gw_rr % len(routers)
+                gw_rr += 1
+                fl.gateway = gi
+                # The gateway's prefix index keys on the prompt as the client sent it: the twin's 16-token
+                # block chain stands for the gateway's 64-character one (same chain property, ~4 characters
+                # a token).
+                hashes = prompt_hashes(req, req.segments)
+            else:  # a request the gateway held back, decided again by the same gateway
+                fl, hashes = obj
+                req, gi = fl.req, fl.gateway
+            routed = routers[gi].route(req, hashes[:MAX_PREFIX_BLOCKS] if needs_prefix else (), fl.held_ms)
+            if routed.hold_ms > 0:
+                fl.held_ms += routed.hold_ms
+                push(now + routed.hold_ms / 1000.0, RETRY, (fl, hashes))
+                continue
             fl.site, fl.step = routed.site, routed.step
             fl.pred_ttft_ms, fl.pred_tpot_ms, fl.pred_uncached = routed.ttft_ms, routed.tpot_ms, routed.uncached_tokens
             c = comp.decide(req, routed, now)

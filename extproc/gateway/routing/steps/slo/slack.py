@@ -51,6 +51,15 @@ class SloSlack(Picker):
         # For the near-first classes: prefix affinity among the near tier's sites within this much of its
         # best slack (a realtime request keeps the most room, give or take this). None: off.
         affinity_band: float | None = Field(default=0.05, ge=0, le=1)
+        # Holding back: a request of these classes waits (`hold_step_ms` at a time, and at most
+        # `hold_max_share` of its class's TTFT SLO in all) while every candidate's predicted TPOT, with
+        # this request's prefill riding in its decode steps, leaves less than `hold_tpot_slack` of the
+        # realtime TPOT SLO: its prefill would stall streams that are near their bound wherever it went.
+        hold_classes: list[SlaClass] = Field(default_factory=lambda: [SlaClass.batch])
+        hold_tpot_slack: float = Field(default=0.15, ge=-1, le=1)
+        hold_step_ms: float = Field(default=100.0, gt=0, le=60_000)
+        hold_max_share: float = Field(default=0.3, ge=0, le=1)
+        hold_max_ms: float = Field(default=3000.0, ge=0, le=60_000)
 
     def __init__(self, name: str, params: Params, env: StepEnv) -> None:
         super().__init__(name)
@@ -63,6 +72,11 @@ class SloSlack(Picker):
         self.affinity_tokens = params.affinity_tokens
         self.affinity_band = params.affinity_band
         self.affinity_spread = params.affinity_spread
+        self.hold_classes = frozenset(params.hold_classes)
+        self.hold_tpot_slack = params.hold_tpot_slack
+        self.hold_step_ms = params.hold_step_ms
+        self.hold_max_share = params.hold_max_share
+        self.hold_max_ms = params.hold_max_ms
         self._salts: dict[str, int] = {}
 
     def pick(self, ctx: RoutingContext, sites: list[SiteView], scores: list[float]) -> Decision:  # pragma: no cover
@@ -97,6 +111,12 @@ class SloSlack(Picker):
         if chosen is None:
             chosen = self._most_slack(pool, slacks, ctx.u)
             how = "most slack" if slacks[chosen] >= 0 else "least violation"
+        hold = self._hold(ctx, pool, pred, ttft_slo)
+        if hold:
+            s = sites[chosen]
+            return Decision(s.name, f"slo hold {hold:.0f} ms: realtime TPOT tight at every site (best "
+                                    f"{max(pred.tpot_ms[i] for i in pool):.0f} ms predicted)", self.name, s.pressure,
+                            ttft_ms=pred.ttft_ms[chosen], uncached_tokens=pred.uncached[chosen], hold_ms=hold)
         term, rival = self._decider(chosen, slacks, pred, ttft_slo, tpot_slo)
         s = sites[chosen]
         tpot = f", tpot {pred.tpot_ms[chosen]:.0f}/{tpot_slo:.0f} ms" if tpot_slo else ""
@@ -111,6 +131,17 @@ class SloSlack(Picker):
                         site_slack=slack(pred.ttft_ms[chosen], pred.tpot_ms[chosen], *self.slo.of(SlaClass.realtime)),
                         term=term,
                         default_speed=tuple(defaults))
+
+    def _hold(self, ctx: RoutingContext, pool: list[int], pred: Predictions, ttft_slo: float) -> float:
+        """How long to hold this request back (0: route it now); see the `hold_*` parameters."""
+        f = ctx.features
+        if f.sla not in self.hold_classes or f.held_ms + self.hold_step_ms > min(self.hold_max_share * ttft_slo, self.hold_max_ms):
+            return 0.0
+        rt_tpot = self.slo.of(SlaClass.realtime)[1]
+        if not rt_tpot:
+            return 0.0
+        least = min(pred.tpot_ms[i] for i in pool)
+        return self.hold_step_ms if 1.0 - least / rt_tpot < self.hold_tpot_slack else 0.0
 
     @staticmethod
     def _unc(sites: list[SiteView], pred: Predictions, prompt: int) -> list[float]:
