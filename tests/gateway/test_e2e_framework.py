@@ -30,7 +30,9 @@ def _delta(after: dict[str, int], before: dict[str, int], key: str) -> int:
 def test_three_sites_route_on_load_and_fail_over_in_rtt_order(stack_factory):
     st = stack_factory(sites=THREE)
     over = {"regional": {"role": "regional", "rtt_ms": 4}, "far": {"role": "far", "rtt_ms": 30}}
-    gw = st.add_gateway(extra={"routing": {"profile": "least_loaded"}}, site_overrides=over)
+    # The global least-loaded site (max_score), not the built-in least_loaded's two random choices.
+    lowest = {"profile": "lowest", "profiles": {"lowest": {"scorers": ["least_pressure"], "picker": "max_score"}}}
+    gw = st.add_gateway(extra={"routing": lowest}, site_overrides=over)
     st.publish_load("edge", kv=0.9)
     st.publish_load("regional", kv=0.6)
     st.publish_load("far", kv=0.05)

@@ -213,6 +213,21 @@ def test_round_robin_cycles_and_skips_drained():
     assert got == ["edge", "regional"] * 3
 
 
+def test_least_loaded_takes_the_better_of_two_random_sites_never_the_worst():
+    """Power of two choices: the least-loaded site wins every pair it is drawn in (2 of 3 pairs of three
+    sites), the middle one the rest, the most loaded none; each distinct pair is drawn."""
+    prof = build_profile("least_loaded", BUILTIN_PROFILES["least_loaded"], cfg())
+    views = [view("edge", 0.9, rtt=1), view("regional", 0.5, rtt=4), view("far", 0.1, rtt=30)]
+    got = [prof.decide(ctx(views, u=(i + 0.5) / 600)).site for i in range(600)]
+    share = {n: got.count(n) / 600 for n in ("edge", "regional", "far")}
+    assert share["edge"] == 0.0
+    assert share["far"] == pytest.approx(2 / 3, abs=0.02) and share["regional"] == pytest.approx(1 / 3, abs=0.02)
+    # The candidates' order does not decide: the same draw gives the same site whatever the order.
+    assert [prof.decide(ctx(views[::-1], u=(i + 0.5) / 600)).site for i in range(600)] == got
+    # One candidate: that one.
+    assert prof.decide(ctx(views[:1])).site == "edge"
+
+
 def test_serves_model_filter():
     views = [view("edge", 0.1, rtt=1, role=SiteRole.edge, models=frozenset({"a"})), view("regional", 0.1, rtt=4, models=frozenset({"b"})),
              view("far", 0.1, rtt=20)]

@@ -12,7 +12,7 @@ override them by name. The evaluation's arms are these profiles (see docs/evalua
 | `aigrid_no_sla` | the cost model with every class judged by the standard SLO, no reserve | ablation |
 | `spill` | the earlier policy: affinity → realtime to the closest site with headroom → spill with hysteresis | |
 | `spill_no_sla` / `spill_no_affinity` | its ablations | |
-| `least_loaded` | the lowest pressure, whatever the class (what load-aware routers do) | B1 |
+| `least_loaded` | the lower pressure of two sites drawn at random, whatever the class (Envoy's LEAST_REQUEST: power of two choices) | B1 |
 | `prefix_least_loaded` | GIE / llm-d defaults: queue 2 + KV 2 + approximate prefix 3, max score | B2 |
 | `transport_aware` | estimated TTFT (RTT + queue + prefill) against the class's SLO budget | |
 | `round_robin` | each site in turn (plain Envoy load balancing) | B0 |
@@ -54,7 +54,9 @@ BUILTIN_PROFILES: dict[str, ProfileSpec] = {
     "spill": ProfileSpec(filters=_MODEL_AWARE, rules=["affinity", "realtime", "spill"]),
     "spill_no_sla": ProfileSpec(filters=_MODEL_AWARE, rules=["affinity", StepSpec(type="spill", params={"sla_aware": False})]),
     "spill_no_affinity": ProfileSpec(filters=_MODEL_AWARE, rules=["realtime", "spill"]),
-    "least_loaded": ProfileSpec(scorers=["least_pressure"], picker=StepSpec(type="max_score", name="least_loaded")),
+    # Power of two choices, as Envoy's LEAST_REQUEST balancer: the global least-loaded site would take
+    # every request between two reports (identical grid: 0.80x round robin; with two choices >= 1.0x).
+    "least_loaded": ProfileSpec(scorers=["least_pressure"], picker=StepSpec(type="two_choices", name="least_loaded")),
     "prefix_least_loaded": ProfileSpec(
         filters=_MODEL_AWARE,
         scorers=[

@@ -47,6 +47,33 @@ class MaxScore(Picker):
         return Decision(best.name, f"{_label(self.name)} {best.name} (score={top:.2f}, p={fmt_p(best.pressure)})", self.name, best.pressure)
 
 
+@register("two_choices")
+class TwoChoices(Picker):
+    """The higher score of two candidates drawn at random (power of two choices, as Envoy's LEAST_REQUEST
+    balancer does with its default choice_count 2): between two load reports every decision sees the same
+    scores, and the global best would take every request until the next one (herding); two random
+    candidates spread them while still steering away from the loaded sites."""
+
+    def __init__(self, name: str, params: NoParams, env: StepEnv) -> None:
+        super().__init__(name)
+
+    def pick(self, ctx: RoutingContext, sites: list[SiteView], scores: list[float]) -> Decision:
+        n = len(sites)
+        if n == 1:
+            best = 0
+        else:
+            # Two distinct candidates from the one draw: the first from u, the second from what is left.
+            x = ctx.u * n
+            i = min(int(x), n - 1)
+            j = min(int((x - i) * (n - 1)), n - 2)
+            j += j >= i
+            order = sorted(range(n), key=lambda k: sites[k].name)  # the draw, not the candidates' order
+            a, b = order[i], order[j]
+            best = a if scores[a] >= scores[b] else b
+        s = sites[best]
+        return Decision(s.name, f"{_label(self.name)} {s.name} (score={scores[best]:.2f}, p={fmt_p(s.pressure)})", self.name, s.pressure)
+
+
 @register("weighted_random")
 class WeightedRandom(Picker):
     """A site drawn with probability proportional to its score (all zero → uniform)."""
