@@ -108,3 +108,19 @@ def test_the_summary_names_the_statistic_and_keeps_the_old_rule_beside_it():
     pred = doc["arms"]["R"]["prediction_at_goodput"]
     assert pred and all(p is None or set(p) <= {"edge", "remote"} for p in pred)
     assert doc["arms"]["B1"]["prediction_at_goodput"] == [None, None]  # least loaded predicts nothing
+
+
+def test_a_ratio_over_a_baseline_with_no_goodput_is_undefined_not_nan():
+    """Bursty grid: round robin's goodput is 0, so R / B0 has no value; the report says so in valid
+    JSON (NaN is not JSON: strict readers such as jq refuse it)."""
+    import json
+
+    from extproc.tools.twin.experiment import compare
+    from extproc.tools.twin.scenario import REFERENCE_SCENARIO, load_scenario
+
+    sc = load_scenario(REFERENCE_SCENARIO)
+    arm = lambda v: {"goodput": {"value": v, "at_rate": v}, "_boots": [v] * 4, "_seed_boots": [v] * 4, "curves": {}}  # noqa: E731
+    out = compare({"R": arm(58.0), "B0": arm(0.0), "B1": arm(32.0)}, sc)
+    assert out["R/B0"] == {"value": None, "ci95": [None, None], "ci95_over_seeds": [None, None], "undefined": "B0 has goodput 0"}
+    assert out["R/B1"]["value"] == pytest.approx(58 / 32)
+    json.dumps(out, allow_nan=False)

@@ -217,7 +217,10 @@ def run_demo(workdir: Path, out_dir: Path, *, envoy_port: int = 10000, admin_por
             console.print(f"  {k:9s} not run: {v['unavailable']}")
     for k, v in doc["compare"].items():
         if "/" in k:
-            console.print(f"  {k:9s} {v['value']:.2f}x  [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
+            if v["value"] is None or None in v["ci95"]:
+                console.print(f"  {k:9s} undefined ({v.get('undefined', 'no interval')})")
+            else:
+                console.print(f"  {k:9s} {v['value']:.2f}x  [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
     console.print(f"report: {out_dir / 'summary.json'}")
     console.print(f"demo finished in {summary['wall_seconds']:.0f}s; every process stopped")
     return summary

@@ -45,7 +45,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{k:10s} not run: {v['unavailable']}")
     for k, v in doc["compare"].items():
         if "/" in k:
-            print(f"{k:10s} {v['value']:.2f}x  95% CI [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
+            if v["value"] is None or None in v["ci95"]:
+                print(f"{k:10s} undefined ({v.get('undefined', 'no interval')})")
+            else:
+                print(f"{k:10s} {v['value']:.2f}x  95% CI [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
     print(f"report: {out / 'twin.json'}")
     return 0
 

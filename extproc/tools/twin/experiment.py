@@ -255,11 +255,16 @@ def compare(results: dict[str, dict[str, Any]], sc: Scenario) -> dict[str, Any]:
         if target in ok and base in ok:
             a, b = ok[target], ok[base]
             bv = b["goodput"]["value"]
+            if not bv:
+                # A baseline with no goodput has no ratio (and NaN is not JSON): say so instead.
+                out[f"{target}/{base}"] = {"value": None, "ci95": [None, None], "ci95_over_seeds": [None, None],
+                                           "undefined": f"{base} has goodput 0"}
+                continue
             ratios = [x / y for x, y in zip(a["_boots"], b["_boots"]) if y > 0]
-            lo, hi = _percentile_ci(ratios) if ratios else (float("nan"), float("nan"))
+            lo, hi = _percentile_ci(ratios) if ratios else (None, None)
             sr = [x / y for x, y in zip(a["_seed_boots"], b["_seed_boots"]) if y > 0]
-            slo, shi = _percentile_ci(sr) if sr else (float("nan"), float("nan"))
-            out[f"{target}/{base}"] = {"value": a["goodput"]["value"] / bv if bv else float("nan"), "ci95": [lo, hi],
+            slo, shi = _percentile_ci(sr) if sr else (None, None)
+            out[f"{target}/{base}"] = {"value": a["goodput"]["value"] / bv, "ci95": [lo, hi],
                                        "ci95_over_seeds": [slo, shi]}
             if sc.goodput.statistic == "per_seed":
                 v, lo2, hi2 = paired_ratio_ci(a["goodput"]["per_seed"], b["goodput"]["per_seed"])
