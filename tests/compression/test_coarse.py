@@ -483,9 +483,10 @@ def test_sentence_vectors_are_cached_per_document() -> None:
     assert m.encoded == cold  # the question's vector and every document's sentences came from the caches
     docs, hits, misses = r.vector_cache_stats()
     assert docs == len(DOCS_EN) and hits == len(DOCS_EN) and misses == len(DOCS_EN)
-    # Another question over the same documents: only the question is encoded.
+    # Another question over the same documents: only the question is encoded (one without a name that a
+    # single document holds: such a name brings its sentence into the dense query, `lexical_ranking`).
     before = m.encoded
-    r.rank_sync("Who closed ticket INC-4821?", DOCS_EN)
+    r.rank_sync("Which shipment left with the most containers?", DOCS_EN)
     assert m.encoded - before == 1
     # A new document next to known ones: only its sentences are encoded.
     before = m.encoded
@@ -527,3 +528,28 @@ def test_encoder_serves_waiting_requests_least_work_first() -> None:
     assert [j.question for j in r._take()] == ["big"]
     assert [j.question for j in r._take()] == ["gone"]
     assert r._take() == []
+
+
+# ---- the bridge: the first hop of a two-hop question joins the dense query ------------------------------
+TWO_HOP = [
+    "Northwind Labs reported record sales. The chief engineer of Northwind Labs is Mira Okafor.",
+    "The headquarters city of Northwind Labs is Lisbon. Northwind Labs was founded in 1961.",
+    "The headquarters city of Vela Systems, a rival of Northwind Labs, is Osaka.",
+    "Analysts compared Northwind Labs with Vela Systems on every measure.",
+]
+
+
+def test_a_name_only_one_document_holds_brings_its_sentence_into_the_dense_query():
+    from extproc.gateway.compression.core.coarse import dense_question, lexical_ranking
+
+    q = "In which city is the company whose chief engineer is Mira Okafor headquartered?"
+    _, _, bridge = lexical_ranking(q, TWO_HOP, "en")
+    assert bridge == "The chief engineer of Northwind Labs is Mira Okafor."
+    assert dense_question(q, bridge) == f"{q} {bridge}"
+    # A one-hop question: the company it names is in every document, so nothing bridges.
+    assert lexical_ranking("What is the headquarters city of Northwind Labs?", TWO_HOP, "en")[2] == ""
+    # A plain word only one document holds is not a name: no bridge.
+    assert lexical_ranking("Which company reported record sales?", TWO_HOP, "en")[2] == ""
+    # Too few documents to rank: no analysis, no bridge.
+    assert lexical_ranking(q, TWO_HOP[:2], "en")[2] == ""
+    assert dense_question(q, "") == q
