@@ -256,14 +256,25 @@ class Gateway:
 
     async def hold(self, out: Outcome, views: list[SiteView] | None) -> tuple[Outcome, list[SiteView] | None]:
         """A decision that said "not yet": wait as it asks and decide again, until one routes the request.
-        Past `hold_budget_ms` in all the request is decided once more with no hold allowed (held_ms
-        infinite), so Envoy's message timeout never ends a held request."""
+        A wait that would take the request past `hold_budget_ms` in all is not made: the request is decided
+        once more with holding off (held_ms infinite), so Envoy's message timeout never ends a held one."""
         held = 0.0
         t0 = time.perf_counter()
         while out.decision.hold_ms > 0 and out.features is not None:
-            await asyncio.sleep(out.decision.hold_ms / 1000.0)
-            held += out.decision.hold_ms
-            features = replace(out.features, held_ms=held if held + out.decision.hold_ms <= self.hold_budget_ms else math.inf)
+            wait = out.decision.hold_ms
+            if held + wait > self.hold_budget_ms:
+                features = replace(out.features, held_ms=math.inf)
+                d, views = self.route(features)
+                if d.hold_ms > 0:
+                    # A picker that holds whatever held_ms says (an operator's own): route it where that
+                    # decision would send it rather than wait past Envoy's timeout.
+                    log.warning("step %s held a request past the hold budget; routing it to %s", d.step, d.site)
+                    d = replace(d, hold_ms=0.0)
+                out = Outcome(d.site, d, features=features, parsed=out.parsed)
+                break
+            await asyncio.sleep(wait / 1000.0)
+            held += wait
+            features = replace(out.features, held_ms=held)
             d, views = self.route(features)
             out = Outcome(d.site, d, features=features, parsed=out.parsed)
         self.metrics.hold_seconds.observe(time.perf_counter() - t0)
